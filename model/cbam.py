@@ -1,0 +1,60 @@
+"""CBAM: Convolutional Block Attention Module.
+
+Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018 (arXiv:1807.06521), and the
+authors' code (github.com/Jongchan/attention-module, MODELS/cbam.py), which we follow where the two differ:
+
+- ChannelGate: one shared MLP (Linear C->C/r with bias, ReLU, Linear C/r->C with bias) is applied to the global
+  average-pool and the global max-pool of the input; the two outputs are summed, passed through a sigmoid and
+  scale the input per channel.
+- SpatialGate: channel-wise max and mean are concatenated ([max, mean], in that order, as the code does), then a
+  7x7 conv (2->1, no bias, padding 3), BatchNorm (eps 1e-5, momentum 0.01, as the code's BasicConv) and a
+  sigmoid scale the input per position.
+- Channel gate first, then the spatial gate on the channel-gated tensor.
+
+Caveat stated honestly: the authors' code pools with avg_pool2d/max_pool2d over a kernel of the map's height,
+which equals global pooling only for square maps; we pool over the whole map (`mean`/`amax` over H and W), which
+is what the paper describes and what the code computes on the square maps of ImageNet training.
+"""
+import torch
+from torch import nn
+
+
+class ChannelGate(nn.Module):
+    def __init__(self, channels, reduction=16):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels // reduction),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels),
+        )
+
+    def forward(self, x):
+        # One MLP call on the stacked [avg; max] descriptors: same numbers as two calls, half the launches.
+        batch = x.shape[0]
+        pooled = torch.cat((x.mean(dim=(2, 3)), x.amax(dim=(2, 3))), dim=0)
+        logits = self.mlp(pooled)
+        scale = torch.sigmoid(logits[:batch] + logits[batch:])
+        return x * scale[:, :, None, None]
+
+
+class SpatialGate(nn.Module):
+    def __init__(self, kernel_size=7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        # eps and momentum as the authors' BasicConv (momentum 0.01 = a slow running average).
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+
+    def forward(self, x):
+        # amax/mean keep the reduction in x's dtype and memory format and stay finite under fp16.
+        pooled = torch.cat((x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)), dim=1)
+        return x * torch.sigmoid(self.bn(self.conv(pooled)))
+
+
+class CBAM(nn.Module):
+    def __init__(self, channels, reduction=16):
+        super().__init__()
+        self.channel_gate = ChannelGate(channels, reduction)
+        self.spatial_gate = SpatialGate()
+
+    def forward(self, x):
+        return self.spatial_gate(self.channel_gate(x))

@@ -1,0 +1,53 @@
+"""Shared fixtures: generated JPEG trees and the real ImageNet sample photographs."""
+import os
+import shutil
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_DIR = os.path.join(ROOT, "..", "shared", "data", "imagenet-sample")
+
+
+def imagenet_sample_files():
+    """Paths of the shared real ImageNet JPEGs, or skip the test with the reason."""
+    if not os.path.isdir(SAMPLE_DIR):
+        pytest.skip(f"real ImageNet samples not found at {os.path.normpath(SAMPLE_DIR)}")
+    files = sorted(f for f in os.listdir(SAMPLE_DIR) if f.upper().endswith(".JPEG"))
+    if not files:
+        pytest.skip(f"no .JPEG files in {os.path.normpath(SAMPLE_DIR)}")
+    return [os.path.join(SAMPLE_DIR, f) for f in files]
+
+
+def build_sample_tree(dest, limit=None, val_every=0):
+    """Copies the shared samples into dest/train/<wnid>/ (and every val_every-th also into dest/val/<wnid>/).
+
+    Returns the sorted list of wnids (= class index order)."""
+    files = imagenet_sample_files()[:limit]
+    wnids = []
+    for i, path in enumerate(files):
+        name = os.path.basename(path)
+        wnid = name.split("_")[0]
+        wnids.append(wnid)
+        os.makedirs(os.path.join(dest, "train", wnid), exist_ok=True)
+        shutil.copy(path, os.path.join(dest, "train", wnid, name))
+        if val_every and i % val_every == 0:
+            os.makedirs(os.path.join(dest, "val", wnid), exist_ok=True)
+            shutil.copy(path, os.path.join(dest, "val", wnid, name))
+    return sorted(set(wnids))
+
+
+@pytest.fixture
+def sample_tree(tmp_path):
+    """A small ImageNet-layout tree of real photographs (first 24 samples, val = every 3rd)."""
+    root = tmp_path / "imagenet"
+    build_sample_tree(str(root), limit=24, val_every=3)
+    return root
+
+
+@pytest.fixture
+def generated_tree(tmp_path):
+    """A generated learnable tree: 4 classes, 12 train + 5 val per class, varied sizes."""
+    from tools.make_demo_data import write_tree
+    root = tmp_path / "generated"
+    write_tree(str(root), classes=4, train_per_class=12, val_per_class=5, size=64, seed=1)
+    return root

@@ -1,0 +1,73 @@
+"""Writes a small, learnable, photo-like JPEG set as an ImageNet-layout tree (no ImageNet needed).
+
+Each class has its own hue, stripe orientation and stripe frequency; every image adds random phase, position
+jitter, brightness, blur-free noise and a random blob, so a network must learn colour and texture, and random
+crops and flips keep the class. Used by `make demo` and by the tests.
+
+    python tools/make_demo_data.py OUT [--classes 10] [--train-per-class 80] [--val-per-class 20] [--size 96]
+"""
+import argparse
+import colorsys
+import math
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+# Synthetic wnid-style class names, sorted order = class index (ImageFolder convention).
+def class_names(n):
+    return [f"n{9000000 + i:08d}" for i in range(n)]
+
+
+def render(class_index, num_classes, rng, size):
+    """One RGB uint8 image of `class_index`; `rng` supplies the per-image variation."""
+    hue = class_index / num_classes
+    angle = math.pi * ((class_index * 7) % num_classes) / num_classes
+    freq = 3 + (class_index % 4) * 2  # stripes across the image
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    phase = rng.uniform(0, 2 * math.pi)
+    wave = 0.5 + 0.5 * np.sin(2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
+    base = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)), np.float32)
+    img = wave[..., None] * base[None, None, :] + (1 - wave[..., None]) * (base[None, None, :] * 0.3)
+    # A random blob of a random colour, so colour statistics alone are noisy.
+    cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.2)
+    blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
+    img[blob] = rng.uniform(0, 1, size=3)
+    img = img + rng.normal(0, 0.04, size=img.shape)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def write_tree(out, classes=10, train_per_class=80, val_per_class=20, size=96, seed=0, quality=90):
+    """Writes OUT/train/<wnid>/*.JPEG and OUT/val/<wnid>/*.JPEG; returns the list of wnids."""
+    rng = np.random.default_rng(seed)
+    names = class_names(classes)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for index, wnid in enumerate(names):
+            folder = os.path.join(out, split, wnid)
+            os.makedirs(folder, exist_ok=True)
+            for j in range(per_class):
+                side = int(size * rng.uniform(0.8, 1.5))
+                render(index, classes, rng, side).save(
+                    os.path.join(folder, f"{wnid}_{j:05d}.JPEG"), quality=quality)
+    return names
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="output folder (train/ and val/ are created inside)")
+    parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    parser.add_argument("--train-per-class", type=int, default=80, help="train images per class (default 80)")
+    parser.add_argument("--val-per-class", type=int, default=20, help="val images per class (default 20)")
+    parser.add_argument("--size", type=int, default=96, help="nominal image side in pixels (default 96)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    args = parser.parse_args(argv)
+    for flag in ("classes", "train_per_class", "size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    write_tree(args.out, args.classes, args.train_per_class, args.val_per_class, args.size, args.seed)
+    print(f"wrote {args.classes} classes x ({args.train_per_class} train + {args.val_per_class} val) to {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
