@@ -16,6 +16,7 @@ which equals global pooling only for square maps; we pool over the whole map (`m
 is what the paper describes and what the code computes on the square maps of ImageNet training.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -31,7 +32,9 @@ class ChannelGate(nn.Module):
     def forward(self, x):
         # One MLP call on the stacked [avg; max] descriptors: same numbers as two calls, half the launches.
         batch = x.shape[0]
-        pooled = torch.cat((x.mean(dim=(2, 3)), x.amax(dim=(2, 3))), dim=0)
+        # adaptive_max_pool2d has a channels_last kernel and an index-based backward (like the authors'
+        # max_pool2d); amax's backward builds an equality mask over the whole map and costs ~2x more.
+        pooled = torch.cat((x.mean(dim=(2, 3)), F.adaptive_max_pool2d(x, 1).flatten(1)), dim=0)
         logits = self.mlp(pooled)
         scale = torch.sigmoid(logits[:batch] + logits[batch:])
         return x * scale[:, :, None, None]
@@ -45,8 +48,9 @@ class SpatialGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, x):
-        # amax/mean keep the reduction in x's dtype and memory format and stay finite under fp16.
-        pooled = torch.cat((x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)), dim=1)
+        # max with indices (as the authors' torch.max) has a scatter backward; amax's mask-based backward is
+        # ~2x slower here. Both reductions keep x's memory format and stay finite under fp16.
+        pooled = torch.cat((x.max(dim=1, keepdim=True).values, x.mean(dim=1, keepdim=True)), dim=1)
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
 

@@ -1,0 +1,102 @@
+"""Checkpoints in the seed's names, written atomically, loadable with torch.load(weights_only=True).
+
+Everything is plain data: tensors, numbers, strings, lists and dicts (RNG states included), so a checkpoint
+never needs unpickling of arbitrary objects.
+"""
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+from model import load_original_checkpoint
+
+
+def checkpoint_path(output_dir, prefix):
+    return os.path.join(output_dir, f"{prefix}_checkpoint.pth.tar")
+
+
+def best_path(output_dir, prefix):
+    return os.path.join(output_dir, f"{prefix}_model_best.pth.tar")
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename: never a torn checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(output_dir, prefix, state, is_best):
+    path = checkpoint_path(output_dir, prefix)
+    save_atomic(state, path)
+    if is_best:
+        tmp = best_path(output_dir, prefix) + f".tmp.{os.getpid()}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, best_path(output_dir, prefix))
+    return path
+
+
+def resolve_resume(resume, output_dir, prefix):
+    """The checkpoint file for --resume ('' = none; 'auto' = the latest in output_dir, or none if absent)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = checkpoint_path(output_dir, prefix)
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(resume):
+        raise SystemExit(f"train.py: error: --resume checkpoint not found: {resume}")
+    return resume
+
+
+def load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: say which and why, in one line
+        raise SystemExit(f"train.py: error: cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def is_original_format(ckpt):
+    """True for a checkpoint saved by the CBAM authors' code (no 'model' key; 'state_dict' with their names)."""
+    return "model" not in ckpt
+
+
+def load_model_weights(model, ckpt, path):
+    """Loads our checkpoint or, through the key mapping, one released with the authors' code."""
+    try:
+        if is_original_format(ckpt):
+            load_original_checkpoint(model, ckpt)
+        else:
+            model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"train.py: error: checkpoint {path} does not fit this model: {exc}") from exc

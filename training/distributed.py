@@ -1,0 +1,89 @@
+"""Distributed set-up from torchrun's environment variables; `--ngpu N` relaunches through torch.distributed.run."""
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class World:
+    rank: int
+    local_rank: int
+    size: int
+    local_size: int
+    device: torch.device
+    stop_group: object = None  # a gloo group for host-side flags, so checking them never syncs the GPU
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch_with_torchrun(nproc):
+    """Runs this script again in `nproc` processes under PyTorch's elastic launcher; returns its exit status."""
+    from torch.distributed.run import main as torchrun_main
+    try:
+        torchrun_main(["--standalone", f"--nproc-per-node={nproc}", sys.argv[0], *sys.argv[1:]])
+    except SystemExit as exc:  # torchrun exits with the workers' status; pass it on
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # a failed worker: torchrun has already printed its traceback and error file
+        print(f"train.py: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def setup():
+    """Initialises the process group (NCCL on GPU, gloo on CPU) when launched by torchrun; else one process."""
+    if not launched_by_torchrun():
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return World(0, 0, 1, 1, device)
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"train.py: error: local rank {local_rank} but only "
+                             f"{torch.cuda.device_count()} GPUs visible on this node")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+        stop_group = dist.new_group(backend="gloo")
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+        stop_group = None  # the default group is already gloo on the host
+    return World(rank, local_rank, size, local_size, device, stop_group)
+
+
+def barrier(world):
+    if world.size > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(world, tensor):
+    """Sums `tensor` over ranks in place (a no-op in one process)."""
+    if world.size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def any_rank(world, flag):
+    """True on every rank when `flag` is true on any rank. Host-only: uses a gloo group, never syncs the GPU."""
+    if world.size == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.stop_group)
+    return bool(t.item())
+
+
+def cleanup(world):
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
