@@ -1,0 +1,180 @@
+"""Speed of tools/make_shards.py against named baselines on the same image files:
+
+  tar cf        `tar cf` of the split folders: the cost of reading and writing the bytes, nothing checked
+  full decode   Pillow `Image.open(...).load()` of every file in one process: the honest check we replace
+  check         tools/imagecheck.check_file in one process: the 1/8-scale decode make_shards uses, which still
+                entropy-decodes every byte (truncated and corrupt files are caught like with a full decode); and
+                the same over 2 processes the way make_shards runs it (its Workers pool, pool start included)
+  make_shards   the whole tool (`python tools/make_shards.py SRC OUT --workers N --max-count 50`, a fresh OUT
+                each time): process start, check, shuffle, shard writing with fsync, index and manifest. 50
+                samples per shard make the 500 sample photographs 10 shards, so that shard writing runs in
+                parallel as it does for ImageNet's 1,281 shards
+  start-up      `python tools/make_shards.py --help`: interpreter start and imports, a fixed cost per run that
+                weighs on a 500-image run and not on ImageNet; the 2-vs-1-worker ratio is given with and without it
+
+All figures are medians over --repeats; in every repeat each measurement runs once, in an order that rotates
+from repeat to repeat, so that baseline and candidates share the same machine state. MB/s counts source bytes.
+By default the images are the shared ImageNet photographs (../shared/data/imagenet-sample, copied into an
+ImageFolder tree in a temporary folder); --src takes any ImageFolder tree (SRC/train/<wnid>/*, SRC/val/...).
+
+    .venv/bin/python benchmarks/shards.py [--src DIR] [--repeats 5] [--workers 1,2] [--record]
+"""
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from PIL import Image, features  # noqa: E402
+
+from benchmarks.common import ROOT, markdown_table, record  # noqa: E402
+from tools.imagecheck import check_file  # noqa: E402
+from tools.make_shards import Workers  # noqa: E402
+
+SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
+TOOL = os.path.join(ROOT, "tools", "make_shards.py")
+TARGET_CHECK_VS_FULL = 1.5  # issue 6: the honest check at >= 1.5x a full decode per worker
+TARGET_TWO_VS_ONE = 1.7  # issue 6: 2 workers >= 1.7x 1 worker
+
+
+def sample_tree(dest):
+    """Copies the shared `<wnid>_<name>.JPEG` photographs into dest/train/<wnid>/ (ImageFolder layout)."""
+    if not os.path.isdir(SAMPLE_DIR):
+        sys.exit(f"shards.py: error: {SAMPLE_DIR} not found; pass --src with an ImageFolder tree")
+    for name in sorted(os.listdir(SAMPLE_DIR)):
+        folder = os.path.join(dest, "train", name.split("_")[0])
+        os.makedirs(folder, exist_ok=True)
+        shutil.copy(os.path.join(SAMPLE_DIR, name), folder)
+    return dest
+
+
+def split_files(src):
+    splits = [s for s in ("train", "val") if os.path.isdir(os.path.join(src, s))]
+    if not splits:
+        sys.exit(f"shards.py: error: {src} has no train/ or val/ folder")
+    files = [os.path.join(d, f) for s in splits for d, _, names in os.walk(os.path.join(src, s)) for f in names]
+    return splits, sorted(files)
+
+
+def full_decode(files):
+    for path in files:
+        with open(path, "rb") as f:
+            Image.open(io.BytesIO(f.read())).load()
+
+
+def draft_check(files):
+    for path in files:
+        check_file(path)
+
+
+def pooled_check(files, workers):
+    with Workers(workers) as pool:
+        for _ in pool.imap(check_file, files):
+            pass
+
+
+def run_make_shards(src, out, splits, workers, max_count):
+    shutil.rmtree(out, ignore_errors=True)  # a fresh OUT: an existing one would be reused, not rewritten
+    start = time.perf_counter()
+    subprocess.run([sys.executable, TOOL, src, out, "--splits", ",".join(splits), "--workers", str(workers),
+                    "--max-count", str(max_count), "--skip-bad"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_startup():
+    start = time.perf_counter()
+    subprocess.run([sys.executable, TOOL, "--help"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_tar(src, splits, archive):
+    start = time.perf_counter()
+    subprocess.run(["tar", "cf", archive, "-C", src, *splits], check=True)
+    return time.perf_counter() - start
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", help="ImageFolder tree to convert (default: the shared ImageNet samples)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement; medians are reported")
+    parser.add_argument("--workers", default="1,2", help="comma list of make_shards --workers values")
+    parser.add_argument("--max-count", type=int, default=50, help="make_shards --max-count (samples per shard)")
+    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    worker_counts = [int(w) for w in args.workers.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmp:
+        src = os.path.abspath(args.src) if args.src else sample_tree(os.path.join(tmp, "src"))
+        splits, files = split_files(src)
+        megabytes = sum(os.path.getsize(f) for f in files) / 1e6
+        measurements = {"tar cf": lambda: run_tar(src, splits, os.path.join(tmp, "all.tar")),
+                        "full decode (1 process)": lambda: timed(full_decode, files),
+                        "check, 1/8-scale decode (1 process)": lambda: timed(draft_check, files),
+                        "check, 1/8-scale decode (2 processes)": lambda: timed(pooled_check, files, 2),
+                        "start-up": run_startup}
+        for w in worker_counts:
+            measurements[f"make_shards --workers {w}"] = (
+                lambda w=w: run_make_shards(src, os.path.join(tmp, f"out{w}"), splits, w, args.max_count))
+        for measure in measurements.values():  # warm-up: page cache, imports, first-run effects
+            measure()
+        names = list(measurements)
+        seconds = {name: [] for name in names}
+        for repeat in range(args.repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                seconds[name].append(measurements[name]())
+
+    results = {name: {"seconds": statistics.median(s), "seconds_min": min(s), "seconds_max": max(s),
+                      "images_per_s": len(files) / statistics.median(s),
+                      "mb_per_s": megabytes / statistics.median(s)} for name, s in seconds.items()}
+    full = results["full decode (1 process)"]["seconds"]
+    check = results["check, 1/8-scale decode (1 process)"]["seconds"]
+    ratios = {"check_vs_full_decode": full / check,
+              "check_two_processes_vs_one": check / results["check, 1/8-scale decode (2 processes)"]["seconds"]}
+    if 1 in worker_counts and 2 in worker_counts:
+        one, two = (results[f"make_shards --workers {w}"]["seconds"] for w in (1, 2))
+        startup = results["start-up"]["seconds"]
+        ratios["two_workers_vs_one"] = one / two
+        ratios["two_workers_vs_one_after_startup"] = (one - startup) / (two - startup)
+
+    rows = [[name, f"{r['images_per_s']:.0f}", f"{r['mb_per_s']:.1f}",
+             f"{r['seconds']:.3f} ({r['seconds_min']:.3f}-{r['seconds_max']:.3f})"] for name, r in results.items()]
+    table = markdown_table(["measurement", "images/s", "MB/s", "seconds: median (min-max)"], rows)
+    summary = (f"{len(files)} files, {megabytes:.1f} MB, {args.repeats} repeats, {os.cpu_count()} CPUs; "
+               f"check vs full decode {ratios['check_vs_full_decode']:.2f}x (target >= {TARGET_CHECK_VS_FULL}x); "
+               f"check on 2 vs 1 process {ratios['check_two_processes_vs_one']:.2f}x")
+    if "two_workers_vs_one" in ratios:
+        summary += (f"; 2 vs 1 worker {ratios['two_workers_vs_one']:.2f}x, "
+                    f"{ratios['two_workers_vs_one_after_startup']:.2f}x without start-up "
+                    f"(target >= {TARGET_TWO_VS_ONE}x)")
+    print(table)
+    print(summary)
+    print(json.dumps({"benchmark": "shards", "files": len(files), "megabytes": round(megabytes, 2),
+                      "repeats": args.repeats, "cpus": os.cpu_count(), "pillow": Image.__version__,
+                      "libjpeg_turbo": features.version("libjpeg_turbo"),
+                      "results": {k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()},
+                      **{k: round(v, 3) for k, v in ratios.items()}}))
+    if args.record:
+        record("make_shards throughput (benchmarks/shards.py)", table,
+               note=summary + ". make_shards times include interpreter start-up; other work may share the "
+                              "machine.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Writes one WebDataset shard: a POSIX (ustar) tar plus the DALI index of that tar, in a single pass, under
+temporary names that are renamed only once both are complete; or reuses the shard an earlier run completed.
+
+We write the tar ourselves (headers from `tarfile.TarInfo`, data and padding by hand) so that we know the data
+offset of every member as it is written; the DALI index then needs no second pass and no GNU tar. Every header
+field that could vary between runs (mtime, owner, mode) is fixed, so the same samples give the same bytes and
+the same sha256 on every run.
+
+DALI index format (what NVIDIA DALI's `tools/wds2idx.py` writes, read by `fn.readers.webdataset`):
+    v1.2 <number of samples>
+    <ext> <data offset> <size> <member name> <ext> <data offset> <size> <member name> ...   (one line per sample)
+where <data offset> is the byte offset of the member's data (just after its 512-byte header).
+"""
+import hashlib
+import json
+import os
+import tarfile
+from collections import namedtuple
+
+from tools.imagecheck import encode_jpeg
+
+BLOCK = 512  # tar block size
+RECORD = 20 * BLOCK  # tar record size: GNU tar and Python's tarfile pad archives to whole records
+INDEX_VERSION = "v1.2"
+
+# One sample of a shard plan: its key, its source file (relpath for people, path to read, size and mtime_ns as
+# checked), its label, and whether its bytes must be re-encoded (converted or downscaled) instead of copied.
+PlannedSample = namedtuple("PlannedSample", "key relpath path label size mtime_ns reencode")
+# One shard to write: OUT folder, base name ("train-000000"), completion record path, hash of everything that
+# decides its bytes, its PlannedSamples, and the re-encoding options.
+ShardTask = namedtuple("ShardTask", "out name record plan_hash samples quality max_side")
+
+
+class ShardWriter:
+    """Appends samples to an open binary file as tar members and keeps what the DALI index needs.
+
+    Use `add_sample(key, {"jpg": bytes, "cls": bytes})`, then `finish()`; `index_text()` gives the index and
+    `sha256` / `size` describe the tar bytes written."""
+
+    def __init__(self, fileobj):
+        self._file = fileobj
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._samples = []  # per sample: [(ext, data offset, size, member name), ...]
+
+    def _write(self, data):
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def _add_member(self, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._write(info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict"))
+        offset = self.size
+        self._write(data)
+        self._write(bytes(-len(data) % BLOCK))
+        return offset
+
+    def add_sample(self, key, components):
+        """Writes `<key>.<ext>` members in the given order; `key` must not contain dots or slashes."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        entries = []
+        for ext, data in components.items():
+            name = f"{key}.{ext}"
+            entries.append((ext, self._add_member(name, data), len(data), name))
+        self._samples.append(entries)
+
+    def finish(self):
+        """Writes the end-of-archive marker (two zero blocks) and pads to a whole tar record."""
+        self._write(bytes(2 * BLOCK))
+        self._write(bytes(-self.size % RECORD))
+
+    @property
+    def sha256(self):
+        return self._hash.hexdigest()
+
+    @property
+    def num_samples(self):
+        return len(self._samples)
+
+    def index_text(self):
+        lines = [f"{INDEX_VERSION} {len(self._samples)}"]
+        for entries in self._samples:
+            lines.append(" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in entries))
+        return "\n".join(lines) + "\n"
+
+
+def fsync_dir(path):
+    """Makes renames inside `path` durable (a rename is only on disk once its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path):
+    """`path.<pid>.tmp`: the process id keeps two writers of the same file (a rerun and a straggler of a killed
+    run) from writing into one temporary file; each renames a complete file, and both write the same bytes."""
+    return f"{path}.{os.getpid()}.tmp"
+
+
+def write_atomic(path, data):
+    """Writes bytes to `path` via a temporary file, fsync and rename, so readers never see a torn file."""
+    tmp = temporary_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_record(task):
+    """The completion record of a shard from an earlier run if it belongs to this plan and its files still hash to
+    what the record says, else None."""
+    try:
+        with open(task.record, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None  # no record (never finished) or unreadable: the shard is written again
+    if record.get("plan_hash") != task.plan_hash or record.get("samples") != len(task.samples):
+        return None
+    tar = os.path.join(task.out, record["tar"])
+    index = os.path.join(task.out, record["index"])
+    for path, size, digest in ((tar, record["bytes"], record["sha256"]),
+                               (index, record["index_bytes"], record["index_sha256"])):
+        if not os.path.isfile(path) or os.path.getsize(path) != size or sha256_file(path) != digest:
+            return None
+    return record
+
+
+def sample_jpeg(sample, quality, max_side):
+    with open(sample.path, "rb") as f:
+        data = f.read()
+    if len(data) != sample.size:
+        raise OSError(f"{sample.path} changed while converting ({sample.size} bytes when checked, {len(data)} "
+                      f"now); run again")
+    return encode_jpeg(data, quality, max_side) if sample.reencode else data
+
+
+def write_shard(task):
+    """Writes (or reuses) one complete shard of a ShardTask; returns its completion record plus "reused"."""
+    record = verified_record(task)
+    if record is not None:
+        return dict(record, reused=True)
+    tar_path, index_path = os.path.join(task.out, f"{task.name}.tar"), os.path.join(task.out, f"{task.name}.idx")
+    tar_tmp = temporary_name(tar_path)
+    with open(tar_tmp, "wb") as f:
+        writer = ShardWriter(f)
+        for sample in task.samples:
+            jpeg = sample_jpeg(sample, task.quality, task.max_side)
+            writer.add_sample(sample.key, {"jpg": jpeg, "cls": str(sample.label).encode("ascii")})
+        writer.finish()
+        f.flush()
+        os.fsync(f.fileno())
+    index = writer.index_text().encode("ascii")
+    # The index goes first, so a tar under its final name always has its index beside it; the record written
+    # last is what marks the shard complete, so a crash between the renames only costs a rewrite.
+    write_atomic(index_path, index)
+    os.replace(tar_tmp, tar_path)
+    fsync_dir(task.out)
+    record = {"tar": f"{task.name}.tar", "index": f"{task.name}.idx", "samples": writer.num_samples,
+              "bytes": writer.size, "sha256": writer.sha256, "index_bytes": len(index),
+              "index_sha256": hashlib.sha256(index).hexdigest(), "plan_hash": task.plan_hash}
+    write_atomic(task.record, json.dumps(record).encode())
+    return dict(record, reused=False)
