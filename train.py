@@ -78,6 +78,7 @@ def validate(net, loader, world, amp_dtype):
 def main():
     args = config.parse_args()
     if args.ngpu > 1 and not distributed.launched_by_torchrun():
+        config.check_world(args, args.ngpu)
         return distributed.relaunch_with_torchrun(args.ngpu)
 
     # Distributed.
@@ -105,8 +106,9 @@ def main():
         val_loader = build_loader(args.data, "val", per_rank_batch, backend=args.backend,
                                   image_size=args.val_image_size, **loader_args)
     cfg["backend_resolved"] = train_loader.backend
+    log(f"loader: {train_loader!r}")
     if len(train_loader) == 0 and not args.evaluate:
-        raise SystemExit(f"train.py: error: the train split has {train_loader.num_samples} samples, fewer than "
+        config.fail(f"the train split has {train_loader.num_samples} samples, fewer than "
                          f"one global batch of {args.batch_size}")
 
     # Model and optimizer.
@@ -137,7 +139,7 @@ def main():
 
     if args.evaluate:
         if val_loader is None:
-            raise SystemExit(f"train.py: error: {args.data} has no val split to evaluate on")
+            config.fail(f"{args.data} has no val split to evaluate on")
         loss, top1, top5, n = validate(net, val_loader, world, amp_dtype)
         log(f" * Prec@1 {top1:.3f} Prec@5 {top5:.3f}  (loss {loss:.4f}, {n} images)")
         distributed.cleanup(world)

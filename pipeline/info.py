@@ -18,6 +18,21 @@ def _version(module):
         return f"unavailable ({type(exc).__name__}: {exc})"
 
 
+def libjpeg_turbo():
+    """libjpeg-turbo version Pillow decodes with (Image.draft's DCT-domain scaling relies on it), or why not."""
+    from PIL import features
+    return features.version("libjpeg_turbo") or "not in this PIL build (plain libjpeg or no JPEG support)"
+
+
+def auto_backend():
+    """What build_loader(backend="auto") picks on this machine's default device, and why."""
+    import torch
+
+    from pipeline import resolve_backend
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return resolve_backend("auto", device)
+
+
 def summary():
     import torch
     return {
@@ -25,8 +40,10 @@ def summary():
         "cuda_available": torch.cuda.is_available(),
         "torchvision": _version("torchvision"),
         "pil": pillow_flavour(),
+        "libjpeg_turbo": libjpeg_turbo(),
         "dali": _version("nvidia.dali"),
         "webdataset": _version("webdataset"),
+        "auto_backend": auto_backend(),
     }
 
 

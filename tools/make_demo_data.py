@@ -9,6 +9,7 @@ crops and flips keep the class. Used by `make demo` and by the tests.
 import argparse
 import colorsys
 import math
+import multiprocessing
 import os
 import sys
 
@@ -38,19 +39,30 @@ def render(class_index, num_classes, rng, size):
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
-def write_tree(out, classes=10, train_per_class=80, val_per_class=20, size=96, seed=0, quality=90):
+def _write_class(job):
+    """Writes the images of one (split, class); its own seed keeps the output independent of --workers."""
+    out, split, index, classes, per_class, size, seed, quality = job
+    wnid = class_names(classes)[index]
+    rng = np.random.default_rng([seed, index, 0 if split == "train" else 1])
+    folder = os.path.join(out, split, wnid)
+    os.makedirs(folder, exist_ok=True)
+    for j in range(per_class):
+        side = int(size * rng.uniform(0.8, 1.5))
+        render(index, classes, rng, side).save(os.path.join(folder, f"{wnid}_{j:05d}.JPEG"), quality=quality)
+
+
+def write_tree(out, classes=10, train_per_class=80, val_per_class=20, size=96, seed=0, quality=90, workers=1):
     """Writes OUT/train/<wnid>/*.JPEG and OUT/val/<wnid>/*.JPEG; returns the list of wnids."""
-    rng = np.random.default_rng(seed)
-    names = class_names(classes)
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for index, wnid in enumerate(names):
-            folder = os.path.join(out, split, wnid)
-            os.makedirs(folder, exist_ok=True)
-            for j in range(per_class):
-                side = int(size * rng.uniform(0.8, 1.5))
-                render(index, classes, rng, side).save(
-                    os.path.join(folder, f"{wnid}_{j:05d}.JPEG"), quality=quality)
-    return names
+    jobs = [(out, split, index, classes, per_class, size, seed, quality)
+            for split, per_class in (("train", train_per_class), ("val", val_per_class))
+            for index in range(classes)]
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            pool.map(_write_class, jobs)
+    else:
+        for job in jobs:
+            _write_class(job)
+    return class_names(classes)
 
 
 def main(argv=None):
@@ -61,11 +73,13 @@ def main(argv=None):
     parser.add_argument("--val-per-class", type=int, default=20, help="val images per class (default 20)")
     parser.add_argument("--size", type=int, default=96, help="nominal image side in pixels (default 96)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
     args = parser.parse_args(argv)
-    for flag in ("classes", "train_per_class", "size"):
+    for flag in ("classes", "train_per_class", "size", "workers"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    write_tree(args.out, args.classes, args.train_per_class, args.val_per_class, args.size, args.seed)
+    write_tree(args.out, args.classes, args.train_per_class, args.val_per_class, args.size, args.seed,
+               workers=args.workers)
     print(f"wrote {args.classes} classes x ({args.train_per_class} train + {args.val_per_class} val) to {args.out}")
 
 

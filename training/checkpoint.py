@@ -12,6 +12,8 @@ import torch
 
 from model import load_original_checkpoint
 
+from . import config
+
 
 def checkpoint_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_checkpoint.pth.tar")
@@ -75,7 +77,7 @@ def resolve_resume(resume, output_dir, prefix):
         path = checkpoint_path(output_dir, prefix)
         return path if os.path.isfile(path) else None
     if not os.path.isfile(resume):
-        raise SystemExit(f"train.py: error: --resume checkpoint not found: {resume}")
+        config.fail(f"--resume checkpoint not found: {resume}")
     return resume
 
 
@@ -83,7 +85,7 @@ def load(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: say which and why, in one line
-        raise SystemExit(f"train.py: error: cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        config.fail(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}")
 
 
 def is_original_format(ckpt):
@@ -99,4 +101,4 @@ def load_model_weights(model, ckpt, path):
         else:
             model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
-        raise SystemExit(f"train.py: error: checkpoint {path} does not fit this model: {exc}") from exc
+        config.fail(f"checkpoint {path} does not fit this model: {exc}")

@@ -11,6 +11,12 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 BACKENDS = ("auto", "dali", "dali-cpu", "torch")
 
 
+def fail(message):
+    """A user error: one line on stderr, exit status 2 (argparse's convention)."""
+    sys.stderr.write(f"train.py: error: {message}\n")
+    sys.exit(2)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage block before an error; we print one line, still exit 2."""
 
@@ -91,6 +97,7 @@ def parse_args(argv=None):
         (args.benchmark_warmup >= 0, f"--benchmark-warmup must be >= 0, got {args.benchmark_warmup}"),
         (args.benchmark_steps >= 1, f"--benchmark-steps must be >= 1, got {args.benchmark_steps}"),
         (not (args.evaluate and not args.resume), "--evaluate needs --resume PATH (the checkpoint to evaluate)"),
+        (args.resume in ("", "auto") or os.path.isfile(args.resume), f"--resume checkpoint not found: {args.resume}"),
         (os.path.isdir(args.data), f"DATA folder not found: {args.data}"),
         (not os.path.isdir(args.data) or os.path.isfile(os.path.join(args.data, "manifest.json")),
          f"DATA has no manifest.json (write it with tools/make_shards.py): {args.data}"),
@@ -109,7 +116,7 @@ def parse_args(argv=None):
 def check_world(args, world_size):
     """Checks that need the world size; exits 2 with one line like parse_args."""
     if args.batch_size % world_size:
-        build_parser().error(f"--batch-size {args.batch_size} is the global batch and must divide by the "
+        fail(f"--batch-size {args.batch_size} is the global batch and must divide by the "
                              f"world size {world_size}")
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from . import config
+
 
 @dataclass
 class World:
@@ -50,7 +52,7 @@ def setup():
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            raise SystemExit(f"train.py: error: local rank {local_rank} but only "
+            config.fail(f"local rank {local_rank} but only "
                              f"{torch.cuda.device_count()} GPUs visible on this node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -1,0 +1,212 @@
+"""The `dali` (GPU) and `dali-cpu` backends: one DALI graph, built per epoch, mixed/GPU or CPU operators.
+
+Per epoch the pipeline is rebuilt with shard_id = the rank's part of the split, num_shards = world_size and a
+seed derived from (seed, epoch, rank), so `set_epoch(e)` reproduces epoch e exactly, also after a resume. The
+reader is told to stick to its part; train shuffles through a buffer and we stop after the rank's batch quota
+(DALI's reader keeps epochs apart in its buffer, so no sample repeats within the quota); val reads its part in
+order with pad_last_batch and we cut the padding off the last batch using the known per-rank count.
+
+Labels: `.cls` members arrive as ASCII bytes of varying length, which is not a dense tensor. The graph pads them
+to a fixed width and folds the digits with arithmetic operators (Horner's rule, skipping the padding), and also
+emits a per-sample validity flag, checked on the host (CPU data, no device sync) to name a damaged shard.
+
+DALI is imported lazily so that `import pipeline` works where DALI is not installed.
+"""
+import os
+
+import numpy as np
+import torch
+
+from . import augment
+from .loader import Loader
+from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, find_corrupt_shard, shard_segments
+
+# Host/device buffer sizes for the GPU decoder, from NVIDIA's ResNet-50 example: large enough for nearly every
+# ImageNet image, so nvJPEG does not reallocate mid-epoch.
+_DEVICE_MEMORY_PADDING = 211025920
+_HOST_MEMORY_PADDING = 140544512
+# Share of JPEGs sent to the hardware JPEG decoder where the GPU has one (A100/H100); the rest use CUDA cores.
+_HW_DECODER_LOAD = 0.65
+_PREFETCH_DEPTH = 2  # batches DALI prepares ahead; deeper queues measured no faster on CPU (2 cores)
+
+
+def import_dali():
+    """(fn, types, pipeline_def), or ImportError with the reason DALI cannot be used."""
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as exc:
+        raise ImportError(f"NVIDIA DALI is not importable ({exc}); install the 'dali' extra "
+                          "(pip install nvidia-dali-cuda130)") from exc
+    return fn, types, pipeline_def
+
+
+def label_digits(num_classes):
+    """Width (in ASCII digits) the label graph pads `.cls` members to: enough for the largest class index."""
+    return len(str(max(num_classes - 1, 0)))
+
+
+def _labels_from_ascii(fn, types, cls, digits, num_classes):
+    """(label int64, ok bool) per sample from `.cls` bytes, computed inside the graph.
+
+    Right-pads the bytes with 0 to `digits`, then runs Horner's rule over the positions, multiplying the
+    accumulator by 10 only at digit positions: label = ((d0 * 10 + d1) * 10 + d2)... ok is true when the member
+    is not empty, every byte of it is a digit and the label is below num_classes."""
+    padded = fn.pad(cls, axes=(0,), shape=(digits,), fill_value=0)
+    label, digit_count = None, None
+    for position in range(digits):
+        byte = fn.cast(padded[position], dtype=types.INT64)
+        is_digit = fn.cast((byte >= 48) & (byte <= 57), dtype=types.INT64)
+        value = (byte - 48) * is_digit
+        if label is None:
+            label, digit_count = value, is_digit
+        else:
+            label = label * (1 + 9 * is_digit) + value
+            digit_count = digit_count + is_digit
+    length = cls.shape(dtype=types.INT64)[0]
+    ok = (digit_count == length) & (length > 0) & (label < num_classes)
+    return label, ok
+
+
+def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu, dtype, shuffle_fill, digits,
+           num_classes):
+    """The DALI graph: (images HWC normalised, labels, label_ok). The same for GPU and CPU but for devices."""
+    jpegs, cls = fn.readers.webdataset(
+        paths=paths, index_paths=index_paths, ext=["jpg", "cls"], missing_component_behavior="error",
+        shard_id=part, num_shards=parts, stick_to_shard=True, random_shuffle=train,
+        initial_fill=shuffle_fill, pad_last_batch=not train, name="reader")
+    labels, ok = _labels_from_ascii(fn, types, cls, digits, num_classes)
+    decoder = dict(device="mixed" if gpu else "cpu", output_type=types.RGB,
+                   # EXIF orientation is ignored, like Pillow and torchvision do, so backends agree.
+                   adjust_orientation=False)
+    if gpu:
+        decoder.update(device_memory_padding=_DEVICE_MEMORY_PADDING, host_memory_padding=_HOST_MEMORY_PADDING,
+                       hw_decoder_load=_HW_DECODER_LOAD)
+    mean, std = augment.dali_mean_std()
+    if train:
+        # ROI decoding: only the randomly chosen window is decoded.
+        images = fn.decoders.image_random_crop(
+            jpegs, random_area=list(augment.CROP_AREA), random_aspect_ratio=list(augment.CROP_RATIO),
+            num_attempts=augment.CROP_ATTEMPTS, **decoder)
+        images = fn.resize(images, resize_x=image_size, resize_y=image_size,
+                           interp_type=types.INTERP_LINEAR, antialias=True)
+        mirror = fn.random.coin_flip(probability=augment.FLIP_PROBABILITY)
+    else:
+        start, end = _val_window(fn, types, jpegs, image_size)
+        if gpu:
+            # nvJPEG's default chroma upsampling differs from libjpeg-turbo's; val must match the CPU backends.
+            decoder["jpeg_fancy_upsampling"] = True
+        images = fn.decoders.image(jpegs, **decoder)
+        images = fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end,
+                           interp_type=types.INTERP_LINEAR, antialias=True)
+        mirror = 0
+    images = fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout="HWC")
+    return images, labels, ok
+
+
+def _val_window(fn, types, jpegs, image_size):
+    """augment.val_crop_box computed in the graph from the JPEG header: (roi_start, roi_end) as (y, x)."""
+    from nvidia.dali import math as dmath
+
+    shape = fn.peek_image_shape(jpegs, adjust_orientation=False, dtype=types.FLOAT)
+    height, width = shape[0], shape[1]
+    side = dmath.min(height, width) * (image_size / augment.val_resize_size(image_size))
+    top, left = (height - side) * 0.5, (width - side) * 0.5
+    return fn.stack(top, left), fn.stack(top + side, left + side)
+
+
+class DaliLoader(Loader):
+    """Backend 'dali' (gpu=True: mixed decoder, GPU operators) or 'dali-cpu' (CPU operators)."""
+
+    def __init__(self, split, *, gpu, **kwargs):
+        super().__init__(split, **kwargs)
+        self.gpu = gpu
+        self.backend = "dali" if gpu else "dali-cpu"
+        self._fn, self._types, self._pipeline_def = import_dali()
+        # DALI has no bfloat16 output: produce float32 and convert on the device.
+        self._out_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+        self._dali_dtype = self._types.FLOAT16 if self._out_dtype == torch.float16 else self._types.FLOAT
+
+    def _build(self, plan):
+        part, parts = plan.part, plan.parts
+        if parts > self.split.num_samples:
+            # DALI refuses more parts than samples. With that many ranks (val only: train needs a full batch per
+            # rank) every non-empty range is the single sample i = plan.start, which is DALI's part i of N.
+            part, parts = plan.start, self.split.num_samples
+        shards = self.split.shards
+        pipe = self._pipeline_def(_graph)(
+            fn=self._fn, types=self._types,
+            paths=[s.path for s in shards], index_paths=[s.index_path for s in shards],
+            part=part, parts=parts, train=plan.train, image_size=self.image_size, gpu=self.gpu,
+            dtype=self._dali_dtype, shuffle_fill=max(1, min(SHUFFLE_BUFFER, plan.samples)),
+            digits=label_digits(len(self.split.classes)), num_classes=len(self.split.classes),
+            # workers=0 still needs one DALI thread: DALI has no in-process mode.
+            batch_size=self.batch_size, num_threads=max(1, self.workers),
+            device_id=self.device.index if self.device.type == "cuda" else None,
+            seed=epoch_seed(self.seed, self.epoch, self.rank), prefetch_queue_depth=_PREFETCH_DEPTH,
+            exec_dynamic=True)
+        pipe.build()
+        return pipe
+
+    def _epoch_batches(self, plan):
+        pipe = self._build(plan)
+        try:
+            for step in range(plan.batches):
+                count = plan.last_batch_size() if step == plan.batches - 1 else self.batch_size
+                batch, problem = self._next_batch(pipe, plan, count)
+                if problem is not None:
+                    raise ShardError(problem)
+                yield batch
+        finally:
+            # Dropping the last reference stops and joins the pipeline's threads now, in this process. Errors are
+            # raised without DALI objects in their tracebacks for the same reason: a pipeline kept alive by a
+            # traceback could be finalised later inside a forked DataLoader worker, where its shutdown deadlocks.
+            del pipe
+
+    def _next_batch(self, pipe, plan, count):
+        """((images, labels), None) for the next batch, or (None, message naming the damaged shard)."""
+        try:
+            images, labels, ok = pipe.run()
+        except RuntimeError as exc:
+            return None, self._run_failure(plan, exc)
+        flags = np.asarray(ok.as_tensor())[:count]
+        if not flags.all():
+            # source_info is "<tar path>:<offset>:<member name>", set by the reader.
+            path, _, member = labels[int(np.flatnonzero(~flags)[0])].source_info().rsplit(":", 2)
+            return None, (f"shard {path}: member {member} is not a class index below {len(self.split.classes)}: "
+                          "the shard is damaged; re-run tools/make_shards.py")
+        label_values = torch.from_numpy(np.array(labels.as_tensor())[:count])
+        return (self._images_to_torch(images, count), label_values.to(self.device, non_blocking=True)), None
+
+    def _images_to_torch(self, images, count):
+        # Zero copy through DLPack: DALI's dynamic executor never reuses an output buffer that is still
+        # referenced, and the DLPack handshake orders the GPU work on torch's current stream.
+        if self.gpu:
+            with torch.cuda.device(self.device):
+                batch = torch.from_dlpack(images.as_tensor())
+        else:
+            batch = torch.from_dlpack(images.as_tensor())
+        # NHWC -> NCHW view: channels_last strides, no copy.
+        batch = batch[:count].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return batch if batch.dtype == self.dtype else batch.to(self.dtype)
+
+    def _run_failure(self, plan, exc):
+        """DALI's decoder errors do not say which sample failed: find the shard that differs from the manifest."""
+        reason = _dali_reason(exc)
+        candidates = [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)]
+        bad = find_corrupt_shard(candidates)
+        if bad is not None:
+            return (f"shard {bad.path} differs from its manifest entry (size or sha256): damaged; "
+                    f"re-run tools/make_shards.py (DALI: {reason})")
+        names = ", ".join(os.path.basename(s.path) for s in candidates)
+        return (f"DALI failed reading shards {names} in {self.split.shard_dir} "
+                f"(all match their manifest checksums): {reason}")
+
+
+def _dali_reason(exc):
+    """The informative line of a DALI error (the one after 'encountered:'), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("encountered") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(exc).__name__
+

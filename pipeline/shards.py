@@ -1,0 +1,266 @@
+"""Reading the shard manifest and splitting a split's samples over ranks, epochs and loader workers.
+
+Every backend uses the same sample-level split. The split's shards, concatenated in manifest order, form one index
+space [0, N). In epoch e, rank r of W reads the contiguous range [N*j//W, N*(j+1)//W) with j = (r + e) % W for
+training (the rotation gives each rank a different part of the data every epoch) and j = r for validation. This is
+exactly how DALI's readers split data for shard_id=j, num_shards=W (start_index() in DALI's loader.cc), and it
+works whatever the shard sizes and with more ranks than shard files.
+
+Train: every rank yields exactly floor(N / (W * B)) full batches, drawn through a shuffle buffer from its range;
+the samples still in the buffer when the quota is met are this epoch's dropped remainder.
+Val: every rank yields its whole range in order, its last batch possibly smaller, so every sample is seen exactly
+once across ranks and ranks may differ by one batch.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+TRAIN_SPLIT = "train"
+
+# Samples held by one rank's shuffle buffer: enough to mix classes well when shards are already shuffled at
+# creation time, small enough to stay near 250 MB of ImageNet JPEG bytes (~110 kB each) per rank.
+SHUFFLE_BUFFER = 2048
+
+
+class ShardError(RuntimeError):
+    """A shard directory, manifest or shard file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str          # absolute path of the .tar
+    index_path: str    # absolute path of the DALI .idx ('' when the manifest names none)
+    samples: int       # sample count according to the manifest
+    bytes: int         # file size according to the manifest
+    sha256: str        # checksum according to the manifest ('' when absent)
+    offset: int        # global index of the shard's first sample within its split
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a shard directory, as the manifest describes it."""
+    shard_dir: str
+    name: str
+    shards: tuple
+    num_samples: int
+    classes: tuple
+
+    @property
+    def is_train(self):
+        return self.name == TRAIN_SPLIT
+
+
+def read_manifest(shard_dir):
+    """The parsed manifest.json of shard_dir; ShardError naming the file when it is missing or malformed."""
+    if not os.path.isdir(shard_dir):
+        raise ShardError(f"shard directory {shard_dir} does not exist")
+    path = os.path.join(shard_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise ShardError(f"{path} not found: not a shard directory, or tools/make_shards.py did not finish")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{path} is unreadable or not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ShardError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    return manifest
+
+
+def load_split(shard_dir, split, *, need_index=False):
+    """The Split named `split`, after cheap checks of every shard file it lists.
+
+    Checks that each listed .tar exists with the size the manifest records (a shard cut short is caught here),
+    and with need_index (the DALI backends) that its .idx exists and describes the same number of samples
+    inside the file. Sample counts are checked again while reading."""
+    shard_dir = os.path.abspath(shard_dir)
+    manifest = read_manifest(shard_dir)
+    manifest_path = os.path.join(shard_dir, MANIFEST)
+    splits = manifest.get("splits") or {}
+    if split not in splits:
+        raise ShardError(f"{manifest_path} has no split {split!r}; it has: {', '.join(sorted(splits)) or 'none'}")
+    entry = splits[split]
+    try:
+        shards = _shards_of(shard_dir, entry["shards"])
+        classes = tuple(manifest["classes"])
+        num_samples = int(entry["samples"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{manifest_path}: split {split!r} is malformed ({type(exc).__name__}: {exc})") from exc
+    if not shards:
+        raise ShardError(f"{manifest_path}: split {split!r} lists no shards")
+    if not classes:
+        raise ShardError(f"{manifest_path} lists no classes")
+    total = sum(s.samples for s in shards)
+    if total != num_samples:
+        raise ShardError(f"{manifest_path}: split {split!r} says {num_samples} samples but its shards hold {total}")
+    for shard in shards:
+        check_shard_file(shard)
+        if need_index:
+            check_index_file(shard)
+    return Split(shard_dir, split, shards, num_samples, classes)
+
+
+def _shards_of(shard_dir, entries):
+    shards, offset = [], 0
+    for entry in entries:
+        index = entry.get("index") or ""
+        for name in (entry["tar"], index):
+            if os.path.basename(name) != name:  # the contract names plain files inside the shard directory
+                raise ValueError(f"shard file name {name!r} is not a plain file name")
+        shard = Shard(path=os.path.join(shard_dir, entry["tar"]),
+                      index_path=os.path.join(shard_dir, index) if index else "",
+                      samples=int(entry["samples"]), bytes=int(entry["bytes"]),
+                      sha256=entry.get("sha256") or "", offset=offset)
+        if shard.samples <= 0:
+            raise ValueError(f"shard {entry['tar']} has {shard.samples} samples")
+        shards.append(shard)
+        offset += shard.samples
+    return tuple(shards)
+
+
+def check_shard_file(shard):
+    """ShardError naming the shard when it is missing or its size differs from the manifest."""
+    try:
+        size = os.path.getsize(shard.path)
+    except OSError as exc:
+        raise ShardError(f"shard {shard.path} listed in the manifest is missing or unreadable: {exc}") from exc
+    if size != shard.bytes:
+        raise ShardError(f"shard {shard.path} is {size} bytes but the manifest says {shard.bytes}: "
+                         "damaged or replaced; re-run tools/make_shards.py")
+
+
+def check_index_file(shard):
+    """ShardError naming the .idx when it is missing, disagrees with the manifest's count, or points past the tar."""
+    if not shard.index_path:
+        raise ShardError(f"the manifest names no DALI index for shard {shard.path}; the DALI backends need one")
+    try:
+        with open(shard.index_path, "rb") as handle:
+            header = handle.readline().split()
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            last_line = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
+    except OSError as exc:
+        raise ShardError(f"DALI index {shard.index_path} is missing or unreadable: {exc}") from exc
+    if len(header) != 2 or not header[1].isdigit() or int(header[1]) != shard.samples:
+        raise ShardError(f"DALI index {shard.index_path} describes {header[1:] or 'no'} samples but the manifest "
+                         f"says {shard.samples} for {os.path.basename(shard.path)}")
+    # Index records are `ext offset size name` groups; the last one of the file ends furthest into the tar.
+    try:
+        end = int(last_line[-3]) + int(last_line[-2])
+    except (IndexError, ValueError) as exc:
+        raise ShardError(f"DALI index {shard.index_path} has a malformed last line") from exc
+    if end > shard.bytes:
+        raise ShardError(f"DALI index {shard.index_path} points past the end of {shard.path}")
+
+
+def find_corrupt_shard(shards):
+    """The first shard whose size or sha256 differs from the manifest, or None (reads every file: slow path)."""
+    for shard in shards:
+        try:
+            check_shard_file(shard)
+        except ShardError:
+            return shard
+        if shard.sha256 and _sha256(shard.path) != shard.sha256:
+            return shard
+    return None
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rank and worker split
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """What one rank reads in one epoch: the global sample range [start, stop) and its batch quota."""
+    start: int
+    stop: int
+    batches: int
+    batch_size: int
+    train: bool
+    part: int          # j: which of the world_size equal parts this is (DALI's shard_id)
+    parts: int         # world_size (DALI's num_shards)
+
+    @property
+    def samples(self):
+        return self.stop - self.start
+
+    def last_batch_size(self):
+        """Samples in the final batch (val ranks may end with a partial batch)."""
+        if self.batches == 0:
+            return 0
+        return self.batch_size if self.train else self.samples - (self.batches - 1) * self.batch_size
+
+
+def train_batches(num_samples, world_size, batch_size):
+    """Full batches every rank yields per train epoch: floor(N / (W * B))."""
+    return num_samples // (world_size * batch_size)
+
+
+def rank_plan(num_samples, *, rank, world_size, batch_size, epoch, train):
+    """The RankPlan of `rank` in `epoch` (see the module docstring for the rules)."""
+    part = (rank + epoch) % world_size if train else rank
+    start = num_samples * part // world_size
+    stop = num_samples * (part + 1) // world_size
+    if train:
+        batches = train_batches(num_samples, world_size, batch_size)
+    else:
+        batches = -(-(stop - start) // batch_size)
+    return RankPlan(start, stop, batches, batch_size, train, part, world_size)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One loader worker's contiguous share of a RankPlan: samples [start, stop), and batches to yield from it."""
+    start: int
+    stop: int
+    batches: int
+
+
+def worker_plans(plan, num_workers):
+    """Splits a RankPlan over num_workers workers so that their batch counts add up to plan.batches.
+
+    Train: worker w gets batches L*w//K .. L*(w+1)//K of the quota and a contiguous sub-range holding exactly
+    those batches plus its share of the remainder (so every sample of the range is read and counted).
+    Val: the range is cut at batch boundaries, so only the last worker's last batch can be partial."""
+    plans = []
+    total, rest = plan.batches, plan.samples - plan.batches * plan.batch_size
+    for w in range(num_workers):
+        first, last = total * w // num_workers, total * (w + 1) // num_workers
+        if plan.train:
+            lo = plan.start + first * plan.batch_size + rest * w // num_workers
+            hi = plan.start + last * plan.batch_size + rest * (w + 1) // num_workers
+        else:
+            lo = plan.start + first * plan.batch_size
+            hi = min(plan.start + last * plan.batch_size, plan.stop)
+        plans.append(WorkerPlan(lo, hi, last - first))
+    return plans
+
+
+def shard_segments(shards, start, stop):
+    """(shard, first, stop) local sample ranges of the shards overlapping the global range [start, stop)."""
+    segments = []
+    for shard in shards:
+        lo, hi = max(start, shard.offset), min(stop, shard.offset + shard.samples)
+        if lo < hi:
+            segments.append((shard, lo - shard.offset, hi - shard.offset))
+    return segments
+
+
+def epoch_seed(seed, epoch, *streams):
+    """A 31-bit seed derived from (seed, epoch, *streams): independent streams, reproducible for any epoch."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(epoch), *(int(s) for s in streams)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)

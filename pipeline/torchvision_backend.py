@@ -1,0 +1,219 @@
+"""The `torch` backend: stock webdataset tar streaming + Pillow(-SIMD) in DataLoader worker processes.
+
+Each worker reads only its contiguous share of the rank's sample range (see shards.worker_plans), counts the
+samples of every shard it reads against the manifest, shuffles raw JPEG bytes through a seeded buffer (train),
+decodes with Image.draft so libjpeg downscales in the DCT domain whenever the crop allows, crops and resizes in
+one Pillow call, and batches uint8 HWC tensors itself (DataLoader batch_size=None). The main process pins the
+batch, moves it to the device and converts, normalises and lays it out there (augment.normalize_on_device).
+
+A damaged shard makes the worker yield a _Failure naming the file, which the main process raises as a
+ShardError: one clear line instead of a worker traceback.
+"""
+import io
+import tarfile
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tar_file_iterator
+
+from . import augment
+from .loader import Loader
+from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, shard_segments, worker_plans
+
+WANTED = ("jpg", "cls")  # the only members ever decoded; anything else in a shard is skipped unread
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls
+
+
+class _Failure:
+    """Sent from a worker instead of a batch when a shard is unusable; `message` names the shard."""
+
+    def __init__(self, message):
+        self.message = message
+
+
+def decode_train(jpeg, image_size, rng):
+    """JPEG bytes -> RandomResizedCrop'd, maybe flipped, image_size x image_size RGB uint8 array (HWC)."""
+    image = Image.open(io.BytesIO(jpeg))
+    width, height = image.size
+    left, top, crop_w, crop_h = augment.random_resized_crop_box(width, height, rng)
+    box = (left, top, left + crop_w, top + crop_h)
+    pixels = _resize_box(image, box, crop_w, crop_h, image_size)
+    if rng.random() < augment.FLIP_PROBABILITY:
+        pixels = pixels[:, ::-1]
+    return pixels
+
+
+def decode_val(jpeg, image_size):
+    """JPEG bytes -> shorter side resized to image_size/0.875, centre image_size crop, RGB uint8 array (HWC).
+
+    Full-resolution decode, no DCT-domain downscale: val is the yardstick, so it matches the DALI backends
+    pixel for pixel (within resampler rounding) rather than trading exactness for speed."""
+    image = Image.open(io.BytesIO(jpeg))
+    box = augment.val_crop_box(image.size[0], image.size[1], image_size)
+    return _resize_box(image, box, box[2] - box[0], box[3] - box[1], image_size, allow_draft=False)
+
+
+def _resize_box(image, box, box_w, box_h, image_size, allow_draft=True):
+    """Decodes `image` (DCT-downscaled when allowed and the box stays >= image_size) and resizes `box`."""
+    width, height = image.size
+    factor = augment.draft_factor(box_w, box_h, image_size) if allow_draft else 1
+    if factor > 1 and image.format == "JPEG":
+        # Requesting (W//f, H//f) makes Pillow pick the DCT scale 1/f exactly; the result is ceil(W/f) wide.
+        image.draft("RGB", (width // factor, height // factor))
+        scale_x, scale_y = image.size[0] / width, image.size[1] / height
+        box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    # One Pillow call crops and resamples (antialiased bilinear, like torchvision's RandomResizedCrop on PIL).
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box))
+
+
+def parse_label(data, num_classes):
+    """ASCII decimal bytes -> class index; ValueError unless it is a plain number below num_classes."""
+    if not (0 < len(data) <= 9 and data.isdigit()):
+        raise ValueError(f"label {data[:12]!r} is not an ASCII decimal number")
+    label = int(data)
+    if label >= num_classes:
+        raise ValueError(f"label {label} is out of range for {num_classes} classes")
+    return label
+
+
+def read_samples(shard, first, stop):
+    """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`, counting every sample.
+
+    ShardError naming the file when the tar is unreadable, a sample lacks .jpg or .cls, or the shard holds fewer
+    samples than the manifest says (a tar cut short or zero-filled reads as a clean end of archive), or more
+    (checked when the range reaches the shard's end)."""
+    count, key, parts = 0, None, {}
+    must_reach_end = stop == shard.samples
+    try:
+        with open(shard.path, "rb", buffering=_READ_BUFFER) as stream:
+            for member in tar_file_iterator(stream, select_files=_wanted_member):
+                member_key, ext = member["fname"].split(".", 1)
+                if member_key == key:
+                    parts[ext] = member["data"]
+                    continue
+                if key is not None:
+                    if first <= count < stop:
+                        yield _complete(shard, key, parts)
+                    count += 1
+                    if count >= stop and not must_reach_end:
+                        return
+                key, parts = member_key, {ext: member["data"]}
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        raise ShardError(f"shard {shard.path} is unreadable after {count} samples: {exc}") from exc
+    if key is not None:
+        if first <= count < stop:
+            yield _complete(shard, key, parts)
+        count += 1
+    if count != shard.samples:
+        raise ShardError(f"shard {shard.path} holds {count} samples but the manifest says {shard.samples}: "
+                         "the file is damaged (cut short or overwritten); re-run tools/make_shards.py")
+
+
+def _wanted_member(fname):
+    return "." in fname and fname.split(".", 1)[1] in WANTED
+
+
+def _complete(shard, key, parts):
+    missing = [ext for ext in WANTED if ext not in parts]
+    if missing:
+        raise ShardError(f"shard {shard.path}: sample {key!r} has no .{missing[0]} member")
+    return key, parts["jpg"], parts["cls"]
+
+
+class ShardStream(IterableDataset):
+    """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure."""
+
+    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers):
+        self.split, self.plan = split, plan
+        self.image_size, self.seed, self.epoch, self.rank = image_size, seed, epoch, rank
+        self.num_workers = max(1, num_workers)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        share = worker_plans(self.plan, self.num_workers)[worker]
+        if share.stop <= share.start:
+            return
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, self.rank, worker))
+        try:
+            yield from self._batches(share, rng, in_worker=info is not None)
+        except ShardError as exc:
+            yield _Failure(str(exc))
+
+    def _batches(self, share, rng, in_worker):
+        samples = self._samples(share, rng)
+        remaining = share.batches * self.plan.batch_size if self.plan.train else share.stop - share.start
+        while remaining > 0:
+            count = min(self.plan.batch_size, remaining)
+            yield self._decode_batch(samples, count, rng, in_worker)
+            remaining -= count
+        for _ in samples:  # read the rest of the share (the dropped remainder) so its shards get counted
+            pass
+
+    def _samples(self, share, rng):
+        """Raw samples of the share: in order for val, through a seeded shuffle buffer for train."""
+        stream = ((shard, key, jpeg, cls)
+                  for shard, first, stop in shard_segments(self.split.shards, share.start, share.stop)
+                  for key, jpeg, cls in read_samples(shard, first, stop))
+        if not self.plan.train:
+            yield from stream
+            return
+        capacity = max(self.plan.batch_size, SHUFFLE_BUFFER // self.num_workers)
+        buffer = []
+        for sample in stream:
+            buffer.append(sample)
+            if len(buffer) >= capacity:
+                yield _pop_random(buffer, rng)
+        while buffer:
+            yield _pop_random(buffer, rng)
+
+    def _decode_batch(self, samples, count, rng, in_worker):
+        size = self.image_size
+        images = torch.empty((count, size, size, 3), dtype=torch.uint8)
+        if in_worker:
+            # Allocate in shared memory up front so handing the batch to the main process copies nothing.
+            images.share_memory_()
+        labels = torch.empty(count, dtype=torch.int64)
+        pixels, label_values = images.numpy(), labels.numpy()
+        for i in range(count):
+            shard, key, jpeg, cls = next(samples)
+            try:
+                label_values[i] = parse_label(cls, len(self.split.classes))
+                pixels[i] = decode_train(jpeg, size, rng) if self.plan.train else decode_val(jpeg, size)
+            except _DECODE_ERRORS as exc:
+                raise ShardError(f"shard {shard.path}: sample {key!r}: {exc}") from exc
+        return images, labels
+
+
+def _pop_random(buffer, rng):
+    i = int(rng.integers(len(buffer)))
+    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+    return buffer.pop()
+
+
+class TorchLoader(Loader):
+    backend = "torch"
+
+    def _epoch_batches(self, plan):
+        dataset = ShardStream(self.split, plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
+                              rank=self.rank, num_workers=self.workers)
+        # Fresh workers every epoch: they fork with this epoch's plan and seed (persistent workers would not).
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        batches = iter(loader)
+        try:
+            for item in batches:
+                if isinstance(item, _Failure):
+                    raise ShardError(item.message)
+                images, labels = item
+                yield (augment.normalize_on_device(images, self.device, self.dtype),
+                       labels.to(self.device, non_blocking=True))
+        finally:
+            # Dropping the iterator joins the worker processes now, also on an early break or an error
+            # (an exception's traceback would otherwise keep them alive).
+            del batches

@@ -1,0 +1,172 @@
+"""train.py end to end on tiny shards: real torchrun with 2 gloo processes, checkpoints, exact resume, SIGTERM,
+--evaluate, --benchmark, flag errors, and learnability on a generated data set."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+# Small and fast: ResNet-18-CBAM on 32 px crops, the torch backend (DALI CPU is covered by the loader tests).
+COMMON = ["--depth", "18", "--att-type", "CBAM", "--image-size", "32", "--backend", "torch", "--workers", "2",
+          "--batch-size", "16", "--lr", "0.05", "--lr-schedule", "step", "--print-freq", "1", "--prefix", "T"]
+
+
+def run(args, timeout=300, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def torchrun(args, nproc=2):
+    return run([PY, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "train.py", *args])
+
+
+def metrics(out_dir, kind="train"):
+    with open(os.path.join(out_dir, "T_metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def make_shards(src, out, per_shard):
+    result = run([PY, "tools/make_shards.py", str(src), str(out), "--workers", "2", "--max-count", str(per_shard)])
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from tools.make_demo_data import write_tree
+    base = tmp_path_factory.mktemp("train")
+    write_tree(str(base / "images"), classes=4, train_per_class=16, val_per_class=6, size=40, seed=3)
+    make_shards(base / "images", base / "shards", per_shard=20)  # 64 train samples in 4 shards, 24 val in 2
+    return base / "shards"
+
+
+@pytest.fixture(scope="module")
+def reference_run(shards, tmp_path_factory):
+    """Two epochs under torchrun with 2 processes, uninterrupted."""
+    out = tmp_path_factory.mktemp("ref")
+    result = torchrun([*COMMON, "--epochs", "2", "--output-dir", str(out), str(shards)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_reference_run_logs_checkpoints_and_metrics(reference_run):
+    out, result = reference_run
+    assert "Epoch: [0][1/4]\tTime" in result.stdout and "Prec@5" in result.stdout
+    assert " * Prec@1 " in result.stdout
+    ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["batch"] == 0 and ckpt["config"]["world_size"] == 2
+    assert set(ckpt) >= {"model", "optimizer", "scaler", "best_prec1", "rng", "config", "step"}
+    assert (out / "T_model_best.pth.tar").exists()
+    train = metrics(out)
+    # 64 samples, global batch 16 -> 4 steps per epoch, logged at every step (--print-freq 1).
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert all(r["images_per_sec"] > 0 and r["loss"] > 0 for r in train)
+    val = metrics(out, "val")
+    assert len(val) == 2 and all(r["images"] == 24 for r in val)  # every val sample counted exactly once
+
+
+def test_ngpu_launcher_then_resume_reproduce_the_uninterrupted_run(reference_run, shards, tmp_path):
+    ref_out, _ = reference_run
+    reference = {r["step"]: r["loss"] for r in metrics(ref_out)}
+    # The seed's way: python train.py --ngpu 2 relaunches itself through torch.distributed.run.
+    first = run([PY, "train.py", *COMMON, "--ngpu", "2", "--epochs", "1", "--output-dir", str(tmp_path),
+                 str(shards)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads(first.stdout.split("config ", 1)[1].splitlines()[0])["world_size"] == 2
+    resumed = torchrun([*COMMON, "--epochs", "2", "--resume", "auto", "--output-dir", str(tmp_path), str(shards)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "next: epoch 1, batch 0" in resumed.stdout
+    got = {r["step"]: r["loss"] for r in metrics(tmp_path)}
+    assert sorted(got) == sorted(reference)
+    for step, loss in reference.items():
+        assert got[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), f"step {step}"
+
+
+def test_evaluate_matches_end_of_training_top1(reference_run, shards):
+    out, _ = reference_run
+    last_val = metrics(out, "val")[-1]
+    result = run([PY, "train.py", *COMMON, "--evaluate", "--resume", str(out / "T_checkpoint.pth.tar"),
+                  "--output-dir", str(out), str(shards)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith(" * Prec@1"))
+    assert float(line.split()[2]) == pytest.approx(last_val["top1"], abs=5e-4)  # printed with 3 decimals
+
+
+def test_sigterm_mid_epoch_saves_a_loadable_checkpoint_and_resume_finishes(shards, tmp_path):
+    args = [PY, "train.py", *COMMON, "--batch-size", "4", "--epochs", "1", "--output-dir", str(tmp_path),
+            str(shards)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics_file = tmp_path / "T_metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics_file.exists() and metrics_file.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "stop requested" in stdout
+    ckpt = torch.load(tmp_path / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["batch"] < 16, ckpt["batch"]  # 64 samples / 4 = 16 steps
+    stopped_at = ckpt["batch"]
+    result = run(args + ["--resume", "auto"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"next: epoch 0, batch {stopped_at}" in result.stdout
+    steps = [r["step"] for r in metrics(tmp_path)]
+    assert sorted(set(steps)) == list(range(1, 17))  # every step of the epoch trained exactly once overall
+    assert len(steps) == len(set(steps))
+
+
+def test_benchmark_json_has_every_key_with_sane_values(shards):
+    result = torchrun([*COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "3", str(shards)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith('{"benchmark"'))
+    data = json.loads(line)
+    for key in ("images_per_sec", "images_per_sec_per_device", "loader_images_per_sec", "model_images_per_sec"):
+        assert data[key] > 0, key
+    assert data["images_per_sec_per_device"] == pytest.approx(data["images_per_sec"] / 2, rel=1e-3)
+    assert data["bound_by"] in ("loader", "model")
+    assert (data["world_size"], data["batch_size"], data["image_size"], data["depth"], data["att_type"],
+            data["steps"], data["backend"], data["amp"]) == (2, 16, 32, 18, "CBAM", 3, "torch", "off")
+    assert data["device"].startswith("cpu")
+    assert "bound by:" in result.stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--amp", "fp8"], "argument --amp: invalid choice"),
+    (["--depth", "42"], "argument --depth: invalid choice"),
+    (["--att-type", "eca"], "argument --att-type: invalid choice"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--ngpu", "2", "--batch-size", "15"], "--batch-size 15 is the global batch and must divide by the world size 2"),
+    (["--evaluate"], "--evaluate needs --resume"),
+    (["--resume", "/nonexistent/ckpt.pth.tar"], "--resume checkpoint not found: /nonexistent/ckpt.pth.tar"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_flags_exit_2_with_one_line(shards, flags, message):
+    result = run([PY, "train.py", *flags, str(shards)])
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_missing_data_folder_exits_2(tmp_path):
+    result = run([PY, "train.py", str(tmp_path / "nope")])
+    assert result.returncode == 2 and "DATA folder not found" in result.stderr
+
+
+def test_learnability_reaches_90_percent(tmp_path):
+    from tools.make_demo_data import write_tree
+    write_tree(str(tmp_path / "images"), classes=5, train_per_class=60, val_per_class=12, size=48, seed=7)
+    make_shards(tmp_path / "images", tmp_path / "shards", per_shard=100)
+    result = run([PY, "train.py", "--depth", "18", "--att-type", "CBAM", "--image-size", "32", "--backend",
+                  "torch", "--workers", "2", "--batch-size", "32", "--lr", "0.1", "--lr-schedule", "cosine",
+                  "--warmup-epochs", "1", "--epochs", "6", "--print-freq", "5", "--prefix", "T",
+                  "--output-dir", str(tmp_path / "out"), str(tmp_path / "shards")], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    val = metrics(tmp_path / "out", "val")
+    assert max(r["top1"] for r in val) >= 90.0, [r["top1"] for r in val]
