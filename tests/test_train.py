@@ -170,3 +170,19 @@ def test_learnability_reaches_90_percent(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     val = metrics(tmp_path / "out", "val")
     assert max(r["top1"] for r in val) >= 90.0, [r["top1"] for r in val]
+
+
+def test_evaluate_loads_a_checkpoint_of_the_authors_code(reference_run, shards, tmp_path):
+    """A checkpoint saved by the original repository (its key names, 'module.' prefix, no config) evaluates
+    through the model's key mapping and gives the same top-1 as our own checkpoint of the same weights."""
+    from test_model import _to_original_names
+    out, _ = reference_run
+    ours = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    original = {"epoch": 2, "arch": "resnet18", "best_prec1": 0.0, "state_dict": _to_original_names(ours["model"])}
+    assert any(k.startswith("module.layer1.0.cbam.ChannelGate.mlp.1.") for k in original["state_dict"])
+    torch.save(original, tmp_path / "original.pth.tar")
+    result = run([PY, "train.py", *COMMON, "--evaluate", "--resume", str(tmp_path / "original.pth.tar"),
+                  str(shards)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith(" * Prec@1"))
+    assert float(line.split()[2]) == pytest.approx(metrics(out, "val")[-1]["top1"], abs=5e-4)

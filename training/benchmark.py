@@ -65,8 +65,11 @@ def run(train_step, loader, world, args, cfg, memory_format, dtype):
         images, labels = next(batches)
         train_step(images, labels)
 
-    end_to_end = timed_rate(loader_and_step, warmup, steps, world, global_batch)
+    # Loader alone first, on a fresh iterator: its warm-up drains whatever the workers had prefetched, so the
+    # timed steps measure production, not a full queue. (Measured after the train steps, the queue filled
+    # while the model ran would be counted as loader speed.)
     loader_only = timed_rate(lambda: next(batches), warmup, steps, world, global_batch)
+    end_to_end = timed_rate(loader_and_step, warmup, steps, world, global_batch)
 
     images = torch.randn(per_rank, 3, args.image_size, args.image_size, device=world.device)
     images = images.to(dtype=dtype, memory_format=memory_format)
