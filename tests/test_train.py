@@ -186,3 +186,15 @@ def test_evaluate_loads_a_checkpoint_of_the_authors_code(reference_run, shards, 
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith(" * Prec@1"))
     assert float(line.split()[2]) == pytest.approx(metrics(out, "val")[-1]["top1"], abs=5e-4)
+
+
+def test_plot_metrics_renders_a_png(reference_run, tmp_path):
+    out, _ = reference_run
+    png = tmp_path / "metrics.png"
+    result = run([PY, "tools/plot_metrics.py", str(out / "T_metrics.jsonl"), "-o", str(png)])
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "train"}\nnot json\n')
+    result = run([PY, "tools/plot_metrics.py", str(bad)])
+    assert result.returncode != 0 and f"{bad}:2: not a JSON line" in result.stderr
