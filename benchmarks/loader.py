@@ -2,7 +2,12 @@
 
   stock torchvision   ImageFolder + RandomResizedCrop(S) + RandomHorizontalFlip + ToTensor + Normalize, a
                       DataLoader(shuffle, drop_last) with the same worker count and batch size, batches moved
-                      to the device (pinned, non_blocking on CUDA)
+                      to the device (pinned, non_blocking on CUDA). Two rows when our PIL is Pillow-SIMD:
+        (a) + Pillow      as a plain user has it: the stock Pillow wheel torchvision depends on (same version,
+                          installed with pip into a temporary folder at benchmark time), run in a subprocess
+                          whose PYTHONPATH puts it first. The targets are judged against this row.
+        (b) + Pillow-SIMD the same code on our Pillow-SIMD (which replaces PIL in place), in this process.
+                      When PIL is stock Pillow already, (b) is the stock pipeline and (a) is not run.
   torch               build_loader(backend="torch"): webdataset shards, Pillow(-SIMD) + Image.draft in workers,
                       uint8 batches, normalisation on the device
   dali-cpu            build_loader(backend="dali-cpu"): DALI CPU operators, `workers` threads
@@ -13,8 +18,8 @@ ImageFolder tree with --src, linked into a temporary ImageFolder tree (--copies 
 epochs long enough to show steady-state throughput) that the script also shards with tools/make_shards.py. The
 figure is images delivered on the training device per second over --epochs whole train epochs, worker start-up
 included as in training (it weighs more on a 500-image epoch than on ImageNet's). Every figure is the median of
---repeats; in every repeat each loader runs once, in an order that rotates from repeat to repeat, so baseline and
-candidates share the machine state.
+--repeats; in every repeat each loader (the subprocess baseline included) runs once, in an order that rotates from
+repeat to repeat, so baselines and candidates share the machine state.
 
     .venv/bin/python benchmarks/loader.py [--src DIR] [--copies 1] [--workers 2] [--image-size 224]
                                           [--batch-size 64] [--repeats 5] [--epochs 2] [--record]
@@ -41,7 +46,8 @@ from pipeline.info import summary  # noqa: E402
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")
 TARGET_VS_STOCK = 2.0  # issue 6: torch and dali-cpu >= 2x the stock torchvision pipeline (CPU, 2 workers, 224 px)
-BASELINE = "stock torchvision"
+STOCK_PILLOW = "(a) stock torchvision + {pil}"       # row names; the targets are judged against the first
+STOCK_ACTIVE_PIL = "(b) stock torchvision + {pil}"   # baseline row present
 
 
 def sample_files():
@@ -105,6 +111,68 @@ def stock_loader(src, args, device):
     return epoch, len(loader)
 
 
+def stock_pillow_folder(tmp):
+    """A folder holding the stock Pillow wheel of the active PIL's version, or None (and why) when not needed or
+    pip cannot get it. Only for row (a): the venv's PIL is never touched."""
+    import PIL
+
+    if ".post" not in PIL.__version__:  # stock Pillow is active: the in-process row already is the stock pipeline
+        return None, f"PIL is stock Pillow {PIL.__version__}, so row (b) is the stock pipeline"
+    version = PIL.__version__.split(".post")[0]
+    target = os.path.join(tmp, "stock-pillow")
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                             "--no-deps", "--only-binary", ":all:", "--target", target, f"pillow=={version}"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None, f"pip could not install stock pillow=={version}: {result.stderr.strip()[-500:]}"
+    return target, None
+
+
+class StockProcess:
+    """The stock pipeline in a child process that imports the stock Pillow in `pillow_folder` first.
+
+    The child builds the loader once, then times epochs on request (one line "first count" in, one line of
+    seconds out), so it joins the same interleaved repeats as the in-process loaders. Idle, it blocks on a read."""
+
+    def __init__(self, argv, src, pillow_folder):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pillow_folder,
+                                                                        os.environ.get("PYTHONPATH")])))
+        self.child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--serve-stock", src],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        hello = json.loads(self._reply())
+        self.pil, self.batches = hello["pil"], hello["batches"]
+        if not self.pil.startswith("pillow "):
+            self.close()
+            sys.exit(f"loader.py: error: the stock-Pillow child imported {self.pil}, not stock Pillow")
+
+    def _reply(self):
+        line = self.child.stdout.readline()
+        if not line:
+            sys.exit(f"loader.py: error: the stock-Pillow child exited with status {self.child.wait()}")
+        return line
+
+    def run(self, first, count):
+        self.child.stdin.write(f"{first} {count}\n")
+        self.child.stdin.flush()
+        return float(self._reply())
+
+    def close(self):
+        self.child.stdin.close()
+        self.child.wait()
+
+
+def serve_stock(src, args, device):
+    """The child side of StockProcess."""
+    from pipeline.info import pillow_flavour
+
+    epoch, batches = stock_loader(src, args, device)
+    print(json.dumps({"pil": pillow_flavour(), "batches": batches}), flush=True)
+    for line in sys.stdin:
+        first, count = (int(x) for x in line.split())
+        print(timed_epochs(epoch, first, count, device), flush=True)
+    return 0
+
+
 def our_loader(shard_dir, backend, args, device):
     loader = pipeline.build_loader(shard_dir, "train", args.batch_size, backend=backend, workers=args.workers,
                                    device=device, image_size=args.image_size)
@@ -127,6 +195,29 @@ def timed_epochs(epoch, first, count, device):
     return time.perf_counter() - start
 
 
+def pil_label(flavour):
+    """'pillow-simd 12.1.1.post0' -> 'Pillow-SIMD 12.1.1.post0', 'pillow 12.1.1' -> 'Pillow 12.1.1'."""
+    return flavour.replace("pillow-simd", "Pillow-SIMD").replace("pillow", "Pillow")
+
+
+def in_process(loader, device):
+    epoch, batches = loader
+    return (lambda first, count: timed_epochs(epoch, first, count, device)), batches
+
+
+def interleaved_repeats(runners, args):
+    """{name: [seconds per repeat]}: one warm-up epoch each (page cache, imports, DALI and worker first-run
+    costs), then --repeats rounds in which every runner runs once, the order rotating by one each round."""
+    for run, _ in runners.values():
+        run(0, 1)
+    names = list(runners)
+    seconds = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            seconds[name].append(runners[name][0](1 + repeat * args.epochs, args.epochs))
+    return seconds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", help="ImageFolder tree whose train/ split is read (default: the shared samples)")
@@ -141,11 +232,15 @@ def main(argv=None):
                              "epoch, so per-epoch worker start-up weighs as little as it does on ImageNet")
     parser.add_argument("--max-count", type=int, default=50, help="samples per shard for make_shards (default 50)")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--serve-stock", metavar="SRC", help=argparse.SUPPRESS)  # internal: StockProcess's child
     args = parser.parse_args(argv)
     for flag in ("workers", "repeats", "epochs", "batch_size", "max_count", "copies"):
         if getattr(args, flag) < (0 if flag == "workers" else 1):
             parser.error(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'workers' else 1}")
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if args.serve_stock:
+        return serve_stock(args.serve_stock, args, device)
+    child_argv = [f"--workers={args.workers}", f"--image-size={args.image_size}", f"--batch-size={args.batch_size}"]
     backends = args.backends.split(",") if args.backends else (
         ["torch", "dali-cpu"] + (["dali"] if device.type == "cuda" else []))
 
@@ -153,29 +248,42 @@ def main(argv=None):
         files = folder_files(os.path.abspath(args.src)) if args.src else sample_files()
         src = build_tree(files, os.path.join(tmp, "src"), args.copies)
         shard_dir = make_shards(src, os.path.join(tmp, "shards"), max(1, args.workers), args.max_count)
-        loaders = {BASELINE: stock_loader(src, args, device)}
+        pillow_folder, skipped = stock_pillow_folder(tmp)
+        runners, stock_child = {}, None  # name -> (run(first_epoch, epochs) -> seconds, batches per epoch)
+        if pillow_folder:
+            stock_child = StockProcess(child_argv, src, pillow_folder)
+            runners[STOCK_PILLOW.format(pil=pil_label(stock_child.pil))] = (stock_child.run, stock_child.batches)
+        else:
+            print(f"row (a) skipped: {skipped}")
+        active = STOCK_ACTIVE_PIL.format(pil=pil_label(summary()["pil"]))
+        runners[active] = in_process(stock_loader(src, args, device), device)
         for backend in backends:
-            loaders[backend] = our_loader(shard_dir, backend, args, device)
-        images_per_run = {name: batches * args.batch_size * args.epochs for name, (_, batches) in loaders.items()}
-        for epoch, _ in loaders.values():  # warm-up: page cache, imports, DALI and worker first-run costs
-            timed_epochs(epoch, 0, 1, device)
-        names = list(loaders)
-        seconds = {name: [] for name in names}
-        for repeat in range(args.repeats):
-            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                seconds[name].append(timed_epochs(loaders[name][0], 1 + repeat * args.epochs, args.epochs, device))
+            runners[backend] = in_process(our_loader(shard_dir, backend, args, device), device)
+        try:
+            seconds = interleaved_repeats(runners, args)
+        finally:
+            if stock_child is not None:
+                stock_child.close()
 
+    images_per_run = {name: batches * args.batch_size * args.epochs for name, (_, batches) in runners.items()}
     rates = {name: [images_per_run[name] / s for s in samples] for name, samples in seconds.items()}
     medians = {name: statistics.median(r) for name, r in rates.items()}
-    ratios = {name: medians[name] / medians[BASELINE] for name in names if name != BASELINE}
-    rows = [[name, f"{medians[name]:.0f}", f"{min(rates[name]):.0f}-{max(rates[name]):.0f}",
-             "1.00" if name == BASELINE else f"{ratios[name]:.2f}"] for name in names]
-    table = markdown_table(["loader", "images/s (median)", "min-max", "vs stock"], rows)
-    note = (f"{images_per_run[BASELINE] // args.epochs} images per epoch ({args.copies} cop"
+    baselines = [name for name in runners if name.startswith("(")]
+    ratios = {base: {name: medians[name] / medians[base] for name in backends} for base in baselines}
+    rows = [[name, f"{medians[name]:.0f}", f"{min(rates[name]):.0f}-{max(rates[name]):.0f}"]
+            + [f"{medians[name] / medians[base]:.2f}" for base in baselines] for name in runners]
+    table = markdown_table(["loader", "images/s (median)", "min-max"]
+                           + [f"vs {base.split()[0]}" for base in baselines], rows)
+    judged = baselines[0]
+    verdicts = ", ".join(f"{name} {ratios[judged][name]:.2f}x "
+                         f"({'met' if ratios[judged][name] >= TARGET_VS_STOCK else 'NOT met'})"
+                         for name in backends if name in ("torch", "dali-cpu"))
+    note = (f"{images_per_run[active] // args.epochs} images per epoch ({args.copies} cop"
             f"{'y' if args.copies == 1 else 'ies'} of each file), {args.image_size} px, batch "
             f"{args.batch_size}, {args.workers} workers, device {device}, {args.epochs} epoch(s) per run, "
             f"{args.repeats} repeats, {os.cpu_count()} CPUs (other work may share the machine); "
-            f"target >= {TARGET_VS_STOCK}x stock for torch and dali-cpu")
+            f"target >= {TARGET_VS_STOCK}x {judged.split()[0]} for torch and dali-cpu: {verdicts}"
+            + ("" if pillow_folder else f"; row (a) not run: {skipped}"))
     print(table)
     print(note)
     print(json.dumps({"benchmark": "loader", "device": str(device), "workers": args.workers, "copies": args.copies,
@@ -183,7 +291,7 @@ def main(argv=None):
                       "epochs": args.epochs, "cpus": os.cpu_count(), "versions": summary(), "machine": machine(),
                       "images_per_s": {k: round(v, 1) for k, v in medians.items()},
                       "images_per_s_all": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-                      "vs_stock": {k: round(v, 3) for k, v in ratios.items()}}))
+                      "ratios": {base: {k: round(v, 3) for k, v in r.items()} for base, r in ratios.items()}}))
     if args.record:
         record("Loader throughput (benchmarks/loader.py)", table, note=note)
     return 0

@@ -10,6 +10,14 @@ Labels: `.cls` members arrive as ASCII bytes of varying length, which is not a d
 to a fixed width and folds the digits with arithmetic operators (Horner's rule, skipping the padding), and also
 emits a per-sample validity flag, checked on the host (CPU data, no device sync) to name a damaged shard.
 
+GPU ('dali'): decode (mixed, nvJPEG + hardware decoder), resize and fn.crop_mirror_normalize all on the GPU; the
+graph writes the normalised batch in the requested dtype (float32/float16; bfloat16 is cast after) as HWC, which
+torch sees as a channels_last NCHW view. CPU ('dali-cpu'): pixels leave the graph as uint8 and are normalised by
+augment.Normalizer, the step the torch backend uses too (measured faster on CPU than DALI's float output); for
+train the graph stops after the ROI decode and torch resizes and flips the windows on the host, because DALI's
+CPU resize cost as much as the decode (see _resize_windows). Only the batches the epoch takes are scheduled
+(see _epoch_batches).
+
 DALI is imported lazily so that `import pipeline` works where DALI is not installed.
 """
 import os
@@ -18,7 +26,7 @@ import numpy as np
 import torch
 
 from . import augment
-from .loader import Loader
+from .loader import Loader, host_work_threads
 from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, find_corrupt_shard, shard_segments
 
 # Host/device buffer sizes for the GPU decoder, from NVIDIA's ResNet-50 example: large enough for nearly every
@@ -27,7 +35,9 @@ _DEVICE_MEMORY_PADDING = 211025920
 _HOST_MEMORY_PADDING = 140544512
 # Share of JPEGs sent to the hardware JPEG decoder where the GPU has one (A100/H100); the rest use CUDA cores.
 _HW_DECODER_LOAD = 0.65
-_PREFETCH_DEPTH = 2  # batches DALI prepares ahead; deeper queues measured no faster on CPU (2 cores)
+# Batches DALI prepares ahead. On the 2-core VM, with scheduling stopped at the epoch's quota, depths 1, 2 and 3
+# measured the same (805-838 img/s, before the host resize); 2 leaves slack for uneven batch times.
+_PREFETCH_DEPTH = 2
 
 
 def import_dali():
@@ -67,9 +77,16 @@ def _labels_from_ascii(fn, types, cls, digits, num_classes):
     return label, ok
 
 
-def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu, dtype, shuffle_fill, digits,
-           num_classes):
-    """The DALI graph: (images HWC normalised, labels, label_ok). The same for GPU and CPU but for devices."""
+def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu, shuffle_fill, digits, num_classes,
+           resize_on_host, normalize_dtype):
+    """The DALI graph: (images uint8 HWC, labels, label_ok), plus flips when resize_on_host.
+
+    It ends in uint8 pixels: normalisation happens in torch (augment.Normalizer, shared with the torch backend).
+    On CPU that replaced crop_mirror_normalize's float output (~0.2 ms/image of DALI thread time) by a flip
+    (~0.02 ms) plus a 0.04 ms/image vectorised multiply-add. With resize_on_host (train on CPU) the graph stops
+    after the ROI decode and emits each window at its own size with its flip flag: see _resize_windows.
+    With normalize_dtype (the GPU graph), fn.crop_mirror_normalize ends the graph instead: flip, normalisation
+    and the cast to the requested dtype in one fused GPU pass, HWC (a channels_last view for torch)."""
     jpegs, cls = fn.readers.webdataset(
         paths=paths, index_paths=index_paths, ext=["jpg", "cls"], missing_component_behavior="error",
         shard_id=part, num_shards=parts, stick_to_shard=True, random_shuffle=train,
@@ -81,16 +98,20 @@ def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu
     if gpu:
         decoder.update(device_memory_padding=_DEVICE_MEMORY_PADDING, host_memory_padding=_HOST_MEMORY_PADDING,
                        hw_decoder_load=_HW_DECODER_LOAD)
-    mean, std = augment.dali_mean_std()
     if train:
         # ROI decoding: only the randomly chosen window is decoded.
         images = fn.decoders.image_random_crop(
             jpegs, random_area=list(augment.CROP_AREA), random_aspect_ratio=list(augment.CROP_RATIO),
             num_attempts=augment.CROP_ATTEMPTS, **decoder)
+        flips = fn.random.coin_flip(probability=augment.FLIP_PROBABILITY)
+        if resize_on_host:
+            return images, labels, ok, flips
         images = fn.resize(images, resize_x=image_size, resize_y=image_size,
                            interp_type=types.INTERP_LINEAR, antialias=True)
-        mirror = fn.random.coin_flip(probability=augment.FLIP_PROBABILITY)
+        if normalize_dtype is None:
+            images = fn.flip(images, horizontal=flips)
     else:
+        flips = 0
         start, end = _val_window(fn, types, jpegs, image_size)
         if gpu:
             # nvJPEG's default chroma upsampling differs from libjpeg-turbo's; val must match the CPU backends.
@@ -98,8 +119,11 @@ def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu
         images = fn.decoders.image(jpegs, **decoder)
         images = fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end,
                            interp_type=types.INTERP_LINEAR, antialias=True)
-        mirror = 0
-    images = fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout="HWC")
+    if normalize_dtype is not None:
+        mean = [255.0 * m for m in augment.IMAGENET_MEAN]
+        std = [255.0 * s for s in augment.IMAGENET_STD]
+        images = fn.crop_mirror_normalize(images, mirror=flips, mean=mean, std=std, dtype=normalize_dtype,
+                                          output_layout="HWC")
     return images, labels, ok
 
 
@@ -117,14 +141,14 @@ def _val_window(fn, types, jpegs, image_size):
 class DaliLoader(Loader):
     """Backend 'dali' (gpu=True: mixed decoder, GPU operators) or 'dali-cpu' (CPU operators)."""
 
-    def __init__(self, split, *, gpu, **kwargs):
+    def __init__(self, split, *, gpu, normalize_in_graph=None, **kwargs):
         super().__init__(split, **kwargs)
         self.gpu = gpu
+        # GPU: DALI's fused crop_mirror_normalize. CPU: uint8 out, the shared host Normalizer (faster there).
+        self.normalize_in_graph = gpu if normalize_in_graph is None else normalize_in_graph
         self.backend = "dali" if gpu else "dali-cpu"
         self._fn, self._types, self._pipeline_def = import_dali()
-        # DALI has no bfloat16 output: produce float32 and convert on the device.
-        self._out_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
-        self._dali_dtype = self._types.FLOAT16 if self._out_dtype == torch.float16 else self._types.FLOAT
+        self._staging = None  # uint8 batch the train windows are resized into (CPU); see _resize_windows
 
     def _build(self, plan):
         part, parts = plan.part, plan.parts
@@ -137,8 +161,9 @@ class DaliLoader(Loader):
             fn=self._fn, types=self._types,
             paths=[s.path for s in shards], index_paths=[s.index_path for s in shards],
             part=part, parts=parts, train=plan.train, image_size=self.image_size, gpu=self.gpu,
-            dtype=self._dali_dtype, shuffle_fill=max(1, min(SHUFFLE_BUFFER, plan.samples)),
+            shuffle_fill=max(1, min(SHUFFLE_BUFFER, plan.samples)),
             digits=label_digits(len(self.split.classes)), num_classes=len(self.split.classes),
+            resize_on_host=self._resize_on_host(plan), normalize_dtype=self._graph_dtype(),
             # workers=0 still needs one DALI thread: DALI has no in-process mode.
             batch_size=self.batch_size, num_threads=max(1, self.workers),
             device_id=self.device.index if self.device.type == "cuda" else None,
@@ -147,12 +172,28 @@ class DaliLoader(Loader):
         pipe.build()
         return pipe
 
+    def _resize_on_host(self, plan):
+        """Train on CPU: DALI decodes the random window, torch resizes it (see _resize_windows)."""
+        return plan.train and not self.gpu and not self.normalize_in_graph
+
+    def _graph_dtype(self):
+        """DALI dtype crop_mirror_normalize writes (None: uint8 out). DALI has no bfloat16: float32, cast later."""
+        if not self.normalize_in_graph:
+            return None
+        return self._types.FLOAT16 if self.dtype == torch.float16 else self._types.FLOAT
+
     def _epoch_batches(self, plan):
         pipe = self._build(plan)
         try:
             for step in range(plan.batches):
                 count = plan.last_batch_size() if step == plan.batches - 1 else self.batch_size
-                batch, problem = self._next_batch(pipe, plan, count)
+                # The first schedule_run fills DALI's queue (_PREFETCH_DEPTH batches); later ones add one batch,
+                # only while the epoch still needs it. pipe.run() keeps the queue full instead, so it computed
+                # _PREFETCH_DEPTH - 1 batches past the quota every epoch: 1 of 8 on the 448-image benchmark epoch,
+                # measured as 15 % more CPU per delivered image.
+                schedule = step == 0 or step + _PREFETCH_DEPTH <= plan.batches
+                with host_work_threads():
+                    batch, problem = self._next_batch(pipe, plan, count, schedule)
                 if problem is not None:
                     raise ShardError(problem)
                 yield batch
@@ -162,10 +203,12 @@ class DaliLoader(Loader):
             # traceback could be finalised later inside a forked DataLoader worker, where its shutdown deadlocks.
             del pipe
 
-    def _next_batch(self, pipe, plan, count):
+    def _next_batch(self, pipe, plan, count, schedule):
         """((images, labels), None) for the next batch, or (None, message naming the damaged shard)."""
         try:
-            images, labels, ok = pipe.run()
+            if schedule:
+                pipe.schedule_run()
+            images, labels, ok, *flips = pipe.outputs()
         except RuntimeError as exc:
             return None, self._run_failure(plan, exc)
         flags = np.asarray(ok.as_tensor())[:count]
@@ -175,7 +218,40 @@ class DaliLoader(Loader):
             return None, (f"shard {path}: member {member} is not a class index below {len(self.split.classes)}: "
                           "the shard is damaged; re-run tools/make_shards.py")
         label_values = torch.from_numpy(np.array(labels.as_tensor())[:count])
-        return (self._images_to_torch(images, count), label_values.to(self.device, non_blocking=True)), None
+        labels_out = label_values.to(self.device, non_blocking=True)
+        if self.normalize_in_graph:
+            # HWC -> NCHW view: channels_last strides, no copy.
+            batch = self._images_to_torch(images, count).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            return (batch if batch.dtype == self.dtype else batch.to(self.dtype), labels_out), None
+        pixels = self._resize_windows(images, flips[0], count) if flips else self._images_to_torch(images, count)
+        return (self._normalize(pixels), labels_out), None
+
+    def _resize_windows(self, windows, flips, count):
+        """The ROI-decoded train windows (each its own size, HWC uint8) -> (count, S, S, 3) uint8, flipped where
+        the graph's coin says so.
+
+        Why outside DALI: on the 2-core VM DALI's CPU fn.resize (linear, antialias) took ~0.9-1.1 ms per image,
+        as long as the ROI decode itself, while torch's uint8 antialiased bilinear (the AVX2 kernel torchvision
+        uses, the same triangle filter) takes ~0.12 ms; dali-cpu went from 2.15 to 1.6 ms of CPU per image. On
+        the same windows the two agree within 1 level inside, 0.1-0.16 levels on average; only the 2-pixel
+        border differs more (the filter is clamped at the window edge differently). This is plain tensor code on
+        the main thread, overlapping DALI's threads decoding the next batches, not a callback inside DALI."""
+        size = self.image_size
+        shape = (count, size, size, 3)
+        if self._staging is None or self._staging.shape != shape:
+            # Reused every batch: the normaliser copies out of it before the next batch is resized.
+            self._staging = torch.empty(shape, dtype=torch.uint8)
+        flip_flags = np.asarray(flips.as_tensor())[:count]
+        for i in range(count):
+            # (1, H, W, 3) -> (1, 3, H, W) view: unambiguously channels_last, so interpolate takes its fast
+            # channels_last uint8 kernel and returns channels_last (0.12 ms instead of 0.19 ms, and the copy into
+            # the NHWC batch below is then a plain memcpy instead of a transpose).
+            window = torch.from_dlpack(windows[i]).unsqueeze(0).permute(0, 3, 1, 2)
+            resized = torch.nn.functional.interpolate(window, size=(size, size), mode="bilinear", antialias=True)
+            if flip_flags[i]:
+                resized = resized.flip(3)
+            self._staging[i] = resized[0].permute(1, 2, 0)
+        return self._staging
 
     def _images_to_torch(self, images, count):
         # Zero copy through DLPack: DALI's dynamic executor never reuses an output buffer that is still
@@ -185,9 +261,7 @@ class DaliLoader(Loader):
                 batch = torch.from_dlpack(images.as_tensor())
         else:
             batch = torch.from_dlpack(images.as_tensor())
-        # NHWC -> NCHW view: channels_last strides, no copy.
-        batch = batch[:count].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return batch if batch.dtype == self.dtype else batch.to(self.dtype)
+        return batch[:count]
 
     def _run_failure(self, plan, exc):
         """DALI's decoder errors do not say which sample failed: find the shard that differs from the manifest."""

@@ -1,5 +1,30 @@
 """The loader object every backend returns: `iter`, `len`, `set_epoch` and a few read-only attributes."""
+import contextlib
+
+import torch
+
+from .augment import Normalizer
 from .shards import rank_plan
+
+
+@contextlib.contextmanager
+def host_work_threads():
+    """Runs the loader's own host tensor work (normalising, resizing) on one intra-op thread, then restores
+    the caller's setting.
+
+    That work runs while the loader's workers or DALI threads keep every core busy decoding, so a second
+    intra-op thread has no free core: it only contends and spin-waits. On the 2-core VM, the main process at the
+    default 2 threads cost dali-cpu 2.4 ms of CPU per image instead of 1.65 (790 instead of 1,045 img/s) and
+    torch 2.7 instead of 2.3 ms. The model's own ops outside this block keep the caller's thread count."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Loader:
@@ -21,6 +46,8 @@ class Loader:
         self.seed = seed
         self.dtype = dtype
         self.epoch = 0
+        # Backends deliver uint8 NHWC pixels; this one shared step makes them the contract's float batches.
+        self._normalize = Normalizer(device, dtype)
 
     @property
     def num_samples(self):

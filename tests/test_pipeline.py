@@ -378,6 +378,78 @@ def test_half_precision_outputs_match_float32(generated_shards, backend, dtype):
         assert torch.allclose(images.float(), ref_images, atol=0.02, rtol=0.01)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_normalizer_is_the_imagenet_formula_and_never_overwrites_a_held_batch(dtype):
+    pixels = torch.randint(0, 256, (6, 5, 7, 3), dtype=torch.uint8)
+    mean = torch.tensor(augment.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(augment.IMAGENET_STD).view(1, 3, 1, 1)
+    expected = (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    normalize = augment.Normalizer(torch.device("cpu"), dtype)
+    held = normalize(pixels)
+    assert held.dtype == dtype and held.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(held.float(), expected, atol=1e-5 if dtype == torch.float32 else 0.02, rtol=0.01)
+    snapshot = held.clone()
+    view = normalize(pixels[:2], pixels[2:])[0]  # two parts make one batch; keep only a view of it
+    assert torch.equal(normalize(255 - pixels), normalize(255 - pixels[:3], 255 - pixels[3:]))
+    assert torch.equal(held, snapshot) and torch.equal(view, snapshot[0])  # still in use: never written over
+    fresh = augment.Normalizer(torch.device("cpu"), dtype)
+    address = fresh(pixels).data_ptr()  # dropped at once
+    assert fresh(pixels).data_ptr() == address  # released: its memory is reused
+
+
+@needs_dali
+def test_dali_cpu_resizing_train_windows_in_torch_matches_resizing_in_the_graph(real_shards, monkeypatch):
+    """Same seed, same windows and flips; only the resampler differs. Interior pixels agree within rounding (1
+    level); the 2-pixel border differs more because DALI and torch clamp the filter at the window edge
+    differently."""
+    _, on_host = epoch_batches(real_shards, "train", 4, "dali-cpu", image_size=64)
+    monkeypatch.setattr(pipeline.dali.DaliLoader, "_resize_on_host", lambda self, plan: False)
+    _, in_graph = epoch_batches(real_shards, "train", 4, "dali-cpu", image_size=64)
+    std = torch.tensor(augment.IMAGENET_STD).view(1, 3, 1, 1) * 255
+    for (host_images, host_labels), (graph_images, graph_labels) in zip(on_host, in_graph):
+        assert torch.equal(host_labels, graph_labels)
+        levels = (host_images - graph_images).abs() * std
+        assert float(levels[:, :, 2:-2, 2:-2].max()) <= 1.5
+        assert float(levels.mean()) <= 0.5
+
+
+@needs_dali
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_graph_fused_normalisation_matches_the_host_normaliser(real_shards, monkeypatch, split, dtype):
+    """The GPU graph ends in fn.crop_mirror_normalize (flip + normalise + cast in one pass). Run that graph
+    with CPU operators (normalize_in_graph=True) against the host Normalizer path: same pixels up to float
+    rounding of the requested dtype, same flips (train), same labels."""
+    import pipeline.dali
+    monkeypatch.setattr(pipeline.dali.DaliLoader, "_resize_on_host", lambda self, plan: False)
+    _, host = epoch_batches(real_shards, split, 4, "dali-cpu", image_size=32, dtype=dtype)
+    original_init = pipeline.dali.DaliLoader.__init__
+    monkeypatch.setattr(pipeline.dali.DaliLoader, "__init__",
+                        lambda self, split_, **kw: original_init(self, split_, normalize_in_graph=True, **kw))
+    loader, fused = epoch_batches(real_shards, split, 4, "dali-cpu", image_size=32, dtype=dtype)
+    assert loader.normalize_in_graph
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # half precision: ~3 significant digits
+    assert len(host) == len(fused) > 0
+    for (host_images, host_labels), (fused_images, fused_labels) in zip(host, fused):
+        assert torch.equal(host_labels, fused_labels)
+        assert fused_images.dtype == dtype and fused_images.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused_images.float(), host_images.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_callers_torch_thread_count_is_restored(generated_shards, backend):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loader = pipeline.build_loader(generated_shards, "train", 4, backend=backend, workers=2, device="cpu",
+                                       image_size=16)
+        for _ in loader:
+            assert torch.get_num_threads() == 2  # what the training step between batches runs with
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_real_photographs(real_shards, backend):
     classes = len(manifest(real_shards)["classes"])
