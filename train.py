@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model import build_model
-from pipeline import build_loader
+from pipeline import BackendUnavailable, ShardError, build_loader
+from pipeline.shards import read_manifest
 from training import benchmark, checkpoint, config, distributed
 from training.metrics import MetricsFile, Window, seed_log_line, summarize
 from training.schedule import learning_rate
@@ -96,23 +97,24 @@ def main():
 
     # Loaders. --batch-size is global; --workers is per node, shared by the node's ranks.
     per_rank_batch = args.batch_size // world.size
-    workers = args.workers // world.local_size if args.workers else 0
+    workers = max(1, args.workers // world.local_size) if args.workers else 0
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    with open(os.path.join(args.data, "manifest.json")) as f:
-        manifest = json.load(f)
     loader_args = dict(rank=world.rank, world_size=world.size, workers=workers, device=world.device,
-                       seed=args.seed, dtype=amp_dtype or torch.float32)
-    train_loader = build_loader(args.data, "train", per_rank_batch, backend=args.backend,
-                                image_size=args.image_size, **loader_args)
-    val_loader = None
-    if "val" in manifest["splits"]:
-        val_loader = build_loader(args.data, "val", per_rank_batch, backend=args.backend,
-                                  image_size=args.val_image_size, **loader_args)
+                       seed=args.seed, dtype=amp_dtype or torch.float32, backend=args.backend)
+    try:  # a bad shard folder or a backend that cannot run here: one line, exit 2
+        manifest = read_manifest(args.data)
+        train_loader = build_loader(args.data, "train", per_rank_batch, image_size=args.image_size, **loader_args)
+        val_loader = None
+        if "val" in manifest["splits"]:
+            val_loader = build_loader(args.data, "val", per_rank_batch, image_size=args.val_image_size,
+                                      **loader_args)
+    except (ShardError, BackendUnavailable, ValueError) as exc:
+        config.fail(str(exc))
     cfg["backend_resolved"] = train_loader.backend
     log(f"loader: {train_loader!r}")
     if len(train_loader) == 0 and not args.evaluate:
         config.fail(f"the train split has {train_loader.num_samples} samples, fewer than "
-                         f"one global batch of {args.batch_size}")
+                    f"one global batch of {args.batch_size}")
 
     # Model and optimizer.
     model = build_model(args.depth, args.att_type, num_classes=len(manifest["classes"]))

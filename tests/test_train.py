@@ -154,6 +154,24 @@ def test_bad_flags_exit_2_with_one_line(shards, flags, message):
     assert len(lines) == 1 and message in lines[0], lines
 
 
+def test_unusable_backend_or_damaged_shards_exit_2_with_one_line(shards, tmp_path):
+    result = run([PY, "train.py", *COMMON, "--backend", "dali", str(shards)])
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "backend 'dali'" in lines[0] and "GPU" in lines[0], lines
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in shards.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    first_train = sorted(broken.glob("train-*.tar"))[0]
+    first_train.write_bytes(first_train.read_bytes()[:-2048])  # cut short
+    result = run([PY, "train.py", *COMMON, str(broken)])
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and first_train.name in lines[0], lines
+
+
 def test_missing_data_folder_exits_2(tmp_path):
     result = run([PY, "train.py", str(tmp_path / "nope")])
     assert result.returncode == 2 and "DATA folder not found" in result.stderr
