@@ -6,13 +6,13 @@ Reads top to bottom: flags -> distributed -> loaders -> model -> optimizer -> re
 Rank 0 alone prints and writes. The host syncs with the device only at print intervals and epoch ends.
 """
 import json
-import math
 import os
 import signal
 import sys
 import time
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -65,6 +65,11 @@ def train_step(net, images, labels, criterion, optimizer, scaler, amp_dtype):
 
 def validate(net, loader, world, amp_dtype):
     """(loss, top-1 %, top-5 %, n) over the whole split: sums per rank, one all-reduce at the end."""
+    if world.size > 1:
+        # DDP keeps the parameters equal but each rank updates its own BatchNorm running statistics after the
+        # last broadcast; evaluate rank 0's (the checkpointed) model on every rank.
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
     net.eval()
     window = Window(world.device)
     with torch.no_grad(), torch.autocast(world.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -103,16 +108,22 @@ def main():
                        seed=args.seed, dtype=amp_dtype or torch.float32, backend=args.backend)
     try:  # a bad shard folder or a backend that cannot run here: one line, exit 2
         manifest = read_manifest(args.data)
-        train_loader = build_loader(args.data, "train", per_rank_batch, image_size=args.image_size, **loader_args)
+        train_loader = None  # --evaluate needs only val
+        if not args.evaluate:
+            train_loader = build_loader(args.data, "train", per_rank_batch, image_size=args.image_size,
+                                        **loader_args)
         val_loader = None
         if "val" in manifest["splits"]:
             val_loader = build_loader(args.data, "val", per_rank_batch, image_size=args.val_image_size,
                                       **loader_args)
     except (ShardError, BackendUnavailable, ValueError) as exc:
         config.fail(str(exc))
-    cfg["backend_resolved"] = train_loader.backend
-    log(f"loader: {train_loader!r}")
-    if len(train_loader) == 0 and not args.evaluate:
+    first_loader = train_loader or val_loader
+    if first_loader is None:
+        config.fail(f"{args.data} has no val split to evaluate on")
+    cfg["backend_resolved"] = first_loader.backend
+    log(f"loader: {first_loader!r}")
+    if train_loader is not None and len(train_loader) == 0:
         config.fail(f"the train split has {train_loader.num_samples} samples, fewer than "
                     f"one global batch of {args.batch_size}")
 
@@ -135,12 +146,15 @@ def main():
             scaler.load_state_dict(ckpt["scaler"])
             start_epoch, skip_batches, best_top1 = ckpt["epoch"], ckpt["batch"], ckpt["best_prec1"]
             checkpoint.set_rng_state(ckpt["rng"])
+            if skip_batches:
+                checkpoint.check_mid_epoch_resume(ckpt["config"], cfg, resume_path)
         log(f"=> loaded checkpoint {resume_path} (next: epoch {start_epoch}, batch {skip_batches})")
 
     net = torch.compile(model) if args.compile else model
     train_net = net
     if world.size > 1:
-        train_net = DistributedDataParallel(net, device_ids=[world.device] if world.device.type == "cuda" else None)
+        train_net = DistributedDataParallel(net, device_ids=[world.device] if world.device.type == "cuda" else None,
+                                            gradient_as_bucket_view=True)  # no gradient copy into the buckets
 
     if args.evaluate:
         if val_loader is None:
@@ -152,8 +166,7 @@ def main():
 
     if args.benchmark:
         step = lambda images, labels: train_step(train_net, images, labels, criterion, optimizer, scaler, amp_dtype)  # noqa: E731
-        result = benchmark.run(step, train_loader, world, args, cfg, memory_format,
-                               amp_dtype or torch.float32)
+        result = benchmark.run(step, train_loader, world, args, cfg, amp_dtype or torch.float32)
         log(benchmark.table(result))
         log(json.dumps(result))
         distributed.cleanup(world)
@@ -175,7 +188,7 @@ def main():
         bar.update(skip_batches)
         epoch_start = interval_start = time.perf_counter()
         data_time = interval_data = 0.0
-        steps_done, interval_steps = skip_batches, 0
+        steps_done, interval_steps, epoch_skipped = skip_batches, 0, skip_batches
         lr = learning_rate(epoch * steps_per_epoch, steps_per_epoch, args.lr, args.epochs, args.lr_schedule,
                            args.warmup_epochs)
         fetch_start = time.perf_counter()
@@ -214,7 +227,8 @@ def main():
                 metrics.write(kind="train", epoch=epoch, step=global_step + 1, lr=lr, loss=loss_i, top1=top1_i,
                               top5=top5_i, images_per_sec=images_per_sec, data_time=interval_data / interval_steps)
                 interval_start, interval_data, interval_steps = now, 0.0, 0
-            if distributed.any_rank(world, stop.requested):
+            # On the epoch's last step the epoch-end path below validates, saves and stops instead.
+            if steps_done < steps_per_epoch and distributed.any_rank(world, stop.requested):
                 bar.close()
                 state = make_state(model, optimizer, scaler, epoch, steps_done, global_step + 1, best_top1, cfg)
                 if world.is_main:
@@ -237,7 +251,7 @@ def main():
         metrics.write(kind="epoch", epoch=epoch, step=(epoch + 1) * steps_per_epoch, lr=lr, loss=epoch_loss,
                       top1=epoch_top1, top5=epoch_top5,
                       images_per_sec=n / max(time.perf_counter() - epoch_start, 1e-9),
-                      data_time=data_time / max(steps_per_epoch, 1))
+                      data_time=data_time / max(steps_per_epoch - epoch_skipped, 1))
         is_best = top1 > best_top1 or best_top1 == 0.0
         best_top1 = max(top1, best_top1)
         if world.is_main:

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.common import machine, markdown_table, record  # noqa: E402
+from benchmarks.common import markdown_table, record  # noqa: E402
 from model import build_model  # noqa: E402
 from model.reference import use_reference_cbam  # noqa: E402
 
@@ -64,6 +64,7 @@ def main(argv=None):
         p.error(f"unknown variant or mode: {', '.join(bad)}")
 
     cuda = torch.cuda.is_available()
+    torch.backends.cudnn.benchmark = cuda  # as train.py: fixed shapes, fastest algorithms
     device = torch.device("cuda" if cuda else "cpu")
     amp_dtype = torch.bfloat16 if cuda else None
     batch = args.batch_size or (256 if cuda else 8)

@@ -98,7 +98,7 @@ def test_evaluate_matches_end_of_training_top1(reference_run, shards):
 
 
 def test_sigterm_mid_epoch_saves_a_loadable_checkpoint_and_resume_finishes(shards, tmp_path):
-    args = [PY, "train.py", *COMMON, "--batch-size", "4", "--epochs", "1", "--output-dir", str(tmp_path),
+    args = [PY, "train.py", *COMMON, "--batch-size", "2", "--epochs", "1", "--output-dir", str(tmp_path),
             str(shards)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -111,13 +111,16 @@ def test_sigterm_mid_epoch_saves_a_loadable_checkpoint_and_resume_finishes(shard
     assert proc.returncode == 0, stderr[-3000:]
     assert "stop requested" in stdout
     ckpt = torch.load(tmp_path / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 0 and 2 <= ckpt["batch"] < 16, ckpt["batch"]  # 64 samples / 4 = 16 steps
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["batch"] < 32, ckpt["batch"]  # 64 samples / 2 = 32 steps
     stopped_at = ckpt["batch"]
+    changed = run(args[:-1] + ["--seed", "99", "--resume", "auto", args[-1]])
+    assert changed.returncode == 2 and "stopped mid-epoch" in changed.stderr and "seed (saved 1234, now 99)" in \
+        changed.stderr, changed.stderr[-2000:]
     result = run(args + ["--resume", "auto"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"next: epoch 0, batch {stopped_at}" in result.stdout
     steps = [r["step"] for r in metrics(tmp_path)]
-    assert sorted(set(steps)) == list(range(1, 17))  # every step of the epoch trained exactly once overall
+    assert sorted(set(steps)) == list(range(1, 33))  # every step of the epoch trained exactly once overall
     assert len(steps) == len(set(steps))
 
 
@@ -216,3 +219,22 @@ def test_plot_metrics_renders_a_png(reference_run, tmp_path):
     bad.write_text('{"kind": "train"}\nnot json\n')
     result = run([PY, "tools/plot_metrics.py", str(bad)])
     assert result.returncode != 0 and f"{bad}:2: not a JSON line" in result.stderr
+
+
+def test_evaluate_needs_only_a_val_split(reference_run, shards, tmp_path):
+    out, _ = reference_run
+    images = tmp_path / "images"
+    from tools.make_demo_data import write_tree
+    write_tree(str(images), classes=4, train_per_class=1, val_per_class=3, size=40, seed=5)
+    result = run([PY, "tools/make_shards.py", str(images), str(tmp_path / "val_only"), "--splits", "val"])
+    assert result.returncode == 0, result.stderr
+    result = run([PY, "train.py", *COMMON, "--evaluate", "--resume", str(out / "T_checkpoint.pth.tar"),
+                  str(tmp_path / "val_only")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(loss" in result.stdout and "12 images)" in result.stdout
+
+
+def test_ngpu_launcher_passes_on_the_workers_exit_status(shards):
+    result = run([PY, "train.py", *COMMON, "--ngpu", "2", "--backend", "dali", str(shards)])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "backend 'dali'" in result.stderr

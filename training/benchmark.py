@@ -7,6 +7,7 @@ Each: warm-up steps, then timed steps between a device synchronisation and a bar
 elapsed time is the slowest rank's. Images are counted once: timed steps x global batch.
 """
 import platform
+import sys
 import time
 
 import torch
@@ -51,14 +52,17 @@ def device_name(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads/rank)"
 
 
-def run(train_step, loader, world, args, cfg, memory_format, dtype):
+def run(train_step, loader, world, args, cfg, dtype):
     """The three rates and the configuration as one dict (the JSON line train.py prints).
 
-    `dtype` and `memory_format` are those of the loader's images, so the synthetic batch matches them."""
+    `dtype` is the loader's image dtype, so the synthetic batch matches the real ones."""
     warmup, steps = args.benchmark_warmup, args.benchmark_steps
     per_rank = loader.batch_size
     global_batch = per_rank * world.size
 
+    if 2 * (warmup + steps) > len(loader):
+        print(f"benchmark: warning: {2 * (warmup + steps)} loader steps span more than one {len(loader)}-batch epoch;"
+              " epoch restarts (worker or pipeline start-up) fall inside the timed steps", file=sys.stderr)
     batches = endless(loader)
 
     def loader_and_step():
@@ -72,7 +76,7 @@ def run(train_step, loader, world, args, cfg, memory_format, dtype):
     end_to_end = timed_rate(loader_and_step, warmup, steps, world, global_batch)
 
     images = torch.randn(per_rank, 3, args.image_size, args.image_size, device=world.device)
-    images = images.to(dtype=dtype, memory_format=memory_format)
+    images = images.to(dtype=dtype, memory_format=torch.channels_last)  # as the loader delivers them
     labels = torch.randint(0, 2, (per_rank,), device=world.device)
     model_only = timed_rate(lambda: train_step(images, labels), warmup, steps, world, global_batch)
 

@@ -102,3 +102,16 @@ def load_model_weights(model, ckpt, path):
             model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
         config.fail(f"checkpoint {path} does not fit this model: {exc}")
+
+
+# Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.
+DATA_ORDER_SETTINGS = ("world_size", "batch_size", "backend_resolved", "workers", "seed", "image_size")
+
+
+def check_mid_epoch_resume(saved_cfg, cfg, path):
+    """Exits 2 when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
+    (the skipped batches would then not be the ones already trained on)."""
+    changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS if saved_cfg.get(k) != cfg.get(k)}
+    if changed:
+        config.fail(f"checkpoint {path} stopped mid-epoch; resume it with the same "
+                    + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))

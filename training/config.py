@@ -7,8 +7,9 @@ import json
 import os
 import sys
 
+from pipeline import BACKENDS
+
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-BACKENDS = ("auto", "dali", "dali-cpu", "torch")
 
 
 def fail(message):
@@ -56,7 +57,7 @@ def build_parser():
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC memory format for the model and the images")
+                   help="NHWC memory format for the model (the loader always delivers channels_last images)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
                    help="step = x0.1 every 30 epochs (the seed's); cosine = per-step cosine to 0")

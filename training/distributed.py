@@ -1,5 +1,6 @@
 """Distributed set-up from torchrun's environment variables; `--ngpu N` relaunches through torch.distributed.run."""
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -28,15 +29,23 @@ def launched_by_torchrun():
 
 
 def relaunch_with_torchrun(nproc):
-    """Runs this script again in `nproc` processes under PyTorch's elastic launcher; returns its exit status."""
+    """Runs this script again in `nproc` processes under PyTorch's elastic launcher; returns the exit status.
+
+    The status is the workers': a worker's own exit code when one failed (2 for a user error), and 0 when a
+    SIGTERM/SIGINT sent to this launcher was forwarded to the workers, which save a checkpoint and exit 0 (the
+    launcher gives them 30 s before SIGKILL)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
     try:
         torchrun_main(["--standalone", f"--nproc-per-node={nproc}", sys.argv[0], *sys.argv[1:]])
-    except SystemExit as exc:  # torchrun exits with the workers' status; pass it on
+    except ChildFailedError as exc:  # torchrun has printed the failed workers' report
+        codes = [failure.exitcode for failure in exc.failures.values() if failure.exitcode > 0]
+        return codes[0] if codes else 1
+    except SignalException as exc:
+        return 0 if exc.sigval in (signal.SIGTERM, signal.SIGINT) else 1
+    except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
-    except Exception as exc:  # a failed worker: torchrun has already printed its traceback and error file
-        print(f"train.py: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
     return 0
 
 
