@@ -60,7 +60,7 @@ def run(train_step, loader, world, args, cfg, dtype):
     per_rank = loader.batch_size
     global_batch = per_rank * world.size
 
-    if 2 * (warmup + steps) > len(loader):
+    if 2 * (warmup + steps) > len(loader) and world.is_main:
         print(f"benchmark: warning: {2 * (warmup + steps)} loader steps span more than one {len(loader)}-batch epoch;"
               " epoch restarts (worker or pipeline start-up) fall inside the timed steps", file=sys.stderr)
     batches = endless(loader)
