@@ -24,6 +24,13 @@ def libjpeg_turbo():
     return features.version("libjpeg_turbo") or "not in this PIL build (plain libjpeg or no JPEG support)"
 
 
+def roi_decoder():
+    """Where the torch backend's native ROI JPEG decoder is loaded from, or why it is not."""
+    from pipeline import roi_jpeg
+    built, where = roi_jpeg.available()
+    return where if built else f"not built: {where}"
+
+
 def auto_backend():
     """What build_loader(backend="auto") picks on this machine's default device, and why."""
     import torch
@@ -41,6 +48,7 @@ def summary():
         "torchvision": _version("torchvision"),
         "pil": pillow_flavour(),
         "libjpeg_turbo": libjpeg_turbo(),
+        "roi_jpeg": roi_decoder(),
         "dali": _version("nvidia.dali"),
         "webdataset": _version("webdataset"),
         "auto_backend": auto_backend(),
