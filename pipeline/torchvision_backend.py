@@ -14,6 +14,7 @@ ShardError: one clear line instead of a worker traceback.
 import dataclasses
 import io
 import math
+import os
 import tarfile
 
 import numpy as np
@@ -28,6 +29,7 @@ from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, shard_segments, work
 
 WANTED = ("jpg", "cls")  # the only members ever decoded; anything else in a shard is skipped unread
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_TAR_BLOCK = 512
 _READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls
 # Train batches travel from the workers in this many equal parts, joined by the main process while it normalises
 # (no extra copy). A worker's share is then counted in half batches, so the workers finish an epoch together:
@@ -151,7 +153,93 @@ def parse_label(data, num_classes):
 
 
 def read_samples(shard, first, stop):
-    """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`, counting every sample.
+    """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`: through its DALI .idx when the
+    manifest names one (make_shards always writes it), else by streaming the tar with webdataset."""
+    if shard.index_path:
+        return read_indexed_samples(shard, first, stop)
+    return read_streamed_samples(shard, first, stop)
+
+
+def read_indexed_samples(shard, first, stop):
+    """Reads each wanted member's bytes at the offset the .idx gives: no tar parsing in Python, which cost ~0.15 ms
+    per sample on the 2-core VM (a tenth of the loader's CPU). Every member's own tar header is read too and must
+    be intact (checksum) and agree with the index on the size, so a shard overwritten in place, which keeps its
+    size, still fails naming the file."""
+    records = index_records(shard)
+    try:
+        with open(shard.path, "rb", buffering=0) as stream:
+            fd = stream.fileno()
+            for number in range(first, stop):
+                parts = {}
+                for ext in WANTED:
+                    if ext not in records[number]:
+                        raise ShardError(f"shard {shard.path}: sample {number} has no .{ext} member in "
+                                         f"{shard.index_path}")
+                    offset, size, name = records[number][ext]
+                    parts[ext] = _read_member(shard, fd, offset, size)
+                yield name.rsplit(".", 1)[0], parts["jpg"], parts["cls"]
+    except OSError as exc:
+        raise ShardError(f"shard {shard.path} is unreadable: {exc}") from exc
+
+
+def index_records(shard):
+    """[{ext: (offset, size, member name)}] per sample from the shard's DALI .idx (`v1.2 N`, then per sample a line of
+    `ext offset size name` groups); ShardError naming the file unless it is well formed and holds the
+    manifest's sample count."""
+    try:
+        with open(shard.index_path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        header = lines[0].split()
+        if len(header) != 2 or not header[1].isdigit():
+            raise ValueError(f"its first line {lines[0][:40]!r} is not `v1.2 <samples>`")
+        if int(header[1]) != shard.samples:
+            raise ShardError(f"shard {shard.path}: its DALI index {shard.index_path} lists {int(header[1])} samples "
+                             f"but the manifest says {shard.samples}: damaged or replaced; re-run "
+                             "tools/make_shards.py")
+        records = []
+        for line in lines[1:1 + shard.samples]:
+            fields = line.split()
+            if not fields or len(fields) % 4:
+                raise ValueError(f"line {len(records) + 2} is not `ext offset size name` groups")
+            records.append({fields[i].decode(): (int(fields[i + 1]), int(fields[i + 2]), fields[i + 3].decode())
+                            for i in range(0, len(fields), 4)})
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"DALI index {shard.index_path} is unusable: {exc}") from exc
+    if len(records) != shard.samples:
+        raise ShardError(f"DALI index {shard.index_path} lists {len(records)} samples but the manifest says "
+                         f"{shard.samples}")
+    return records
+
+
+def _read_member(shard, fd, offset, size):
+    header = os.pread(fd, _TAR_BLOCK, offset - _TAR_BLOCK) if offset >= _TAR_BLOCK else b""
+    if not _valid_tar_header(header, size):
+        raise ShardError(f"shard {shard.path}: no intact tar header for the {size}-byte member at offset {offset} "
+                         f"that {os.path.basename(shard.index_path)} lists: the file is damaged (overwritten); "
+                         "re-run tools/make_shards.py")
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise ShardError(f"shard {shard.path} ends inside the member at offset {offset}: the file is cut short; "
+                         "re-run tools/make_shards.py")
+    return data
+
+
+def _valid_tar_header(header, size):
+    """True when `header` is a tar header block with a correct checksum describing a member of `size` bytes."""
+    if len(header) != _TAR_BLOCK:
+        return False
+    try:
+        stored_sum = int(header[148:156].strip(b" \0") or b"x", 8)
+        member_size = int(header[124:136].strip(b" \0") or b"x", 8)
+    except ValueError:
+        return False
+    # The checksum is the sum of all header bytes with its own 8-byte field counted as spaces.
+    return stored_sum == sum(header) - sum(header[148:156]) + 8 * 32 and member_size == size
+
+
+def read_streamed_samples(shard, first, stop):
+    """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard` by streaming the tar, counting
+    every sample.
 
     ShardError naming the file when the tar is unreadable, a sample lacks .jpg or .cls, or the shard holds fewer
     samples than the manifest says (a tar cut short or zero-filled reads as a clean end of archive), or more

@@ -485,14 +485,58 @@ def index_records(index_path):
     return [[(f[i], int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)] for f in map(str.split, lines) if f]
 
 
+# The torch backend reads members at the offsets of the DALI index when the manifest names one, and streams the tar
+# otherwise (shards from other tools): both ways must catch the same damage.
+READ_PATHS = CPU_BACKENDS + ["torch-streamed"]
+
+
+def reader_backend(shard_dir, backend):
+    """The backend to pass to build_loader; for "torch-streamed", first drops the indexes from the manifest."""
+    if backend != "torch-streamed":
+        return backend
+    data = manifest(shard_dir)
+    for split in data["splits"].values():
+        for shard in split["shards"]:
+            shard.pop("index", None)
+    with open(os.path.join(shard_dir, "manifest.json"), "w") as handle:
+        json.dump(data, handle)
+    return "torch"
+
+
 def first_error(shard_dir, backend, split="train"):
+    backend = reader_backend(shard_dir, backend)
     with pytest.raises(ShardError) as info:
         for _ in pipeline.build_loader(shard_dir, split, 4, backend=backend, workers=2, device="cpu", image_size=16):
             pass
     return str(info.value)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_indexed_and_streamed_reading_give_identical_batches(generated_shards, tmp_path):
+    streamed_dir = damaged_copy(generated_shards, tmp_path)
+    reader_backend(streamed_dir, "torch-streamed")
+    for split in ("train", "val"):
+        for epoch in (0, 1):
+            batches = []
+            for shard_dir in (generated_shards, streamed_dir):
+                loader = pipeline.build_loader(shard_dir, split, 4, backend="torch", workers=2, device="cpu",
+                                               image_size=16)
+                loader.set_epoch(epoch)
+                batches.append(list(loader))
+            assert len(batches[0]) == len(batches[1]) > 0
+            for (images_a, labels_a), (images_b, labels_b) in zip(*batches):
+                assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
+
+
+def test_member_header_overwritten_in_place_names_the_shard(generated_shards, tmp_path):
+    """Same size, so the build-time size check passes; the index still points at the member, whose header is gone."""
+    shard_dir = damaged_copy(generated_shards, tmp_path)
+    (_, offset, _), _ = index_records(os.path.join(shard_dir, "train-000001.idx"))[2]
+    overwrite(os.path.join(shard_dir, "train-000001.tar"), offset - 512, b"garbage" * 20)
+    message = first_error(shard_dir, "torch")
+    assert "train-000001.tar" in message and "damaged" in message
+
+
+@pytest.mark.parametrize("backend", READ_PATHS)
 def test_zero_filled_tail_of_a_shard_names_the_shard(generated_shards, tmp_path, backend):
     shard_dir = damaged_copy(generated_shards, tmp_path)
     path = os.path.join(shard_dir, "train-000002.tar")
@@ -503,7 +547,7 @@ def test_zero_filled_tail_of_a_shard_names_the_shard(generated_shards, tmp_path,
     assert "train-000002.tar" in message
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", READ_PATHS)
 def test_zero_filled_jpeg_names_the_shard(generated_shards, tmp_path, backend):
     shard_dir = damaged_copy(generated_shards, tmp_path)
     (ext, offset, size), _ = index_records(os.path.join(shard_dir, "train-000001.idx"))[3]
@@ -512,7 +556,7 @@ def test_zero_filled_jpeg_names_the_shard(generated_shards, tmp_path, backend):
     assert "train-000001.tar" in first_error(shard_dir, backend)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", READ_PATHS)
 def test_non_digit_label_names_the_shard(generated_shards, tmp_path, backend):
     shard_dir = damaged_copy(generated_shards, tmp_path)
     _, (ext, offset, _) = index_records(os.path.join(shard_dir, "val-000001.idx"))[2]
@@ -521,16 +565,17 @@ def test_non_digit_label_names_the_shard(generated_shards, tmp_path, backend):
     assert "val-000001.tar" in first_error(shard_dir, backend, split="val")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", READ_PATHS)
 def test_shard_cut_short_fails_at_build_naming_it(generated_shards, tmp_path, backend):
     shard_dir = damaged_copy(generated_shards, tmp_path)
     path = os.path.join(shard_dir, "train-000003.tar")
     os.truncate(path, os.path.getsize(path) // 2)
     with pytest.raises(ShardError, match="train-000003.tar"):
-        pipeline.build_loader(shard_dir, "train", 4, backend=backend, device="cpu")
+        pipeline.build_loader(shard_dir, "train", 4, backend=reader_backend(shard_dir, backend), device="cpu")
 
 
-def test_sample_count_differing_from_the_manifest_is_caught_while_reading(generated_shards, tmp_path):
+@pytest.mark.parametrize("reader", ["torch", "torch-streamed"])
+def test_sample_count_differing_from_the_manifest_is_caught_while_reading(generated_shards, tmp_path, reader):
     shard_dir = damaged_copy(generated_shards, tmp_path)
     data = manifest(shard_dir)
     shards = data["splits"]["train"]["shards"]
@@ -538,9 +583,9 @@ def test_sample_count_differing_from_the_manifest_is_caught_while_reading(genera
     shards[1]["samples"] -= 1
     with open(os.path.join(shard_dir, "manifest.json"), "w") as handle:
         json.dump(data, handle)
-    message = first_error(shard_dir, "torch")
+    message = first_error(shard_dir, reader)
     assert "train-000000.tar" in message and "manifest" in message
-    if _dali_importable():  # DALI trusts the index: its count is compared with the manifest at build time
+    if _dali_importable() and reader == "torch":  # DALI trusts the index: its count is compared with the manifest at build time
         with pytest.raises(ShardError, match="train-000000.idx"):
             pipeline.build_loader(shard_dir, "train", 4, backend="dali-cpu", device="cpu")
 
