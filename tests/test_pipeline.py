@@ -367,6 +367,35 @@ def test_breaking_out_of_an_epoch_then_running_more_epochs(unique_shards, backen
     assert multiprocessing.active_children() == []
 
 
+def test_slow_consumer_and_an_early_break_get_the_same_batches(unique_shards):
+    """The torch backend's workers reuse shared-memory slots that the main process releases: a consumer slower
+    than the workers (they fill every slot and wait) or one that left the last epoch early must still receive
+    exactly the batches of a fast consumer."""
+    import time
+
+    def run(epoch, delay=0.0, stop_after=None):
+        loader = pipeline.build_loader(unique_shards, "train", 8, backend="torch", workers=2, device="cpu",
+                                       image_size=16)
+        if stop_after is not None:
+            loader.set_epoch(epoch + 1)
+            for i, _ in enumerate(loader):
+                if i == stop_after:
+                    break
+        loader.set_epoch(epoch)
+        batches = []
+        for images, labels in loader:
+            batches.append((images.clone(), labels))
+            time.sleep(delay)
+        return batches
+
+    fast = run(1)
+    assert len(fast) == 121 // 8
+    for other in (run(1, delay=0.05), run(1, stop_after=1)):
+        assert len(other) == len(fast)
+        for (images_a, labels_a), (images_b, labels_b) in zip(fast, other):
+            assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_outputs_match_float32(generated_shards, backend, dtype):
