@@ -16,8 +16,11 @@ All figures are medians over --repeats; in every repeat each measurement runs on
 from repeat to repeat, so that baseline and candidates share the same machine state. MB/s counts source bytes.
 By default the images are the shared ImageNet photographs (../shared/data/imagenet-sample, copied into an
 ImageFolder tree in a temporary folder); --src takes any ImageFolder tree (SRC/train/<wnid>/*, SRC/val/...).
+--copies N lists every file N times (copies under new names, so N distinct inputs of the same bytes): the
+per-run costs that do not split over workers (interpreter start, pool start, scanning, the manifest) then weigh
+as little as they do on a real dataset, where they are a fraction of a second in an hour-long run.
 
-    .venv/bin/python benchmarks/shards.py [--src DIR] [--repeats 5] [--workers 1,2] [--record]
+    .venv/bin/python benchmarks/shards.py [--src DIR] [--copies 1] [--repeats 5] [--workers 1,2] [--record]
 """
 import argparse
 import io
@@ -44,15 +47,34 @@ TARGET_CHECK_VS_FULL = 1.5  # issue 6: the honest check at >= 1.5x a full decode
 TARGET_TWO_VS_ONE = 1.7  # issue 6: 2 workers >= 1.7x 1 worker
 
 
-def sample_tree(dest):
-    """Copies the shared `<wnid>_<name>.JPEG` photographs into dest/train/<wnid>/ (ImageFolder layout)."""
+def sample_tree(dest, copies=1):
+    """Copies the shared `<wnid>_<name>.JPEG` photographs into dest/train/<wnid>/ (ImageFolder layout), each
+    `copies` times."""
     if not os.path.isdir(SAMPLE_DIR):
         sys.exit(f"shards.py: error: {SAMPLE_DIR} not found; pass --src with an ImageFolder tree")
     for name in sorted(os.listdir(SAMPLE_DIR)):
         folder = os.path.join(dest, "train", name.split("_")[0])
         os.makedirs(folder, exist_ok=True)
-        shutil.copy(os.path.join(SAMPLE_DIR, name), folder)
+        place(os.path.join(SAMPLE_DIR, name), folder, copies)
     return dest
+
+
+def replicated_tree(src, dest, copies):
+    """dest/<split>/<class>/ holding every file of SRC's splits `copies` times."""
+    for split in ("train", "val"):
+        for folder, _, names in os.walk(os.path.join(src, split)):
+            target = os.path.join(dest, os.path.relpath(folder, src))
+            os.makedirs(target, exist_ok=True)
+            for name in names:
+                place(os.path.join(folder, name), target, copies)
+    return dest
+
+
+def place(path, folder, copies):
+    """`copies` copies of `path` in `folder` (real copies, not links: `tar cf` would store a link as a link)."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    for k in range(copies):
+        shutil.copy(path, os.path.join(folder, os.path.basename(path) if k == 0 else f"{stem}_copy{k}{ext}"))
 
 
 def split_files(src):
@@ -110,17 +132,25 @@ def timed(fn, *args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", help="ImageFolder tree to convert (default: the shared ImageNet samples)")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="list every file this many times (default 1); 4 makes the 500 samples 2,000 inputs")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement; medians are reported")
     parser.add_argument("--workers", default="1,2", help="comma list of make_shards --workers values")
     parser.add_argument("--max-count", type=int, default=50, help="make_shards --max-count (samples per shard)")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    for flag in ("repeats", "copies"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     worker_counts = [int(w) for w in args.workers.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmp:
-        src = os.path.abspath(args.src) if args.src else sample_tree(os.path.join(tmp, "src"))
+        if not args.src:
+            src = sample_tree(os.path.join(tmp, "src"), args.copies)
+        elif args.copies > 1:
+            src = replicated_tree(os.path.abspath(args.src), os.path.join(tmp, "src"), args.copies)
+        else:
+            src = os.path.abspath(args.src)
         splits, files = split_files(src)
         megabytes = sum(os.path.getsize(f) for f in files) / 1e6
         measurements = {"tar cf": lambda: run_tar(src, splits, os.path.join(tmp, "all.tar")),
@@ -155,7 +185,8 @@ def main(argv=None):
     rows = [[name, f"{r['images_per_s']:.0f}", f"{r['mb_per_s']:.1f}",
              f"{r['seconds']:.3f} ({r['seconds_min']:.3f}-{r['seconds_max']:.3f})"] for name, r in results.items()]
     table = markdown_table(["measurement", "images/s", "MB/s", "seconds: median (min-max)"], rows)
-    summary = (f"{len(files)} files, {megabytes:.1f} MB, {args.repeats} repeats, {os.cpu_count()} CPUs; "
+    summary = (f"{len(files)} files ({args.copies} cop{'y' if args.copies == 1 else 'ies'} of each), "
+               f"{megabytes:.1f} MB, {args.repeats} repeats, {os.cpu_count()} CPUs; "
                f"check vs full decode {ratios['check_vs_full_decode']:.2f}x (target >= {TARGET_CHECK_VS_FULL}x); "
                f"check on 2 vs 1 process {ratios['check_two_processes_vs_one']:.2f}x")
     if "two_workers_vs_one" in ratios:
@@ -164,7 +195,8 @@ def main(argv=None):
                     f"(target >= {TARGET_TWO_VS_ONE}x)")
     print(table)
     print(summary)
-    print(json.dumps({"benchmark": "shards", "files": len(files), "megabytes": round(megabytes, 2),
+    print(json.dumps({"benchmark": "shards", "files": len(files), "copies": args.copies,
+                      "megabytes": round(megabytes, 2),
                       "repeats": args.repeats, "cpus": os.cpu_count(), "pillow": Image.__version__,
                       "libjpeg_turbo": features.version("libjpeg_turbo"),
                       "results": {k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()},
