@@ -50,6 +50,8 @@ if [ -d "$WHEELS" ]; then
   fi
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The torch backend's ROI JPEG decoder (pipeline.info reports whether it is in use).
+bash tools/build_native.sh "$(dirname "$RESULTS")/roi-jpeg-build.log" 2>&1 | tee -a "$RESULTS"
 run $PY -m pipeline.info
 if ! $PY -c "import webdataset; from nvidia.dali import fn; import nvidia.nvimgcodec" >>"$RESULTS" 2>&1; then
   note "error: DALI, its dependencies or webdataset are not importable (see above): carry the wheels listed at the top"

@@ -7,7 +7,7 @@ cd "$root"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
 stamp="$venv/.setup-stamp"
-want=$(cat setup.cfg pyproject.toml tools/setup_env.sh pipeline/native/roi_jpeg.c | sha256sum | cut -d' ' -f1)
+want=$(cat setup.cfg pyproject.toml tools/setup_env.sh tools/build_native.sh pipeline/native/roi_jpeg.c | sha256sum | cut -d' ' -f1)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   exit 0
@@ -45,16 +45,10 @@ if [ "$simd_ok" = 0 ]; then
   echo "warning: Pillow-SIMD could not be built (log: .venv/pillow-simd-build.log); using stock Pillow, JPEG decode in the torch backend will be slower" >&2
 fi
 
-# The torch backend's region-of-interest JPEG decoder (pipeline/roi_jpeg.py): a small C library against the same
-# system libjpeg-turbo, loaded with ctypes. Without it the backend decodes whole images with Pillow, only slower.
-native=pipeline/native
-rm -f "$native/libroijpeg.so"
-if [ -f /usr/include/jpeglib.h ] && "${CC:-cc}" -O2 -fPIC -shared -Wall -o "$native/libroijpeg.so.tmp" \
-    "$native/roi_jpeg.c" -ljpeg >"$venv/roi-jpeg-build.log" 2>&1; then
-  mv "$native/libroijpeg.so.tmp" "$native/libroijpeg.so"
-else
-  rm -f "$native/libroijpeg.so.tmp"
-  echo "warning: the ROI JPEG decoder could not be built (log: .venv/roi-jpeg-build.log; needs cc and libjpeg62-turbo-dev); the torch backend will decode whole images with Pillow, slower" >&2
+# The torch backend's region-of-interest JPEG decoder (pipeline/roi_jpeg.py). Without it the backend decodes whole
+# images with Pillow, only slower.
+if ! why=$(bash tools/build_native.sh "$venv/roi-jpeg-build.log" 2>&1); then
+  echo "warning: the ROI JPEG decoder was not built: $why; the torch backend will decode whole images with Pillow, slower" >&2
 fi
 
 "$venv/bin/python" -m pipeline.info
