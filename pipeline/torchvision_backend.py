@@ -368,7 +368,9 @@ class BatchSlots:
 
     def __init__(self, workers, slots, batch_size, image_size):
         self.count = slots
-        self.images = torch.empty((workers, slots, batch_size, image_size, image_size, 3), dtype=torch.uint8)
+        shape = (workers, slots, batch_size, image_size, image_size, 3)
+        _check_shared_memory(math.prod(shape), workers, slots)
+        self.images = torch.empty(shape, dtype=torch.uint8)
         self.images.share_memory_()
         self._main_pid = os.getpid()
         self._free = []
@@ -401,6 +403,20 @@ def _pop_random(buffer, rng):
     i = int(rng.integers(len(buffer)))
     buffer[i], buffer[-1] = buffer[-1], buffer[i]
     return buffer.pop()
+
+
+def _check_shared_memory(needed, workers, slots, folder="/dev/shm"):
+    """ValueError when `folder` (Linux's shared memory) has less than `needed` bytes free: touching shared memory
+    beyond the limit kills the process with SIGBUS, with no message. Containers often have 64 MB there."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:  # no such folder (not Linux): nothing to check
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed:
+        raise ValueError(f"the torch backend needs {needed / 2**20:.0f} MiB of shared memory ({workers} workers x "
+                         f"{slots} batch slots) but {folder} has {free / 2**20:.0f} MiB free: use fewer --workers or "
+                         f"a smaller batch, or enlarge {folder} (docker run --shm-size=...)")
 
 
 class TorchLoader(Loader):
