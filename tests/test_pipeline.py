@@ -685,3 +685,13 @@ def test_info_reports_the_active_pil():
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["pil"].split()[0] in ("pillow", "pillow-simd") and Image.__version__ in info["pil"]
+
+
+def test_too_little_shared_memory_for_the_batch_slots_is_a_clear_error(tmp_path):
+    from pipeline.torchvision_backend import _check_shared_memory
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    _check_shared_memory(free // 2, 2, 4, folder=str(tmp_path))
+    with pytest.raises(ValueError, match=r"2 workers x 4 batch slots.*--workers.*--shm-size"):
+        _check_shared_memory(free * 4, 2, 4, folder=str(tmp_path))
+    _check_shared_memory(10**18, 2, 4, folder=str(tmp_path / "missing"))  # no such folder: nothing to check
