@@ -25,8 +25,10 @@ def machine():
     from pipeline.info import summary
     info = summary()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    roi = "not built" if info["roi_jpeg"].startswith("not built") else "built"
     return (f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), {device}; "
-            f"torch {info['torch']}, torchvision {info['torchvision']}, {info['pil']}, DALI {info['dali']}")
+            f"torch {info['torch']}, torchvision {info['torchvision']}, {info['pil']}, DALI {info['dali']}, "
+            f"ROI JPEG decoder {roi}")
 
 
 def record(title, table_markdown, note=""):

@@ -1,12 +1,14 @@
-"""The `torch` backend: stock webdataset tar streaming + Pillow(-SIMD) in DataLoader worker processes.
+"""The `torch` backend: shard reading, ROI JPEG decoding and Pillow(-SIMD) resizing in DataLoader worker processes.
 
-Each worker reads only its contiguous share of the rank's sample range (see shards.worker_plans), counts the
-samples of every shard it reads against the manifest, shuffles raw JPEG bytes through a seeded buffer (train),
-decodes only the crop window with the native libjpeg-turbo ROI decoder (pipeline/roi_jpeg.py; Pillow decodes the
-whole image where that library is not built), downscaled in the DCT domain whenever the crop allows, resizes it
-with Pillow(-SIMD), and batches uint8 HWC tensors itself (DataLoader batch_size=None; train batches in halves, see
-_PARTS_PER_BATCH). The main process pins the parts, moves them to the device and converts, normalises, joins and
-lays them out there in one step (augment.Normalizer, shared with the DALI backends).
+Each worker reads only its contiguous share of the rank's sample range (see shards.worker_plans): member bytes at
+the offsets of the shard's DALI index, each behind an intact tar header (or, for shards without an index, a stock
+webdataset tar stream, counting samples against the manifest). It shuffles raw JPEG bytes through a seeded buffer
+(train), decodes only the crop window with the native libjpeg-turbo ROI decoder (pipeline/roi_jpeg.py; Pillow
+decodes the whole image where that library is not built), downscaled in the DCT domain whenever the crop allows,
+resizes it with Pillow(-SIMD), and writes uint8 HWC batches into shared-memory slots (BatchSlots; DataLoader
+batch_size=None; train batches in halves, see _PARTS_PER_BATCH). The main process moves the parts to the device
+and converts, normalises, joins and lays them out there in one step (augment.Normalizer, shared with the DALI
+backends), then hands the slots back.
 
 A damaged shard makes the worker yield a _Failure naming the file, which the main process raises as a
 ShardError: one clear line instead of a worker traceback.
