@@ -22,7 +22,8 @@ included as in training (it weighs more on a 500-image epoch than on ImageNet's)
 repeat to repeat, so baselines and candidates share the machine state.
 
     .venv/bin/python benchmarks/loader.py [--src DIR] [--copies 1] [--workers 2] [--image-size 224]
-                                          [--batch-size 64] [--repeats 5] [--epochs 2] [--record]
+                                          [--batch-size 64] [--repeats 5] [--epochs 2] [--no-stock-pillow]
+                                          [--record]
 """
 import argparse
 import json
@@ -231,6 +232,9 @@ def main(argv=None):
                         help="each file appears this many times (default 1); 4 makes the 500 samples a 2,000-image "
                              "epoch, so per-epoch worker start-up weighs as little as it does on ImageNet")
     parser.add_argument("--max-count", type=int, default=50, help="samples per shard for make_shards (default 50)")
+    parser.add_argument("--no-stock-pillow", action="store_true",
+                        help="skip row (a), which downloads the stock Pillow wheel with pip (offline machines); "
+                             "the targets are then judged against row (b)")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     parser.add_argument("--serve-stock", metavar="SRC", help=argparse.SUPPRESS)  # internal: StockProcess's child
     args = parser.parse_args(argv)
@@ -248,7 +252,10 @@ def main(argv=None):
         files = folder_files(os.path.abspath(args.src)) if args.src else sample_files()
         src = build_tree(files, os.path.join(tmp, "src"), args.copies)
         shard_dir = make_shards(src, os.path.join(tmp, "shards"), max(1, args.workers), args.max_count)
-        pillow_folder, skipped = stock_pillow_folder(tmp)
+        if args.no_stock_pillow:
+            pillow_folder, skipped = None, "--no-stock-pillow"
+        else:
+            pillow_folder, skipped = stock_pillow_folder(tmp)
         runners, stock_child = {}, None  # name -> (run(first_epoch, epochs) -> seconds, batches per epoch)
         if pillow_folder:
             stock_child = StockProcess(child_argv, src, pillow_folder)
