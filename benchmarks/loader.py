@@ -17,7 +17,9 @@ All read the same JPEG files: the shared ImageNet sample photographs by default,
 ImageFolder tree with --src, linked into a temporary ImageFolder tree (--copies N lists every file N times, for
 epochs long enough to show steady-state throughput) that the script also shards with tools/make_shards.py. The
 figure is images delivered on the training device per second over --epochs whole train epochs, worker start-up
-included as in training (it weighs more on a 500-image epoch than on ImageNet's). Every figure is the median of
+included as in training (it weighs more on a 500-image epoch than on ImageNet's). "CPU ms/image" is the CPU time
+of the loading process and its workers (getrusage) per image delivered: on a machine whose cores are all busy
+loading, it is what bounds images/s. Every figure is the median of
 --repeats; in every repeat each loader (the subprocess baseline included) runs once, in an order that rotates from
 repeat to repeat, so baselines and candidates share the machine state.
 
@@ -28,6 +30,7 @@ repeat to repeat, so baselines and candidates share the machine state.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -155,7 +158,8 @@ class StockProcess:
     def run(self, first, count):
         self.child.stdin.write(f"{first} {count}\n")
         self.child.stdin.flush()
-        return float(self._reply())
+        seconds, cpu = self._reply().split()
+        return float(seconds), float(cpu)
 
     def close(self):
         self.child.stdin.close()
@@ -170,7 +174,7 @@ def serve_stock(src, args, device):
     print(json.dumps({"pil": pillow_flavour(), "batches": batches}), flush=True)
     for line in sys.stdin:
         first, count = (int(x) for x in line.split())
-        print(timed_epochs(epoch, first, count, device), flush=True)
+        print(*timed_epochs(epoch, first, count, device), flush=True)
     return 0
 
 
@@ -185,7 +189,10 @@ def our_loader(shard_dir, backend, args, device):
 
 
 def timed_epochs(epoch, first, count, device):
-    """Seconds to deliver `count` whole epochs starting at epoch number `first`."""
+    """(seconds, CPU seconds) to deliver `count` whole epochs starting at epoch number `first`. CPU time counts
+    this process (its DALI threads included) and its worker processes, which have all exited by the end of an
+    epoch (DataLoader workers are joined when the epoch's iterator ends)."""
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     for number in range(first, first + count):
         for images, _ in epoch(number):
@@ -193,7 +200,12 @@ def timed_epochs(epoch, first, count, device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     del last
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu_start
+
+
+def _cpu_seconds():
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def pil_label(flavour):
@@ -207,7 +219,7 @@ def in_process(loader, device):
 
 
 def interleaved_repeats(runners, args):
-    """{name: [seconds per repeat]}: one warm-up epoch each (page cache, imports, DALI and worker first-run
+    """{name: [(seconds, CPU seconds) per repeat]}: one warm-up epoch each (page cache, imports, DALI and worker first-run
     costs), then --repeats rounds in which every runner runs once, the order rotating by one each round."""
     for run, _ in runners.values():
         run(0, 1)
@@ -273,13 +285,15 @@ def main(argv=None):
                 stock_child.close()
 
     images_per_run = {name: batches * args.batch_size * args.epochs for name, (_, batches) in runners.items()}
-    rates = {name: [images_per_run[name] / s for s in samples] for name, samples in seconds.items()}
+    rates = {name: [images_per_run[name] / s for s, _ in samples] for name, samples in seconds.items()}
+    cpu_ms = {name: statistics.median(1000 * cpu / images_per_run[name] for _, cpu in samples)
+              for name, samples in seconds.items()}
     medians = {name: statistics.median(r) for name, r in rates.items()}
     baselines = [name for name in runners if name.startswith("(")]
     ratios = {base: {name: medians[name] / medians[base] for name in backends} for base in baselines}
-    rows = [[name, f"{medians[name]:.0f}", f"{min(rates[name]):.0f}-{max(rates[name]):.0f}"]
+    rows = [[name, f"{medians[name]:.0f}", f"{min(rates[name]):.0f}-{max(rates[name]):.0f}", f"{cpu_ms[name]:.2f}"]
             + [f"{medians[name] / medians[base]:.2f}" for base in baselines] for name in runners]
-    table = markdown_table(["loader", "images/s (median)", "min-max"]
+    table = markdown_table(["loader", "images/s (median)", "min-max", "CPU ms/image"]
                            + [f"vs {base.split()[0]}" for base in baselines], rows)
     judged = baselines[0]
     verdicts = ", ".join(f"{name} {ratios[judged][name]:.2f}x "
@@ -298,6 +312,7 @@ def main(argv=None):
                       "epochs": args.epochs, "cpus": os.cpu_count(), "versions": summary(), "machine": machine(),
                       "images_per_s": {k: round(v, 1) for k, v in medians.items()},
                       "images_per_s_all": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+                      "cpu_ms_per_image": {k: round(v, 3) for k, v in cpu_ms.items()},
                       "ratios": {base: {k: round(v, 3) for k, v in r.items()} for base, r in ratios.items()}}))
     if args.record:
         record("Loader throughput (benchmarks/loader.py)", table, note=note)

@@ -11,6 +11,8 @@
                 parallel as it does for ImageNet's 1,281 shards
   start-up      `python tools/make_shards.py --help`: interpreter start and imports, a fixed cost per run that
                 weighs on a 500-image run and not on ImageNet; the 2-vs-1-worker ratio is given with and without it
+  its phases    the check and write phase times make_shards itself prints for those runs (write = reading the
+                sources again, tar and index, sha256, fsync'd writes), to show how each phase scales
 
 All figures are medians over --repeats; in every repeat each measurement runs once, in an order that rotates
 from repeat to repeat, so that baseline and candidates share the same machine state. MB/s counts source bytes.
@@ -26,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -102,13 +105,22 @@ def pooled_check(files, workers):
             pass
 
 
-def run_make_shards(src, out, splits, workers, max_count):
+PHASES = re.compile(r"\(check ([0-9.]+) s, write ([0-9.]+) s\)")  # from make_shards' per-split summary line
+
+
+def run_make_shards(src, out, splits, workers, max_count, phases):
+    """Seconds for the whole tool; appends (check seconds, write seconds), summed over splits, to `phases`."""
     shutil.rmtree(out, ignore_errors=True)  # a fresh OUT: an existing one would be reused, not rewritten
     start = time.perf_counter()
-    subprocess.run([sys.executable, TOOL, src, out, "--splits", ",".join(splits), "--workers", str(workers),
-                    "--max-count", str(max_count), "--skip-bad"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    result = subprocess.run([sys.executable, TOOL, src, out, "--splits", ",".join(splits), "--workers",
+                             str(workers), "--max-count", str(max_count), "--skip-bad"],
+                            check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seconds = time.perf_counter() - start
+    found = [(float(c), float(w)) for c, w in PHASES.findall(result.stdout)]
+    if len(found) != len(splits):
+        sys.exit(f"shards.py: error: no phase times in make_shards' output:\n{result.stdout[-2000:]}")
+    phases.append((sum(c for c, _ in found), sum(w for _, w in found)))
+    return seconds
 
 
 def run_startup():
@@ -121,6 +133,13 @@ def run_tar(src, splits, archive):
     start = time.perf_counter()
     subprocess.run(["tar", "cf", archive, "-C", src, *splits], check=True)
     return time.perf_counter() - start
+
+
+def timing(samples, files, megabytes):
+    """Median, min and max seconds of `samples`, and the median's images/s and MB/s."""
+    median = statistics.median(samples)
+    return {"seconds": median, "seconds_min": min(samples), "seconds_max": max(samples),
+            "images_per_s": len(files) / median, "mb_per_s": megabytes / median}
 
 
 def timed(fn, *args):
@@ -158,20 +177,22 @@ def main(argv=None):
                         "check, 1/8-scale decode (1 process)": lambda: timed(draft_check, files),
                         "check, 1/8-scale decode (2 processes)": lambda: timed(pooled_check, files, 2),
                         "start-up": run_startup}
+        phases = {w: [] for w in worker_counts}  # per run: (check s, write s) as the tool reports them
         for w in worker_counts:
             measurements[f"make_shards --workers {w}"] = (
-                lambda w=w: run_make_shards(src, os.path.join(tmp, f"out{w}"), splits, w, args.max_count))
+                lambda w=w: run_make_shards(src, os.path.join(tmp, f"out{w}"), splits, w, args.max_count,
+                                            phases[w]))
         for measure in measurements.values():  # warm-up: page cache, imports, first-run effects
             measure()
+        for runs in phases.values():
+            runs.clear()
         names = list(measurements)
         seconds = {name: [] for name in names}
         for repeat in range(args.repeats):
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
                 seconds[name].append(measurements[name]())
 
-    results = {name: {"seconds": statistics.median(s), "seconds_min": min(s), "seconds_max": max(s),
-                      "images_per_s": len(files) / statistics.median(s),
-                      "mb_per_s": megabytes / statistics.median(s)} for name, s in seconds.items()}
+    results = {name: timing(s, files, megabytes) for name, s in seconds.items()}
     full = results["full decode (1 process)"]["seconds"]
     check = results["check, 1/8-scale decode (1 process)"]["seconds"]
     ratios = {"check_vs_full_decode": full / check,
@@ -181,6 +202,14 @@ def main(argv=None):
         startup = results["start-up"]["seconds"]
         ratios["two_workers_vs_one"] = one / two
         ratios["two_workers_vs_one_after_startup"] = (one - startup) / (two - startup)
+    for w in worker_counts:
+        for i, phase in enumerate(("check", "write")):
+            runs = [run[i] for run in phases[w]]
+            results[f"make_shards --workers {w}: {phase} phase"] = timing(runs, files, megabytes)
+    if 1 in worker_counts and 2 in worker_counts:
+        for phase in ("check", "write"):
+            ratios[f"{phase}_phase_two_vs_one"] = (results[f"make_shards --workers 1: {phase} phase"]["seconds"]
+                                                   / results[f"make_shards --workers 2: {phase} phase"]["seconds"])
 
     rows = [[name, f"{r['images_per_s']:.0f}", f"{r['mb_per_s']:.1f}",
              f"{r['seconds']:.3f} ({r['seconds_min']:.3f}-{r['seconds_max']:.3f})"] for name, r in results.items()]
@@ -192,7 +221,8 @@ def main(argv=None):
     if "two_workers_vs_one" in ratios:
         summary += (f"; 2 vs 1 worker {ratios['two_workers_vs_one']:.2f}x, "
                     f"{ratios['two_workers_vs_one_after_startup']:.2f}x without start-up "
-                    f"(target >= {TARGET_TWO_VS_ONE}x)")
+                    f"(target >= {TARGET_TWO_VS_ONE}x); the tool's own phase times, 2 vs 1 worker: check "
+                    f"{ratios['check_phase_two_vs_one']:.2f}x, write {ratios['write_phase_two_vs_one']:.2f}x")
     print(table)
     print(summary)
     print(json.dumps({"benchmark": "shards", "files": len(files), "copies": args.copies,

@@ -31,10 +31,12 @@ def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
     assert data["files"] == 2 * 3 * (4 + 2) and data["copies"] == 2
     assert set(data["results"]) == {"tar cf", "full decode (1 process)", "check, 1/8-scale decode (1 process)",
                                     "check, 1/8-scale decode (2 processes)", "start-up", "make_shards --workers 1",
-                                    "make_shards --workers 2"}
+                                    "make_shards --workers 2", "make_shards --workers 1: check phase",
+                                    "make_shards --workers 1: write phase", "make_shards --workers 2: check phase",
+                                    "make_shards --workers 2: write phase"}
     assert all(r["seconds"] > 0 and r["images_per_s"] > 0 for r in data["results"].values())
     for ratio in ("check_vs_full_decode", "check_two_processes_vs_one", "two_workers_vs_one",
-                  "two_workers_vs_one_after_startup"):
+                  "two_workers_vs_one_after_startup", "check_phase_two_vs_one", "write_phase_two_vs_one"):
         assert data[ratio] > 0
     assert "| make_shards --workers 2 |" in stdout and "2 vs 1 worker" in stdout
 
@@ -61,6 +63,7 @@ def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path)
     assert len(stock) == 1 and not any(name.startswith("(a)") for name in rates)  # no download asked for
     assert set(rates) == set(stock) | set(backends.split(","))
     assert all(rate > 0 for rate in rates.values())
+    assert set(data["cpu_ms_per_image"]) == set(rates) and all(v > 0 for v in data["cpu_ms_per_image"].values())
     assert set(data["ratios"][stock[0]]) == set(backends.split(","))
     assert "row (a) not run: --no-stock-pillow" in stdout
 

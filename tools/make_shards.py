@@ -574,16 +574,21 @@ def convert_split(split, sources, classes, args, out, state, workers):
         checks = check_sources(split, sources, journal, workers)
     finally:
         journal.close()
+    checked = time.monotonic()
     tasks = plan_shards(split, sources, checks, args, out, state)
     remove_stale_shards(out, state, split, len(tasks))
+    planned = time.monotonic()
     records, reused = write_shards(split, tasks, workers)
     summary = split_summary(sources, checks, records, len(classes))
-    elapsed = max(time.monotonic() - start, 1e-6)
+    end = time.monotonic()
+    elapsed = max(end - start, 1e-6)
     source_mb = sum(s.size for s in sources) / 1e6
+    # The phase times let benchmarks/shards.py see how each phase scales with --workers.
     print(f"{split}: {summary['found']} found, {summary['samples']} stored ({len(summary['fixed'])} fixed), "
           f"{len(summary['skipped'])} skipped; {len(records)} shards ({reused} reused), "
           f"{sum(r['bytes'] for r in records) / 1e6:.1f} MB; {elapsed:.1f} s, "
-          f"{len(sources) / elapsed:.0f} img/s, {source_mb / elapsed:.1f} MB/s")
+          f"{len(sources) / elapsed:.0f} img/s, {source_mb / elapsed:.1f} MB/s "
+          f"(check {checked - start:.3f} s, write {end - planned:.3f} s)")
     return summary
 
 
