@@ -219,8 +219,9 @@ def in_process(loader, device):
 
 
 def interleaved_repeats(runners, args):
-    """{name: [(seconds, CPU seconds) per repeat]}: one warm-up epoch each (page cache, imports, DALI and worker first-run
-    costs), then --repeats rounds in which every runner runs once, the order rotating by one each round."""
+    """{name: [(seconds, CPU seconds) per repeat]}: one warm-up epoch each (page cache, imports, DALI and worker
+    first-run costs), then --repeats rounds in which every runner runs once, the order rotating by one each
+    round."""
     for run, _ in runners.values():
         run(0, 1)
     names = list(runners)
