@@ -10,9 +10,10 @@ When a split has both, its list file wins. Class index = position of the wnid in
 Each split is done in two phases: (1) check every file in parallel (a 1/8-scale decode that still reads all
 entropy-coded data, see tools/imagecheck.py); (2) shuffle the good samples with a permutation from --seed, cut
 them into shards whose sample counts differ by at most one, and write whole shards in parallel. A shard appears
-under its final name only when complete (written as *.tmp, fsynced, renamed) and a record of it goes into
+under its final name only when complete (written as *.tmp, then renamed) and a record of it goes into
 OUT/.make_shards/, so a run killed at any moment and started again with the same arguments reuses every shard it
-can verify and rewrites the rest; OUT/manifest.json is written last.
+can verify (re-hashing it) and rewrites the rest; OUT/manifest.json is written last, after every shard and index
+has been fsynced.
 
 Exit status: 0 done; 1 done, but some files could not be decoded and were skipped (listed in the manifest; pass
 --skip-bad to accept that); 2 bad arguments or environment (one line on stderr).
@@ -40,7 +41,7 @@ if __package__ in (None, ""):  # run as `python tools/make_shards.py`: make the 
 from tqdm import tqdm
 
 from tools.imagecheck import Check, check_file
-from tools.shardwriter import (BLOCK, RECORD, PlannedSample, ShardTask, fsync_dir, write_atomic,
+from tools.shardwriter import (BLOCK, RECORD, PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic,
                                write_shard)
 
 FORMAT_VERSION = 1
@@ -579,6 +580,7 @@ def convert_split(split, sources, classes, args, out, state, workers):
     remove_stale_shards(out, state, split, len(tasks))
     planned = time.monotonic()
     records, reused = write_shards(split, tasks, workers)
+    make_durable(out, records)
     summary = split_summary(sources, checks, records, len(classes))
     end = time.monotonic()
     elapsed = max(end - start, 1e-6)

@@ -11,6 +11,7 @@ DALI index format (what NVIDIA DALI's `tools/wds2idx.py` writes, read by `fn.rea
     <ext> <data offset> <size> <member name> <ext> <data offset> <size> <member name> ...   (one line per sample)
 where <data offset> is the byte offset of the member's data (just after its 512-byte header).
 """
+import ctypes
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from collections import namedtuple
 from tools.imagecheck import encode_jpeg
 
 BLOCK = 512  # tar block size
+WRITEBACK_STEP = 8 << 20  # bytes between two start_writeback calls while a shard is written
 RECORD = 20 * BLOCK  # tar record size: GNU tar and Python's tarfile pad archives to whole records
 INDEX_VERSION = "v1.2"
 
@@ -41,12 +43,19 @@ class ShardWriter:
         self._file = fileobj
         self._hash = hashlib.sha256()
         self.size = 0
+        self._written_back = 0
         self._samples = []  # per sample: [(ext, data offset, size, member name), ...]
 
     def _write(self, data):
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
+        if self.size - self._written_back >= WRITEBACK_STEP:
+            # Hand what is written so far to the disk now, while the next samples are prepared, so that the fsync
+            # before the manifest finds little left to flush (the flushes of all workers share one disk).
+            self._file.flush()
+            start_writeback(self._file.fileno(), self._written_back, self.size - self._written_back)
+            self._written_back = self.size
 
     def _add_member(self, name, data):
         info = tarfile.TarInfo(name)
@@ -91,6 +100,27 @@ class ShardWriter:
         return "\n".join(lines) + "\n"
 
 
+def _sync_file_range():
+    """libc's sync_file_range (Linux), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) on Windows
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>: start writeback of the range's dirty pages, do not wait for it
+
+
+def start_writeback(fd, offset, length):
+    """Starts writing the byte range of `fd` to disk without waiting (Linux); elsewhere the final fsync does it.
+    Only an optimisation: a failure is ignored, the fsync before the manifest is what guarantees durability."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def fsync_dir(path):
     """Makes renames inside `path` durable (a rename is only on disk once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
@@ -106,14 +136,24 @@ def temporary_name(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
-def write_atomic(path, data):
-    """Writes bytes to `path` via a temporary file, fsync and rename, so readers never see a torn file."""
+def write_atomic(path, data, durable=True):
+    """Writes bytes to `path` via a temporary file and a rename, so readers never see a torn file; with `durable`,
+    the data is fsynced before the rename (a crash then leaves the old file or the complete new one)."""
     tmp = temporary_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -166,15 +206,26 @@ def write_shard(task):
             writer.add_sample(sample.key, {"jpg": jpeg, "cls": str(sample.label).encode("ascii")})
         writer.finish()
         f.flush()
-        os.fsync(f.fileno())
+        start_writeback(f.fileno(), 0, 0)  # the rest of the file (length 0: to its end)
     index = writer.index_text().encode("ascii")
-    # The index goes first, so a tar under its final name always has its index beside it; the record written
-    # last is what marks the shard complete, so a crash between the renames only costs a rewrite.
-    write_atomic(index_path, index)
+    # The index goes first, so a tar under its final name has its index beside it; the record written last is
+    # what marks the shard complete. Nothing is fsynced here: an fsync waits for the disk and commits the file
+    # system journal, and the workers' fsyncs serialise (with four per shard the write phase scaled 1.39x on 2
+    # workers, the check phase 1.86x). A power loss can then lose a shard's data or its renames, which only costs
+    # a rewrite: a rerun re-hashes the tar and the index against the record. make_durable() flushes everything
+    # once, before the manifest is written.
+    write_atomic(index_path, index, durable=False)
     os.replace(tar_tmp, tar_path)
-    fsync_dir(task.out)
     record = {"tar": f"{task.name}.tar", "index": f"{task.name}.idx", "samples": writer.num_samples,
               "bytes": writer.size, "sha256": writer.sha256, "index_bytes": len(index),
               "index_sha256": hashlib.sha256(index).hexdigest(), "plan_hash": task.plan_hash}
-    write_atomic(task.record, json.dumps(record).encode())
+    write_atomic(task.record, json.dumps(record).encode(), durable=False)
     return dict(record, reused=False)
+
+
+def make_durable(out, records):
+    """Flushes what write_shard left to the kernel: the shards, their indexes and the renames in OUT."""
+    for record in records:
+        fsync_file(os.path.join(out, record["tar"]))
+        fsync_file(os.path.join(out, record["index"]))
+    fsync_dir(out)
