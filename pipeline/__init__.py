@@ -7,7 +7,7 @@
             ...
 
 Backends: 'dali' (GPU decode and augmentation), 'dali-cpu' (the same DALI graph on CPU operators), 'torch'
-(webdataset + Pillow-SIMD in DataLoader workers), 'auto' (= 'dali' when DALI imports and CUDA is available,
+(ROI JPEG decode + Pillow-SIMD in DataLoader workers; no DALI, no GPU needed), 'auto' (= 'dali' when DALI imports and CUDA is available,
 else 'torch'). They differ in speed, not in semantics: same split over ranks, same batch counts, same
 augmentation parameters (pipeline/augment.py). Importing this package is cheap: torch, Pillow and DALI are
 imported only when a loader is built.
