@@ -8,9 +8,9 @@
 
 Backends: 'dali' (GPU decode and augmentation), 'dali-cpu' (the same DALI graph on CPU operators), 'torch'
 (ROI JPEG decode + Pillow-SIMD in DataLoader workers; needs neither DALI nor a GPU), 'auto' (= 'dali' when
-DALI imports and CUDA is available, else 'torch'). They differ in speed, not in semantics: same split over ranks, same batch counts, same
-augmentation parameters (pipeline/augment.py). Importing this package is cheap: torch, Pillow and DALI are
-imported only when a loader is built.
+DALI imports and CUDA is available, else 'torch'). They differ in speed, not in semantics: same split over
+ranks, same batch counts, same augmentation parameters (pipeline/augment.py). Importing this package is cheap:
+torch, Pillow and DALI are imported only when a loader is built.
 """
 import logging
 import os
