@@ -62,8 +62,8 @@ def decode_train(jpeg, image_size, rng, windows=None):
 def decode_val(jpeg, image_size, windows=None):
     """JPEG bytes -> shorter side resized to image_size/0.875, centre image_size crop, RGB uint8 array (HWC).
 
-    Full-resolution decode, no DCT-domain downscale: val is the yardstick, so it matches the DALI backends
-    pixel for pixel (within resampler rounding) rather than trading exactness for speed."""
+    Full resolution, no DCT-domain downscale: val is the yardstick, so it matches the DALI backends pixel for
+    pixel (within resampler rounding) rather than trading exactness for speed."""
     windows = windows or window_decoder()
     handle, (width, height) = windows.open(jpeg)
     box = augment.val_crop_box(width, height, image_size)
