@@ -121,13 +121,16 @@ def start_writeback(fd, offset, length):
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def fsync_dir(path):
-    """Makes renames inside `path` durable (a rename is only on disk once its directory is synced)."""
+def fsync_path(path):
+    """fsync of a file or a directory by name (a directory: makes the renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path  # the name says why it is called: a rename is only on disk once its directory is synced
 
 
 def temporary_name(path):
@@ -147,13 +150,6 @@ def write_atomic(path, data, durable=True):
             os.fsync(f.fileno())
     os.replace(tmp, path)
 
-
-def fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -226,6 +222,6 @@ def write_shard(task):
 def make_durable(out, records):
     """Flushes what write_shard left to the kernel: the shards, their indexes and the renames in OUT."""
     for record in records:
-        fsync_file(os.path.join(out, record["tar"]))
-        fsync_file(os.path.join(out, record["index"]))
+        fsync_path(os.path.join(out, record["tar"]))
+        fsync_path(os.path.join(out, record["index"]))
     fsync_dir(out)
