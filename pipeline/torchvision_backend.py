@@ -307,6 +307,8 @@ class ShardStream(IterableDataset):
             yield from self._batches(share, rng, windows, worker if info is not None else None)
         except ShardError as exc:
             yield _Failure(str(exc))
+        except EpochClosed:
+            return  # nobody reads this epoch any more
 
     def _batches(self, share, rng, windows, worker):
         samples = self._samples(share, rng)
@@ -357,6 +359,10 @@ class ShardStream(IterableDataset):
         return handle, label_values
 
 
+class EpochClosed(Exception):
+    """Raised in a worker waiting for a slot when the main process has stopped reading the epoch."""
+
+
 class BatchSlots:
     """Shared-memory uint8 batch buffers, allocated once per loader, that the workers fill and the main process
     reads in turn.
@@ -376,17 +382,27 @@ class BatchSlots:
         self.images.share_memory_()
         self._main_pid = os.getpid()
         self._free = []
+        self._closed = None
         self._next = [0] * workers  # the next slot each worker fills (each worker process has its own copy)
 
     def new_epoch(self, context):
         """Fresh counters for a new set of worker processes (an epoch left early leaves slots unreleased)."""
         self._free = [context.Semaphore(self.count) for _ in range(len(self._next))]
+        self._closed = context.Event()
         self._next = [0] * len(self._next)
 
+    def close_epoch(self):
+        """Main side, when the epoch's iteration ends (also early): a worker waiting for a slot stops now instead
+        of holding up the DataLoader's shutdown, which would wait 5 s for it and then kill it."""
+        self._closed.set()
+
     def take(self, worker):
-        """Worker side: waits for the next slot of `worker` to be free and returns its index."""
-        while not self._free[worker].acquire(timeout=1.0):
-            if os.getppid() != self._main_pid:  # the main process is gone: nobody will release a slot
+        """Worker side: waits for the next slot of `worker` to be free and returns its index; EpochClosed when
+        the main process has stopped reading this epoch."""
+        while not self._free[worker].acquire(timeout=0.05):
+            if self._closed.is_set():
+                raise EpochClosed()
+            if os.getpid() != self._main_pid != os.getppid():  # a worker whose main process is gone
                 raise RuntimeError("the loader's main process exited")
         slot = self._next[worker]
         self._next[worker] = (slot + 1) % self.count
@@ -461,6 +477,8 @@ class TorchLoader(Loader):
                 pending = []
                 yield images, labels.to(self.device, non_blocking=True)
         finally:
+            if slots is not None:
+                slots.close_epoch()
             # Dropping the iterator joins the worker processes now, also on an early break or an error
             # (an exception's traceback would otherwise keep them alive).
             del batches

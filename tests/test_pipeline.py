@@ -695,3 +695,34 @@ def test_too_little_shared_memory_for_the_batch_slots_is_a_clear_error(tmp_path)
     with pytest.raises(ValueError, match=r"2 workers x 4 batch slots.*--workers.*--shm-size"):
         _check_shared_memory(free * 4, 2, 4, folder=str(tmp_path))
     _check_shared_memory(10**18, 2, 4, folder=str(tmp_path / "missing"))  # no such folder: nothing to check
+
+
+def test_a_worker_waiting_for_a_batch_slot_stops_when_the_epoch_is_closed():
+    import threading
+    import time
+
+    from pipeline.torchvision_backend import BatchSlots, EpochClosed
+
+    slots = BatchSlots(workers=1, slots=1, batch_size=2, image_size=4)
+    slots.new_epoch(multiprocessing.get_context())
+    assert slots.take(0) == 0
+    outcome = []
+
+    def second_take():
+        try:
+            outcome.append(slots.take(0))
+        except EpochClosed:
+            outcome.append("closed")
+
+    waiter = threading.Thread(target=second_take)
+    waiter.start()
+    time.sleep(0.2)
+    assert outcome == []  # the only slot is still held: the worker waits
+    started = time.monotonic()
+    slots.close_epoch()
+    waiter.join(timeout=5)
+    assert outcome == ["closed"] and time.monotonic() - started < 1.0
+    slots.new_epoch(multiprocessing.get_context())  # the next epoch starts with every slot free again
+    assert slots.take(0) == 0
+    slots.release((0, 0, 2))
+    assert slots.take(0) == 0  # round the single slot again
