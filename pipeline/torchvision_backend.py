@@ -158,8 +158,9 @@ def parse_label(data, num_classes):
 
 def read_samples(shard, first, stop):
     """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`: through its DALI .idx when the
-    manifest names one (make_shards always writes it), else by streaming the tar with webdataset."""
-    if shard.index_path:
+    manifest names one that exists (make_shards always writes it; only the DALI backends need it), else by
+    streaming the tar with webdataset."""
+    if shard.index_path and os.path.exists(shard.index_path):
         return read_indexed_samples(shard, first, stop)
     return read_streamed_samples(shard, first, stop)
 

@@ -556,6 +556,19 @@ def test_indexed_and_streamed_reading_give_identical_batches(generated_shards, t
                 assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
 
 
+def test_torch_backend_reads_shards_whose_index_files_are_gone(generated_shards, tmp_path):
+    """Only the DALI backends need the .idx files: without them the torch backend streams the tars."""
+    shard_dir = damaged_copy(generated_shards, tmp_path)
+    for name in os.listdir(shard_dir):
+        if name.endswith(".idx"):
+            os.remove(os.path.join(shard_dir, name))
+    _, reference = epoch_batches(generated_shards, "val", 4, "torch", image_size=16)
+    _, without = epoch_batches(shard_dir, "val", 4, "torch", image_size=16)
+    assert len(reference) == len(without) > 0
+    for (images_a, labels_a), (images_b, labels_b) in zip(reference, without):
+        assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
+
+
 def test_member_header_overwritten_in_place_names_the_shard(generated_shards, tmp_path):
     """Same size, so the build-time size check passes; the index still points at the member, whose header is gone."""
     shard_dir = damaged_copy(generated_shards, tmp_path)
