@@ -151,7 +151,6 @@ def write_atomic(path, data, durable=True):
     os.replace(tmp, path)
 
 
-
 def sha256_file(path, chunk=1 << 20):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
