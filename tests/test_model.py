@@ -249,3 +249,24 @@ def test_fast_cbam_matches_reference_formulation(channels_last):
     ref(x).square().sum().backward()
     for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.slow
+def test_compiled_cbam_gates_match_eager_values_and_gradients():
+    """Under torch.compile the gates take their max with amax (see model/cbam.py): same outputs and gradients."""
+    from model.cbam import CBAM
+
+    torch.manual_seed(7)
+    block = CBAM(32).train()
+    torch.nn.init.normal_(block.spatial_gate.bn.weight)  # the BN weight starts at 0, which would hide the gate
+    x = torch.randn(2, 32, 9, 11).to(memory_format=torch.channels_last).requires_grad_()
+    eager_out = block(x)
+    eager_out.square().sum().backward()
+    eager_grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    compiled_out = torch.compile(block)(x)
+    compiled_out.square().sum().backward()
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
+    for eager, compiled in zip(eager_grads, [x.grad] + [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
