@@ -1,5 +1,7 @@
 """ResNet + attention (none, SE, BAM, CBAM) for ImageNet."""
+from .cbam import CBAM_IMPLS, set_cbam_impl
 from .checkpoint import load_original_checkpoint, original_to_ours
 from .resnet import ATTENTION_TYPES, build_model
 
-__all__ = ["ATTENTION_TYPES", "build_model", "load_original_checkpoint", "original_to_ours"]
+__all__ = ["ATTENTION_TYPES", "CBAM_IMPLS", "build_model", "load_original_checkpoint", "original_to_ours",
+           "set_cbam_impl"]

@@ -14,10 +14,19 @@ authors' code (github.com/Jongchan/attention-module, MODELS/cbam.py), which we f
 Caveat stated honestly: the authors' code pools with avg_pool2d/max_pool2d over a kernel of the map's height,
 which equals global pooling only for square maps; we pool over the whole map (mean and max over H and W), which
 is what the paper describes and what the code computes on the square maps of ImageNet training.
+
+Three implementations of the same math, one set of parameters (the state dict never changes):
+- "triton" (model/cbam_fused.py + model/cbam_triton.py): fused kernels for forward and backward with the
+  residual block's add and ReLU folded in, one torch.library op; CUDA (or Triton's CPU interpreter).
+- "torch": plain PyTorch ops differentiated by autograd; CPUs, accelerators without Triton, and torch.compile.
+- "reference" (model/reference.py): the authors' straightforward formulation, the numerical baseline.
+"auto" picks "triton" for CUDA tensors when Triton imports, else "torch", at each call.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+CBAM_IMPLS = ("auto", "triton", "torch", "reference")
 
 
 class ChannelGate(nn.Module):
@@ -50,14 +59,12 @@ class SpatialGate(nn.Module):
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
 
-# The max reductions take the form that is fastest where they run; values are identical, and so are gradients
-# except between exactly tied maxima (amax shares the gradient among them, the indexed forms give it to one).
-# Eager: the indexed forms (adaptive_max_pool2d has a channels_last kernel; both have an index-based backward like
-# the authors' max_pool2d / torch.max); amax's backward builds an equality mask over the whole map in separate
-# kernels and cost ~1.5-2x more. Under torch.compile, inductor fuses amax and that mask into the neighbouring
-# kernels: a CBAM block's forward + backward at 8x256x56x56 channels_last on the 2-core VM took 15.4 ms with
-# amax against 25.0 ms with the indexed forms, and benchmarks/model.py's compiled ResNet-50 CBAM/none ratio
-# went from 1.09-1.13x to 1.05x (BENCHMARKS.md).
+# The max reductions of the "torch" implementation take the form that is fastest on the CPU, where it runs;
+# values are identical, and so are gradients except between exactly tied maxima (amax shares the gradient among
+# them, the indexed forms give it to one). Eager: the indexed forms (adaptive_max_pool2d has a channels_last
+# kernel; both have an index-based backward like the authors' max_pool2d / torch.max); amax's backward builds an
+# equality mask over the whole map in separate kernels. Under torch.compile, inductor fuses amax and that mask
+# into the neighbouring kernels (CPU measurements in BENCHMARKS.md). GPUs take the "triton" implementation.
 def _max_over_map(x):
     """Global max over H and W: (N, C)."""
     if torch.compiler.is_compiling():
@@ -73,10 +80,53 @@ def _max_over_channels(x):
 
 
 class CBAM(nn.Module):
-    def __init__(self, channels, reduction=16):
+    def __init__(self, channels, reduction=16, impl="auto"):
         super().__init__()
         self.channel_gate = ChannelGate(channels, reduction)
         self.spatial_gate = SpatialGate()
+        self.impl = check_impl(impl)
 
-    def forward(self, x):
-        return self.spatial_gate(self.channel_gate(x))
+    def forward(self, x, identity=None):
+        """CBAM(x); given the block's shortcut `identity`, the whole block tail relu(CBAM(x) + identity)."""
+        impl = resolve_impl(self.impl, x.device)
+        if impl == "triton":
+            from .cbam_fused import fused_cbam
+            return fused_cbam(self, x, identity)
+        if impl == "reference":
+            from .reference import reference_cbam
+            out = reference_cbam(self, x)
+        else:
+            out = self.spatial_gate(self.channel_gate(x))
+        return out if identity is None else torch.relu(out + identity)
+
+    def extra_repr(self):
+        return f"impl={self.impl!r}"
+
+
+def check_impl(impl):
+    if impl not in CBAM_IMPLS:
+        raise ValueError(f"CBAM implementation must be one of {', '.join(CBAM_IMPLS)}, got {impl!r}")
+    return impl
+
+
+def resolve_impl(impl, device):
+    """The implementation that runs on `device`: "auto" resolved; "triton" where it cannot run is a RuntimeError."""
+    from .cbam_fused import triton_unavailable_reason
+    device = torch.device(device)
+    if impl == "auto":
+        return "torch" if triton_unavailable_reason(device) else "triton"
+    if impl == "triton":
+        why = triton_unavailable_reason(device)
+        if why:
+            raise RuntimeError(f"CBAM implementation 'triton' cannot run on {device}: {why}; "
+                               "use 'torch' or 'auto'")
+    return check_impl(impl)
+
+
+def set_cbam_impl(model, impl):
+    """Switches every CBAM module of `model` to implementation `impl` (one of CBAM_IMPLS), in place."""
+    check_impl(impl)
+    for module in model.modules():
+        if isinstance(module, CBAM):
+            module.impl = impl
+    return model

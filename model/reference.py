@@ -1,31 +1,27 @@
 """The straightforward CBAM formulation of the authors' code, kept as the numerical and speed baseline.
 
-Same parameters and names as model/cbam.py; only the forward differs: full-map avg_pool2d/max_pool2d with a
-kernel of the map's size, `expand_as` broadcasts, and torch.max/torch.mean channel pooling, exactly as
-github.com/Jongchan/attention-module MODELS/cbam.py computes them. tests/ checks that our fast forward gives
-the same logits; benchmarks/model.py measures both.
+Same parameters as model/cbam.py; only the forward differs: full-map avg_pool2d/max_pool2d with a kernel of the
+map's size, `expand_as` broadcasts, and torch.max/torch.mean channel pooling, exactly as
+github.com/Jongchan/attention-module MODELS/cbam.py computes them. tests/ checks the "torch" and "triton"
+implementations against it; benchmarks/model.py measures all three.
 """
 import torch
 import torch.nn.functional as F
 
-from .cbam import CBAM
 
-
-class ReferenceCBAM(CBAM):
-    def forward(self, x):
-        mlp = self.channel_gate.mlp
-        size = (x.size(2), x.size(3))
-        avg = mlp(F.avg_pool2d(x, size, stride=size).view(x.size(0), -1))
-        mx = mlp(F.max_pool2d(x, size, stride=size).view(x.size(0), -1))
-        x = x * torch.sigmoid(avg + mx).unsqueeze(2).unsqueeze(3).expand_as(x)
-        gate = self.spatial_gate
-        pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
-        return x * torch.sigmoid(gate.bn(gate.conv(pooled)))
+def reference_cbam(cbam, x):
+    """CBAM(x) as the authors' code computes it, with the parameters of `cbam` (a model.cbam.CBAM)."""
+    mlp = cbam.channel_gate.mlp
+    size = (x.size(2), x.size(3))
+    avg = mlp(F.avg_pool2d(x, size, stride=size).view(x.size(0), -1))
+    mx = mlp(F.max_pool2d(x, size, stride=size).view(x.size(0), -1))
+    x = x * torch.sigmoid(avg + mx).unsqueeze(2).unsqueeze(3).expand_as(x)
+    gate = cbam.spatial_gate
+    pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+    return x * torch.sigmoid(gate.bn(gate.conv(pooled)))
 
 
 def use_reference_cbam(model):
     """Switches every CBAM module of `model` to the reference forward, in place (weights untouched)."""
-    for module in model.modules():
-        if type(module) is CBAM:
-            module.__class__ = ReferenceCBAM
-    return model
+    from .cbam import set_cbam_impl
+    return set_cbam_impl(model, "reference")

@@ -5,11 +5,13 @@ average pool, linear classifier. Bottleneck blocks put the stride on the 3x3 con
 torchvision do). SE and CBAM sit in every residual block after its last BN and before the residual addition;
 BAM sits after each of the first three stages.
 """
+import functools
+
 import torch
 from torch import nn
 
 from .bam import BAM
-from .cbam import CBAM, SpatialGate
+from .cbam import CBAM, SpatialGate, check_impl
 from .se import SqueezeExcite
 
 ATTENTION_TYPES = ("none", "SE", "BAM", "CBAM")
@@ -19,6 +21,13 @@ BLOCK_ATTENTION = {"SE": SqueezeExcite, "CBAM": CBAM}
 
 def conv3x3(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+def residual_tail(block, out, identity):
+    """relu(attention(out) + identity): the attention module takes the add and the ReLU, to fuse them where it can."""
+    if block.attn is None:
+        return block.relu(out + identity)
+    return block.attn(out, identity)
 
 
 class BasicBlock(nn.Module):
@@ -38,9 +47,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.attn is not None:
-            out = self.attn(out)
-        return self.relu(out + identity)
+        return residual_tail(self, out, identity)
 
 
 class Bottleneck(nn.Module):
@@ -63,16 +70,16 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.attn is not None:
-            out = self.attn(out)
-        return self.relu(out + identity)
+        return residual_tail(self, out, identity)
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000, att_type="none"):
+    def __init__(self, block, layers, num_classes=1000, att_type="none", cbam_impl="auto"):
         super().__init__()
         self.att_type = att_type
         attention = BLOCK_ATTENTION.get(att_type)
+        if attention is CBAM:
+            attention = functools.partial(CBAM, impl=cbam_impl)
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -149,8 +156,11 @@ DEPTHS = {
 }
 
 
-def build_model(depth, att_type="none", num_classes=1000):
-    """ResNet-`depth` with attention `att_type` (none, SE, BAM, CBAM; case-insensitive)."""
+def build_model(depth, att_type="none", num_classes=1000, cbam_impl="auto"):
+    """ResNet-`depth` with attention `att_type` (none, SE, BAM, CBAM; case-insensitive).
+
+    `cbam_impl` picks how CBAM is computed (model.cbam.CBAM_IMPLS; same parameters and numbers for all).
+    """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth!r}")
     canonical = {name.lower(): name for name in ATTENTION_TYPES}.get(str(att_type).lower())
@@ -158,5 +168,6 @@ def build_model(depth, att_type="none", num_classes=1000):
         raise ValueError(f"att_type must be one of {', '.join(ATTENTION_TYPES)} (any case), got {att_type!r}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_impl(cbam_impl)
     block, layers = DEPTHS[depth]
-    return ResNet(block, layers, num_classes, canonical)
+    return ResNet(block, layers, num_classes, canonical, cbam_impl)
