@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model import build_model
+from model.cbam import resolve_impl
 from pipeline import BackendUnavailable, ShardError, build_loader
 from pipeline.shards import read_manifest
 from training import benchmark, checkpoint, config, distributed
@@ -91,8 +92,13 @@ def main():
     world = distributed.setup()
     config.check_world(args, world.size)
     amp_dtype, amp_name = resolve_amp(args.amp, world.device)
+    try:  # recorded even without CBAM in the model: the config says what would have run
+        cbam_impl = resolve_impl(args.cbam_impl, world.device)
+    except RuntimeError as exc:  # e.g. triton on a CPU: one line, exit 2
+        config.fail(str(exc))
     cfg = config.as_dict(args)
-    cfg.update(amp_resolved=amp_name, world_size=world.size, device=str(world.device))
+    cfg.update(amp_resolved=amp_name, cbam_impl_resolved=cbam_impl, world_size=world.size,
+               device=str(world.device))
     log = print if world.is_main else (lambda *a, **k: None)
     log("config " + json.dumps(cfg, sort_keys=True))
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
@@ -128,7 +134,8 @@ def main():
                     f"one global batch of {args.batch_size}")
 
     # Model and optimizer.
-    model = build_model(args.depth, args.att_type, num_classes=len(manifest["classes"]))
+    model = build_model(args.depth, args.att_type, num_classes=len(manifest["classes"]),
+                        cbam_impl=args.cbam_impl)
     model = model.to(world.device, memory_format=memory_format)
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay, args.no_bn_weight_decay),
                                 lr=args.lr, momentum=args.momentum)

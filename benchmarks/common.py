@@ -41,7 +41,11 @@ def record(title, table_markdown, note=""):
     print(f"recorded in {BENCHMARKS_MD}")
 
 
+def markdown_row(cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    lines += [markdown_row(row) for row in rows]
     return "\n".join(lines)

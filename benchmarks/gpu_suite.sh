@@ -10,17 +10,17 @@
 #   transfer may arrive split as NAME.whl.part-aa, NAME.whl.part-ab, ... (in earlier calls, moved out of the
 #   carried folder into WHEEL_DIR, since each call's carry replaces it): the parts are joined here first.
 # RESULTS (default $OUT/gpu_suite.txt, else bench_out/gpu_suite.txt): every command and its output.
-# PARTS (default train,model,loader,shards): which measurements to run. Where one command may run 10 minutes at
-#   most (the device tool), run one part per call while the machine stays warm (the generated data is kept in
-#   $GPU_SUITE_DATA between calls): PARTS=train, then model, then loader,shards.
-# Assumes torch with CUDA is already installed (python3 holds it). Runs: benchmarks/model.py,
+# PARTS (default train,model,blocks,loader,shards): which measurements to run. Where one command may run 10
+#   minutes at most (the device tool), run one part per call while the machine stays warm (the generated data
+#   is kept in $GPU_SUITE_DATA between calls): PARTS=train, then model, then blocks, then loader,shards.
+# Assumes torch with CUDA is already installed (python3 holds it). Runs: benchmarks/model.py (also --blocks),
 # benchmarks/loader.py, benchmarks/shards.py, and train.py --benchmark for ResNet-50-CBAM with --backend dali
 # and torch at global batch 128 and 256, on a generated ImageNet-sized JPEG set (no ImageNet needed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-.whl}
 RESULTS=${2:-${OUT:-bench_out}/gpu_suite.txt}
-PARTS=",${3:-train,model,loader,shards},"
+PARTS=",${3:-train,model,blocks,loader,shards},"
 PY=${PYTHON:-python3}
 DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
@@ -77,7 +77,11 @@ if wants train; then
   done
 fi
 # The train.py figures come first (the headline); the component benchmarks after.
-wants model && run $PY benchmarks/model.py --variants none,SE,CBAM,CBAM-ref --modes eager,compiled --repeats 5
+# CBAM = auto: the Triton kernels where they run, else plain PyTorch. The time limits keep each part within one
+# 10-minute device call.
+wants model && run $PY benchmarks/model.py --variants none,SE,CBAM,CBAM-torch,CBAM-ref --repeats 5 --time-limit 420
+wants blocks && run $PY benchmarks/model.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
+  --profile --time-limit 420
 wants loader && run $PY benchmarks/loader.py --src "$DATA/images" --workers 8 --batch-size 256 --repeats 3 --epochs 1
 wants shards && run $PY benchmarks/shards.py --src "$DATA/images" --workers 1,2,8 --repeats 3
 note "train.py --benchmark JSON lines:"

@@ -1,43 +1,222 @@
-"""Train-step images/s (forward, backward, SGD step) of ResNet with att-type none, SE, CBAM, and the authors'
-straightforward CBAM formulation ("CBAM-ref"), eager and torch.compile, channels_last.
+"""ResNet train-step speed for each attention variant and CBAM implementation; with --blocks, the speed of one
+residual block tail at each ResNet-50 stage, counted in memory passes.
 
-CPU by default here; on a GPU, bf16 autocast. Baseline and candidates are interleaved in every repeat and the
-figure is the median over repeats; ratios (time per step / time of `none` in the same mode) come from the same
-run.
+Model benchmark (default): train steps (forward, backward, SGD step) of ResNet-`depth` on a fixed random batch,
+channels_last, bf16 autocast on a GPU and fp32 on the CPU, eager and torch.compile. Variants: none, SE, CBAM
+(implementation auto; its row names what auto chose), CBAM-triton, CBAM-torch and CBAM-ref (the authors'
+formulation), the implementations of model/cbam.py. In each mode `none` runs first and every later row gives its
+time ratio to it. Default variants: none, CBAM-triton (on CUDA, when the Triton kernels run), CBAM-torch,
+CBAM-ref. SE is left out of the default (add it with --variants): the fused-CBAM work does not change it, and
+every further case costs a compilation in the 4 minutes that a cold-cache default run on one H100 is meant to
+take.
 
-    .venv/bin/python benchmarks/model.py [--depth 50] [--batch-size 8] [--modes eager,compiled] [--record]
+Block benchmark (--blocks): forward + backward of one block tail, relu(x + identity) (`none`) or
+relu(attention(x) + identity), with gradients for x, identity and the gate's parameters, at ResNet-50's stage
+shapes (channels x side) 256x56, 512x28, 1024x14 and 2048x7, batch 256 on a GPU (bf16 activations, autocast as
+in training) and 8 on the CPU (fp32), channels_last. Each stage first times a device copy of one such tensor (one read + one write = 2 passes); every
+tail is reported in ms and in passes = time / (copy time / 2), the number of single reads or writes of the
+gate's input tensor its time is worth (DESIGN.md: count passes when designing kernels).
+
+Every case is warmed up first (torch.compile compiles here; the warm-up seconds print when it ends), then timed:
+--repeats loops of --steps calls between device synchronizations, median per call reported. Each row prints the
+moment it is measured, so a run stopped at a time limit still shows what it measured; the whole table and a JSON
+line follow. --profile runs torch.profiler over 3 more calls right after each case is timed (never inside the
+timed loops) and prints its top 15 kernels by self CUDA time (GPU) or ops by self CPU time (CPU).
+
+    .venv/bin/python benchmarks/model.py [--depth 50] [--variants none,SE,CBAM,CBAM-torch] [--modes eager]
+        [--time-limit 240] [--profile] [--record]
+    .venv/bin/python benchmarks/model.py --blocks [--stage-shapes 256x56,2048x7] [--batch-size 256] [--profile]
 """
 import argparse
 import json
+import operator
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
 
-from benchmarks.common import markdown_table, record  # noqa: E402
+from benchmarks.common import markdown_row, markdown_table, median_time, record  # noqa: E402
 from model import build_model  # noqa: E402
-from model.reference import use_reference_cbam  # noqa: E402
+from model.cbam import CBAM, resolve_impl  # noqa: E402
+from model.se import SqueezeExcite  # noqa: E402
+from training.config import OneLineParser  # noqa: E402
 
-VARIANTS = ("none", "SE", "CBAM", "CBAM-ref")
+# variant -> (att_type, CBAM implementation of model/cbam.py)
+VARIANTS = {"none": ("none", None), "SE": ("SE", None), "CBAM": ("CBAM", "auto"),
+            "CBAM-triton": ("CBAM", "triton"), "CBAM-torch": ("CBAM", "torch"), "CBAM-ref": ("CBAM", "reference")}
+MODES = ("eager", "compiled")
+# Where ResNet-50's block tails run at 224 px: (channels, side) of conv2_x..conv5_x (He et al. 2016, table 1).
+RESNET50_STAGES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+PROFILE_STEPS = 3  # enough to see every kernel of a step; the times that count come from the timed loops
+PROFILE_TOP = 15
 
 
-def make_step(variant, depth, batch, size, device, mode, amp_dtype):
+def stage_shapes(text):
+    """--stage-shapes 'CxS,CxS' -> ((C, S), ...)."""
+    try:
+        shapes = tuple(tuple(int(n) for n in item.split("x")) for item in text.split(","))
+    except ValueError:
+        shapes = ()
+    if not shapes or any(len(s) != 2 or s[0] < 16 or s[1] < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected CHANNELSxSIDE[,...] with channels >= 16 (the gates reduce "
+                                         f"channels 16-fold) and side >= 1, got {text!r}")
+    return shapes
+
+
+def default_variants(device):
+    """none and the CBAM implementations that run on `device` (why SE is not here: the module docstring)."""
+    if device.type == "cuda":
+        try:
+            resolve_impl("triton", device)
+            return ["none", "CBAM-triton", "CBAM-torch", "CBAM-ref"]
+        except RuntimeError as exc:
+            print(f"note: CBAM-triton left out of the default variants: {exc}", flush=True)
+    return ["none", "CBAM-torch", "CBAM-ref"]
+
+
+def parse_args(argv):
+    """Flags, checked and resolved for this machine; one line on stderr and exit status 2 when invalid."""
+    cuda = torch.cuda.is_available()
+    p = OneLineParser(prog="model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", action="store_true",
+                   help="time block tails per ResNet-50 stage (forward + backward) instead of whole train steps")
+    p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101],
+                   help="ResNet depth (model benchmark; default: 50)")
+    p.add_argument("--image-size", type=int, default=224, help="input side in pixels (model benchmark; default: 224)")
+    p.add_argument("--stage-shapes", type=stage_shapes, default=RESNET50_STAGES, metavar="CxS,...",
+                   help="--blocks: comma list of channels x side in pixels (default: ResNet-50's four stages)")
+    p.add_argument("--batch-size", type=int, default=256 if cuda else 8,
+                   help="images per step, or the block tensors' batch (default: 256 GPU, 8 CPU)")
+    p.add_argument("--variants", default=None,
+                   help=f"comma list from {','.join(VARIANTS)} (default: none,CBAM-triton,CBAM-torch,CBAM-ref on "
+                        "CUDA when the Triton kernels run there, else none,CBAM-torch,CBAM-ref)")
+    p.add_argument("--modes", default="eager,compiled", help=f"comma list from {','.join(MODES)} (default: both)")
+    p.add_argument("--repeats", type=int, default=3, help="timed loops per case, the median reported (default: 3)")
+    p.add_argument("--steps", type=int, default=20 if cuda else 2,
+                   help="calls per timed loop (default: 20 GPU, 2 CPU)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls per case first, compilation included (default: 3)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="once the run has taken this many seconds, the cases not yet started are skipped")
+    p.add_argument("--profile", action="store_true",
+                   help=f"after each case is timed, profile {PROFILE_STEPS} more calls and print the top "
+                        f"{PROFILE_TOP} kernels (GPU) or ops (CPU) by self time")
+    p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
+    args = p.parse_args(argv)
+    args.device = torch.device("cuda" if cuda else "cpu")
+    args.amp_dtype = torch.bfloat16 if cuda else None  # what train.py's --amp auto picks
+    args.modes = args.modes.split(",")
+    args.variants = args.variants.split(",") if args.variants else default_variants(args.device)
+    bad = [v for v in args.variants if v not in VARIANTS] + [m for m in args.modes if m not in MODES]
+    if bad:
+        p.error(f"unknown variant or mode: {', '.join(bad)}")
+    for variant in args.variants:
+        try:
+            cbam_impl(variant, args.device)
+        except RuntimeError as exc:  # e.g. CBAM-triton on a CPU: refused before anything is measured
+            p.error(f"variant {variant}: {exc}")
+    for flag, lowest in (("batch_size", 1), ("repeats", 1), ("steps", 1), ("warmup", 0)):
+        if getattr(args, flag) < lowest:
+            p.error(f"--{flag.replace('_', '-')} must be >= {lowest}, got {getattr(args, flag)}")
+    # none first in every mode (and once): the rows after it are ratios to it.
+    args.variants = sorted(dict.fromkeys(args.variants), key=lambda v: v != "none")
+    return args
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compiled(fn, mode):
+    """fn itself (eager) or compiled afresh. Each case is compiled after a reset of dynamo's caches, so it never
+    reuses another case's code nor runs into the recompile limit (a case is never called again once timed);
+    static shapes, as train.py's fixed batches get."""
+    if mode == "eager":
+        return fn
+    torch.compiler.reset()
+    return torch.compile(fn, dynamic=False)
+
+
+def out_of_time(args, name):
+    """True, after a printed note, once the run has taken --time-limit seconds: `name` is skipped."""
+    if args.time_limit is None or time.perf_counter() - args.start < args.time_limit:
+        return False
+    print(f"skipped {name}: --time-limit {args.time_limit:g} s used up", flush=True)
+    return True
+
+
+def measure(name, fn, args):
+    """Warm-up (its time printed when it ends), then --repeats loops of --steps calls of fn() between device
+    synchronizations: {seconds: median per call, spread: (min, max) per call, warmup_s}."""
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        fn()
+    synchronize(args.device)
+    warmup_s = time.perf_counter() - start
+    print(f"warm-up {name}: {warmup_s:.1f} s for {args.warmup} calls", flush=True)
+
+    def timed_loop():
+        for _ in range(args.steps):
+            fn()
+        synchronize(args.device)
+    median, samples = median_time(timed_loop, args.repeats)
+    return {"seconds": median / args.steps, "spread": (min(samples) / args.steps, max(samples) / args.steps),
+            "warmup_s": warmup_s}
+
+
+def profile(name, fn, device):
+    """Prints the top kernels (GPU: by self CUDA time) or ops (CPU: by self CPU time) of PROFILE_STEPS calls."""
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            fn()
+        synchronize(device)
+    events = prof.key_averages()
+    if cuda:  # the kernels only: the CPU ops that launched them carry the same device time again
+        events = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    self_us = operator.attrgetter("self_device_time_total" if cuda else "self_cpu_time_total")
+    total = sum(map(self_us, events)) or 1
+    top = sorted(events, key=self_us, reverse=True)[:PROFILE_TOP]
+    clock, what = ("CUDA", "kernel") if cuda else ("CPU", "op")
+    rows = [(e.key[:100], e.count, f"{self_us(e) / 1000 / PROFILE_STEPS:.3f}", f"{100 * self_us(e) / total:.1f}%")
+            for e in top]
+    print(f"profile {name}: top {len(top)} {what}s by self {clock} time over {PROFILE_STEPS} calls", flush=True)
+    print(markdown_table((what, "calls", f"self {clock} ms per call", "share"), rows), flush=True)
+
+
+def variant_label(variant, device):
+    """The variant's name; CBAM's says what auto resolved to."""
+    if variant == "CBAM":
+        return f"CBAM (auto: {resolve_impl('auto', device)})"
+    return variant
+
+
+def cbam_impl(variant, device):
+    """The CBAM implementation the variant runs on `device` (None without CBAM)."""
+    att_type, impl = VARIANTS[variant]
+    return resolve_impl(impl, device) if att_type == "CBAM" else None
+
+
+def make_train_step(variant, mode, args):
+    """One train step (forward, backward, SGD step) of ResNet-`depth` with `variant`, on a fixed random batch."""
     torch.manual_seed(0)
-    model = build_model(depth, variant.split("-")[0])
-    if variant == "CBAM-ref":
-        use_reference_cbam(model)
-    model = model.to(device, memory_format=torch.channels_last)
-    net = torch.compile(model) if mode == "compiled" else model
+    att_type, impl = VARIANTS[variant]
+    model = build_model(args.depth, att_type, cbam_impl=impl or "auto")
+    model = model.to(args.device, memory_format=torch.channels_last)
+    net = compiled(model, mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    images = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (batch,), device=device)
+    shape = (args.batch_size, 3, args.image_size, args.image_size)
+    images = torch.randn(shape, device=args.device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(args.device.type, dtype=args.amp_dtype, enabled=args.amp_dtype is not None):
             loss = torch.nn.functional.cross_entropy(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -45,73 +224,146 @@ def make_step(variant, depth, batch, size, device, mode, amp_dtype):
     return step
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: 8 on CPU, 256 on GPU)")
-    p.add_argument("--image-size", type=int, default=224, help="input side in pixels")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
-    p.add_argument("--modes", default="eager,compiled", help="comma list from eager,compiled")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median reported)")
-    p.add_argument("--steps", type=int, default=None, help="train steps per repeat (default: 2 CPU, 20 GPU)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
-    p.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
-    args = p.parse_args(argv)
-    variants = args.variants.split(",")
-    modes = args.modes.split(",")
-    bad = [v for v in variants if v not in VARIANTS] + [m for m in modes if m not in ("eager", "compiled")]
-    if bad:
-        p.error(f"unknown variant or mode: {', '.join(bad)}")
-
-    cuda = torch.cuda.is_available()
-    torch.backends.cudnn.benchmark = cuda  # as train.py: fixed shapes, fastest algorithms
-    device = torch.device("cuda" if cuda else "cpu")
-    amp_dtype = torch.bfloat16 if cuda else None
-    batch = args.batch_size or (256 if cuda else 8)
-    steps = args.steps or (20 if cuda else 2)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    cases = [(v, m) for m in modes for v in variants]
-    fns = {}
-    for case in cases:
-        print(f"building and warming up {case[0]} ({case[1]}) ...", file=sys.stderr, flush=True)
-        fns[case] = make_step(case[0], args.depth, batch, args.image_size, device, case[1], amp_dtype)
-        for _ in range(args.warmup):
-            fns[case]()
-        sync()
-    samples = {case: [] for case in cases}
-    for _ in range(args.repeats):  # interleaved: every case once per repeat
-        for case in cases:
-            start = time.perf_counter()
-            for _ in range(steps):
-                fns[case]()
-            sync()
-            samples[case].append((time.perf_counter() - start) / steps)
-
-    per_step = {case: statistics.median(s) for case, s in samples.items()}
-    rows, results = [], []
-    for variant, mode in cases:
-        t = per_step[(variant, mode)]
-        base = per_step.get(("none", mode))
-        ratio = t / base if base else None
-        results.append({"variant": variant, "mode": mode, "ms_per_step": round(t * 1000, 2),
-                        "images_per_sec": round(batch / t, 2), "time_ratio_vs_none": ratio and round(ratio, 3),
-                        "spread_ms": [round(min(samples[(variant, mode)]) * 1000, 2),
-                                      round(max(samples[(variant, mode)]) * 1000, 2)]})
-        rows.append((f"ResNet-{args.depth} {variant}", mode, f"{t * 1000:.1f}", f"{batch / t:.1f}",
-                     f"{ratio:.3f}x" if ratio else "-"))
-    header = ("model", "mode", "ms/step (median)", "images/s", "time / none")
+def run_models(args):
+    """Times every (mode, variant) train step, printing each row as it is measured; returns the table."""
+    header = ("model", "mode", "ms/step (median)", "images/s", "time / none", "warm-up s")
+    print(markdown_table(header, []), flush=True)
+    rows, results, none_seconds = [], [], {}
+    for mode in args.modes:
+        for variant in args.variants:
+            name = f"ResNet-{args.depth} {variant_label(variant, args.device)}"
+            if out_of_time(args, f"{name} ({mode})"):
+                continue
+            step = make_train_step(variant, mode, args)
+            timing = measure(f"{name} ({mode})", step, args)
+            seconds = timing["seconds"]
+            if variant == "none":
+                none_seconds[mode] = seconds
+            ratio = seconds / none_seconds[mode] if mode in none_seconds else None
+            rows.append((name, mode, f"{seconds * 1000:.1f}", f"{args.batch_size / seconds:.1f}",
+                         f"{ratio:.3f}x" if ratio else "-", f"{timing['warmup_s']:.1f}"))
+            print(markdown_row(rows[-1]), flush=True)
+            results.append({"variant": variant, "cbam_impl": cbam_impl(variant, args.device), "mode": mode,
+                            "ms_per_step": round(seconds * 1000, 2),
+                            "images_per_sec": round(args.batch_size / seconds, 2),
+                            "time_ratio_vs_none": ratio and round(ratio, 3),
+                            "spread_ms": [round(s * 1000, 2) for s in timing["spread"]],
+                            "warmup_s": round(timing["warmup_s"], 1)})
+            if args.profile:
+                profile(f"{name} ({mode})", step, args.device)
     table = markdown_table(header, rows)
     print(table)
-    summary = {"benchmark": "model", "device": str(device), "amp": "bf16" if amp_dtype else "off",
-               "batch_size": batch, "image_size": args.image_size, "repeats": args.repeats, "steps": steps,
-               "channels_last": True, "results": results}
-    print(json.dumps(summary))
+    print(json.dumps({"benchmark": "model", "device": str(args.device), "amp": "bf16" if args.amp_dtype else "off",
+                      "batch_size": args.batch_size, "image_size": args.image_size, "repeats": args.repeats,
+                      "steps": args.steps, "warmup": args.warmup, "channels_last": True, "results": results}))
+    return (f"ResNet-{args.depth} train step, batch {args.batch_size}, {args.image_size} px", table,
+            f"Median of {args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up steps, each case "
+            "in turn; time / none against `none` of the same mode.")
+
+
+def block_tensor(channels, side, args):
+    """A random (batch, channels, side, side) activation, channels_last, in the dtype training feeds the tail."""
+    shape = (args.batch_size, channels, side, side)
+    dtype = args.amp_dtype or torch.float32
+    return torch.randn(shape, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
+def make_copy(channels, side, args):
+    """dst.copy_(src) of one activation (one read + one write: the calibration of a stage), and the bytes of one
+    pass over it."""
+    src = block_tensor(channels, side, args)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), src.numel() * src.element_size()
+
+
+def plain_tail(x, identity):
+    return torch.relu(x + identity)
+
+
+def make_tail_step(variant, channels, side, mode, args):
+    """Forward + backward of one block tail with a random grad_output. torch.autograd.grad returns the gradients of
+    x, identity and the gate's parameters without accumulating them, so every call moves the same bytes."""
+    torch.manual_seed(0)
+    att_type, impl = VARIANTS[variant]
+    tail, parameters = plain_tail, []
+    if att_type != "none":
+        tail = SqueezeExcite(channels) if att_type == "SE" else CBAM(channels, impl=impl)
+        tail = tail.to(args.device, memory_format=torch.channels_last)
+        parameters = list(tail.parameters())
+    net = compiled(tail, mode)
+    x, identity, grad_out = (block_tensor(channels, side, args) for _ in range(3))
+    inputs = (x.requires_grad_(), identity.requires_grad_(), *parameters)
+
+    def step():
+        with torch.autocast(args.device.type, dtype=args.amp_dtype, enabled=args.amp_dtype is not None):
+            out = net(x, identity)
+        torch.autograd.grad(out, inputs, grad_out)
+    return step
+
+
+def run_blocks(args):
+    """Per stage: the copy calibration, then every (mode, variant) block tail, each row printed as it is
+    measured; returns the table."""
+    header = ("stage: channels x side", "case", "mode", "ms (median)", "passes", "warm-up s")
+    print(markdown_table(header, []), flush=True)
+    rows, results = [], []
+    for channels, side in args.stage_shapes:
+        stage = f"{channels} x {side}x{side}"
+        if out_of_time(args, f"stage {stage}"):
+            continue
+        copy, bytes_per_pass = make_copy(channels, side, args)
+        timing = measure(f"stage {stage}: copy", copy, args)
+        copy_seconds = timing["seconds"]
+        rows.append((stage, f"copy ({2 * bytes_per_pass / copy_seconds / 1e9:.0f} GB/s)", "-",
+                     f"{copy_seconds * 1000:.3f}", "2.00", f"{timing['warmup_s']:.1f}"))
+        print(markdown_row(rows[-1]), flush=True)
+        results.append(block_result(channels, side, "copy", None, None, timing, copy_seconds))
+        if args.profile:
+            profile(f"stage {stage}: copy", copy, args.device)
+        for mode in args.modes:
+            for variant in args.variants:
+                name = f"stage {stage}: {variant_label(variant, args.device)} ({mode})"
+                if out_of_time(args, name):
+                    continue
+                step = make_tail_step(variant, channels, side, mode, args)
+                timing = measure(name, step, args)
+                results.append(block_result(channels, side, variant, cbam_impl(variant, args.device), mode, timing,
+                                            copy_seconds))
+                rows.append((stage, f"{variant_label(variant, args.device)} tail", mode,
+                             f"{timing['seconds'] * 1000:.3f}", f"{results[-1]['pass_equivalents']:.2f}",
+                             f"{timing['warmup_s']:.1f}"))
+                print(markdown_row(rows[-1]), flush=True)
+                if args.profile:
+                    profile(name, step, args.device)
+    table = markdown_table(header, rows)
+    print(table)
+    print(json.dumps({"benchmark": "model-blocks", "device": str(args.device),
+                      "dtype": "bf16" if args.amp_dtype else "fp32", "batch_size": args.batch_size,
+                      "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "channels_last": True,
+                      "results": results}))
+    return (f"block tails forward + backward per stage, batch {args.batch_size}", table,
+            f"Median of {args.repeats} repeats of {args.steps} calls after {args.warmup} warm-up calls. passes = "
+            "time / (copy time / 2): single reads or writes of the gate's input tensor the time is worth.")
+
+
+def block_result(channels, side, variant, impl, mode, timing, copy_seconds):
+    """One JSON row of the block benchmark."""
+    return {"stage": [channels, side], "variant": variant, "cbam_impl": impl, "mode": mode,
+            "ms": round(timing["seconds"] * 1000, 4), "copy_ms": round(copy_seconds * 1000, 4),
+            "pass_equivalents": round(timing["seconds"] / (copy_seconds / 2), 3),
+            "spread_ms": [round(s * 1000, 4) for s in timing["spread"]], "warmup_s": round(timing["warmup_s"], 1)}
+
+
+def main(argv=None):
+    start = time.perf_counter()
+    args = parse_args(argv)
+    args.start = start
+    torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as train.py: fixed shapes, fastest algorithms
+    what, table, note = run_blocks(args) if args.blocks else run_models(args)
     if args.record:
-        record(f"benchmarks/model.py: ResNet-{args.depth} train step, batch {batch}, {args.image_size} px, "
-               f"channels_last, {'bf16' if amp_dtype else 'fp32'} on {device.type}",
-               table, f"Median of {args.repeats} interleaved repeats of {steps} steps. Command: "
-               f"`.venv/bin/python benchmarks/model.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
+        command = " ".join(argv if argv is not None else sys.argv[1:])
+        record(f"benchmarks/model.py: {what}, channels_last, {'bf16' if args.amp_dtype else 'fp32'} on "
+               f"{args.device.type}", table, f"{note} Command: `.venv/bin/python benchmarks/model.py {command}`")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@torch.compiler.assume_constant_result  # fixed for a process: torch.compile evaluates it once, never traces it
 def triton_unavailable_reason(device):
     """Why the Triton kernels cannot run on `device`, or "" when they can."""
     device = torch.device(device)
@@ -199,7 +200,9 @@ def fused_tail_backward(grad: Tensor, out: Optional[Tensor], x: Tensor, w1: Tens
         dx = kernels.grad_input(dy, x, cs, ss_flat, d_pooled_s, argmax_s, d_pooled_c, argmax_c)
     d_identity = dy if out is not None else x.new_empty(0)
     grads = (d_w1, d_b1, d_w2, d_b2, d_conv_w, d_bn_w, d_bn_b)
-    return (dx, d_identity, *(g.to(p.dtype) for g, p in zip(grads, params)))
+    # Contiguous whatever the parameters' layout (a channels_last model has a channels_last 7x7 conv weight), so
+    # that the fake implementation can state the layout.
+    return (dx, d_identity, *(g.to(p.dtype).contiguous() for g, p in zip(grads, params)))
 
 
 @fused_tail_backward.register_fake
@@ -207,7 +210,9 @@ def _(grad, out, x, w1, b1, w2, b2, conv_w, bn_w, bn_b, pooled_c, argmax_c, pool
       batch_stats, eps):
     x = kernel_layout(x)
     d_identity = torch.empty_like(x) if out is not None else x.new_empty(0)
-    return (torch.empty_like(x), d_identity, *(torch.empty_like(p) for p in (w1, b1, w2, b2, conv_w, bn_w, bn_b)))
+    params = (w1, b1, w2, b2, conv_w, bn_w, bn_b)
+    return (torch.empty_like(x), d_identity, *(torch.empty_like(p, memory_format=torch.contiguous_format)
+                                                for p in params))
 
 
 def _setup_context(ctx, inputs, output):

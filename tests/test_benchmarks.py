@@ -43,13 +43,59 @@ def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
 
 def test_model_benchmark_reports_the_cbam_over_none_ratio():
     stdout, data = run_benchmark("model.py", "--depth", 18, "--batch-size", 2, "--image-size", 32,
-                                 "--variants", "none,CBAM,CBAM-ref", "--modes", "eager", "--repeats", 1,
+                                 "--variants", "CBAM,CBAM-ref,none", "--modes", "eager", "--repeats", 1,
                                  "--steps", 1, "--warmup", 1)
     rows = {row["variant"]: row for row in data["results"]}
-    assert set(rows) == {"none", "CBAM", "CBAM-ref"} and data["channels_last"] is True
+    assert [row["variant"] for row in data["results"]] == ["none", "CBAM", "CBAM-ref"]  # none first: the baseline
+    assert data["channels_last"] is True
     assert rows["none"]["time_ratio_vs_none"] == 1.0
     assert rows["CBAM"]["time_ratio_vs_none"] > 0 and rows["CBAM"]["images_per_sec"] > 0
-    assert "ResNet-18 CBAM-ref" in stdout
+    assert (rows["CBAM"]["cbam_impl"], rows["CBAM-ref"]["cbam_impl"]) == ("torch", "reference")  # auto on a CPU
+    assert "ResNet-18 CBAM-ref" in stdout and "ResNet-18 CBAM (auto: torch)" in stdout
+    # Each row printed the moment it was measured, after its warm-up time, and before the final table.
+    lines = stdout.splitlines()
+    warmup = lines.index(next(line for line in lines if line.startswith("warm-up ResNet-18 CBAM-ref (eager): ")))
+    assert lines[warmup + 1].startswith("| ResNet-18 CBAM-ref | eager | ")
+    assert sum(line.startswith("| ResNet-18 CBAM-ref | eager | ") for line in lines) == 2
+
+
+def test_block_benchmark_counts_each_tail_in_passes_of_a_copy():
+    stdout, data = run_benchmark("model.py", "--blocks", "--batch-size", 2, "--stage-shapes", "32x8,64x4",
+                                 "--variants", "none,CBAM-torch,CBAM-ref", "--modes", "eager", "--repeats", 1,
+                                 "--steps", 1, "--warmup", 1)
+    assert data["benchmark"] == "model-blocks" and data["channels_last"] is True
+    rows = {(tuple(row["stage"]), row["variant"]): row for row in data["results"]}
+    for stage in ((32, 8), (64, 4)):
+        for variant in ("copy", "none", "CBAM-torch", "CBAM-ref"):
+            row = rows[stage, variant]
+            assert row["copy_ms"] > 0 and row["ms"] > 0 and row["pass_equivalents"] > 0, row
+        assert rows[stage, "copy"]["pass_equivalents"] == 2.0  # one read + one write, by definition
+    assert "| 64 x 4x4 | CBAM-ref tail | eager | " in stdout
+
+
+def test_profile_prints_a_table_of_the_top_ops():
+    stdout, _ = run_benchmark("model.py", "--blocks", "--batch-size", 1, "--stage-shapes", "32x4", "--variants",
+                              "CBAM-torch", "--modes", "eager", "--repeats", 1, "--steps", 1, "--warmup", 1,
+                              "--profile")
+    lines = stdout.splitlines()
+    title = lines.index("profile stage 32 x 4x4: CBAM-torch (eager): top 15 ops by self CPU time over 3 calls")
+    assert lines[title + 1] == "| op | calls | self CPU ms per call | share |"
+    table = lines[title + 3:title + 18]
+    assert len(table) == 15 and all(line.startswith("| ") for line in table), table
+    assert any(line.startswith("| aten::convolution") for line in table), table
+
+
+def test_time_limit_skips_the_cases_not_started():
+    stdout, data = run_benchmark("model.py", "--blocks", "--stage-shapes", "32x4", "--time-limit", 0)
+    assert data["results"] == [] and "skipped stage 32 x 4x4: --time-limit 0 s used up" in stdout
+
+
+def test_model_benchmark_refuses_a_variant_that_cannot_run_here_in_one_line():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "model.py"), "--variants",
+                             "none,CBAM-triton"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "variant CBAM-triton" in lines[0] and "'triton'" in lines[0], lines
 
 
 def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path):

@@ -100,7 +100,8 @@ class _Tail(torch.nn.Module):
 
 @pytest.mark.slow
 def test_torch_compile_fullgraph_keeps_the_fused_op_whole():
-    eager, compiled = _Tail(), _Tail()
+    # Parameters in channels_last too, as train.py converts the model (the 7x7 conv weight is 4-D).
+    eager, compiled = (_Tail().to(memory_format=torch.channels_last) for _ in range(2))
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 32, 7, 9).to(memory_format=torch.channels_last)
     identity = torch.randn(2, 32, 7, 9).to(memory_format=torch.channels_last)

@@ -135,8 +135,11 @@ def test_benchmark_json_has_every_key_with_sane_values(shards):
     assert data["bound_by"] in ("loader", "model")
     assert (data["world_size"], data["batch_size"], data["image_size"], data["depth"], data["att_type"],
             data["steps"], data["backend"], data["amp"]) == (2, 16, 32, 18, "CBAM", 3, "torch", "off")
+    assert data["cbam_impl"] == "torch"  # auto resolves to plain PyTorch without CUDA
     assert data["device"].startswith("cpu")
-    assert "bound by:" in result.stdout
+    assert "bound by:" in result.stdout and "CBAM impl torch" in result.stdout
+    config = json.loads(result.stdout.split("config ", 1)[1].splitlines()[0])
+    assert (config["cbam_impl"], config["cbam_impl_resolved"]) == ("auto", "torch")
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -144,6 +147,8 @@ def test_benchmark_json_has_every_key_with_sane_values(shards):
     (["--amp", "fp8"], "argument --amp: invalid choice"),
     (["--depth", "42"], "argument --depth: invalid choice"),
     (["--att-type", "eca"], "argument --att-type: invalid choice"),
+    (["--cbam-impl", "bogus"], "argument --cbam-impl: invalid choice"),
+    (["--cbam-impl", "triton"], "implementation 'triton'"),  # no CUDA here: resolved once the device is known
     (["--lr", "-1"], "--lr must be > 0"),
     (["--ngpu", "2", "--batch-size", "15"], "--batch-size 15 is the global batch and must divide by the world size 2"),
     (["--evaluate"], "--evaluate needs --resume"),

@@ -95,6 +95,7 @@ def run(train_step, loader, world, args, cfg, dtype):
         "image_size": args.image_size,
         "depth": args.depth,
         "att_type": args.att_type,
+        "cbam_impl": cfg["cbam_impl_resolved"],
         "steps": steps,
         "warmup_steps": warmup,
         "channels_last": args.channels_last,
@@ -108,7 +109,8 @@ def table(result):
             ("model alone (synthetic batch on device)", result["model_images_per_sec"])]
     lines = [f"benchmark: ResNet-{result['depth']} {result['att_type']}, global batch {result['batch_size']}, "
              f"{result['image_size']} px, {result['world_size']} x {result['device']}, backend {result['backend']}, "
-             f"amp {result['amp']}, {result['steps']} timed steps after {result['warmup_steps']} warm-up",
+             f"amp {result['amp']}, CBAM impl {result['cbam_impl']}, {result['steps']} timed steps after "
+             f"{result['warmup_steps']} warm-up",
              f"{'measurement':<42}{'images/s':>12}{'per device':>12}"]
     for name, rate in rows:
         lines.append(f"{name:<42}{rate:>12.1f}{rate / result['world_size']:>12.1f}")

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from model import CBAM_IMPLS
 from pipeline import BACKENDS
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -56,6 +57,10 @@ def build_parser():
                    help="data loader: auto = dali with DALI+CUDA, else torch")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
+    p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
+                   help="how CBAM is computed (same parameters and numbers for all): auto = fused Triton kernels "
+                        "on CUDA when Triton imports, else plain PyTorch; triton; torch; reference = the authors' "
+                        "formulation")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model (the loader always delivers channels_last images)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
