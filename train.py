@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from model import build_model
 from model.cbam import resolve_impl
+from model.cbam_fused import triton_unavailable_reason
 from pipeline import BackendUnavailable, ShardError, build_loader
 from pipeline.shards import read_manifest
 from training import benchmark, checkpoint, config, distributed
@@ -101,6 +102,8 @@ def main():
                device=str(world.device))
     log = print if world.is_main else (lambda *a, **k: None)
     log("config " + json.dumps(cfg, sort_keys=True))
+    if args.att_type == "CBAM" and world.device.type == "cuda" and cbam_impl == "torch" and args.cbam_impl == "auto":
+        log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(world.device)}")
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
     if world.device.type == "cuda":
         # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.

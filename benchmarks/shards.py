@@ -123,6 +123,10 @@ def run_make_shards(src, out, splits, workers, max_count, phases):
     return seconds
 
 
+def _ratio_text(ratio):
+    return "n/a (a run shorter than the start-up)" if ratio is None else f"{ratio:.2f}x"
+
+
 def run_startup():
     start = time.perf_counter()
     subprocess.run([sys.executable, TOOL, "--help"], check=True, stdout=subprocess.DEVNULL)
@@ -201,7 +205,9 @@ def main(argv=None):
         one, two = (results[f"make_shards --workers {w}"]["seconds"] for w in (1, 2))
         startup = results["start-up"]["seconds"]
         ratios["two_workers_vs_one"] = one / two
-        ratios["two_workers_vs_one_after_startup"] = (one - startup) / (two - startup)
+        # Only meaningful when both runs outlast the start-up estimate (tiny inputs on a busy machine may not).
+        ratios["two_workers_vs_one_after_startup"] = ((one - startup) / (two - startup)
+                                                      if min(one, two) > startup else None)
     for w in worker_counts:
         for i, phase in enumerate(("check", "write")):
             runs = [run[i] for run in phases[w]]
@@ -220,7 +226,7 @@ def main(argv=None):
                f"check on 2 vs 1 process {ratios['check_two_processes_vs_one']:.2f}x")
     if "two_workers_vs_one" in ratios:
         summary += (f"; 2 vs 1 worker {ratios['two_workers_vs_one']:.2f}x, "
-                    f"{ratios['two_workers_vs_one_after_startup']:.2f}x without start-up "
+                    f"{_ratio_text(ratios['two_workers_vs_one_after_startup'])} without start-up "
                     f"(target >= {TARGET_TWO_VS_ONE}x); the tool's own phase times, 2 vs 1 worker: check "
                     f"{ratios['check_phase_two_vs_one']:.2f}x, write {ratios['write_phase_two_vs_one']:.2f}x")
     print(table)
@@ -230,7 +236,7 @@ def main(argv=None):
                       "repeats": args.repeats, "cpus": os.cpu_count(), "pillow": Image.__version__,
                       "libjpeg_turbo": features.version("libjpeg_turbo"),
                       "results": {k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()},
-                      **{k: round(v, 3) for k, v in ratios.items()}}))
+                      **{k: None if v is None else round(v, 3) for k, v in ratios.items()}}))
     if args.record:
         record("make_shards throughput (benchmarks/shards.py)", table,
                note=summary + ". make_shards times include interpreter start-up; other work may share the "

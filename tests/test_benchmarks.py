@@ -36,8 +36,10 @@ def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
                                     "make_shards --workers 2: write phase"}
     assert all(r["seconds"] > 0 and r["images_per_s"] > 0 for r in data["results"].values())
     for ratio in ("check_vs_full_decode", "check_two_processes_vs_one", "two_workers_vs_one",
-                  "two_workers_vs_one_after_startup", "check_phase_two_vs_one", "write_phase_two_vs_one"):
+                  "check_phase_two_vs_one", "write_phase_two_vs_one"):
         assert data[ratio] > 0
+    # Start-up subtracted: no figure (None) when a run on this tiny input is shorter than the start-up estimate.
+    assert data["two_workers_vs_one_after_startup"] is None or data["two_workers_vs_one_after_startup"] > 0
     assert "| make_shards --workers 2 |" in stdout and "2 vs 1 worker" in stdout
 
 
