@@ -94,8 +94,8 @@ def _like(t, x):
 
 def _channel_scale(pooled_c, w1, b1, w2, b2):
     """Shared MLP on the [mean; max] descriptors (2, N, C): hidden activations (2, N, C/r) and cs (N, C)."""
-    hidden = torch.relu(pooled_c @ w1.t() + b1)
-    logits = hidden @ w2.t() + b2
+    hidden = torch.relu(F.linear(pooled_c, w1, b1))  # linear: one GEMM with the bias added in its epilogue
+    logits = F.linear(hidden, w2, b2)
     return hidden, torch.sigmoid(logits[0] + logits[1])
 
 
@@ -134,7 +134,8 @@ def fused_tail(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Tensor, w2
         pooled_s, argmax_s = kernels.spatial_pool(x, cs)
         conv = _spatial_conv(pooled_s, conv_w)
         if batch_stats:
-            bn_stats = torch.stack((conv.mean(), conv.var(unbiased=False)))
+            var, mean = torch.var_mean(conv, unbiased=False)  # one reduction for both
+            bn_stats = torch.stack((mean, var))
         else:
             bn_stats = torch.cat((running_mean, running_var)).to(acc)
         _, _, ss = _spatial_scale(conv, bn_w, bn_b, bn_stats, eps)
@@ -265,7 +266,6 @@ def _update_running_stats(bn, bn_stats, count):
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
-        mean = bn_stats[0:1].to(bn.running_mean.dtype)
-        var = (bn_stats[1:2] * (count / (count - 1))).to(bn.running_var.dtype)
-        bn.running_mean.mul_(1 - momentum).add_(mean * momentum)
-        bn.running_var.mul_(1 - momentum).add_(var * momentum)
+        # lerp_: (1 - momentum) * running + momentum * batch in one kernel per statistic.
+        bn.running_mean.lerp_(bn_stats[0:1].to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_((bn_stats[1:2] * (count / (count - 1))).to(bn.running_var.dtype), momentum)
