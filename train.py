@@ -22,6 +22,7 @@ from model.cbam_fused import triton_unavailable_reason
 from pipeline import BackendUnavailable, ShardError, build_loader
 from pipeline.shards import read_manifest
 from training import benchmark, checkpoint, config, distributed
+from training.compile import compile_model, resolve_compile, use_cache_dir
 from training.metrics import MetricsFile, Window, seed_log_line, summarize
 from training.schedule import learning_rate
 
@@ -97,17 +98,23 @@ def main():
         cbam_impl = resolve_impl(args.cbam_impl, world.device)
     except RuntimeError as exc:  # e.g. triton on a CPU: one line, exit 2
         config.fail(str(exc))
+    compile_how = resolve_compile(args.compile, world.device)
+    if compile_how != "off" and args.compile_cache != "none":
+        try:
+            use_cache_dir(args.compile_cache)
+        except OSError as exc:
+            config.fail(str(exc))
+    # Fixed input shapes: cuDNN may time its convolution algorithms once and keep the fastest.
+    cudnn_benchmark = args.cudnn_benchmark and world.device.type == "cuda"
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     cfg = config.as_dict(args)
-    cfg.update(amp_resolved=amp_name, cbam_impl_resolved=cbam_impl, world_size=world.size,
-               device=str(world.device))
+    cfg.update(amp_resolved=amp_name, cbam_impl_resolved=cbam_impl, compile_resolved=compile_how,
+               cudnn_benchmark_resolved=cudnn_benchmark, world_size=world.size, device=str(world.device))
     log = print if world.is_main else (lambda *a, **k: None)
     log("config " + json.dumps(cfg, sort_keys=True))
     if args.att_type == "CBAM" and world.device.type == "cuda" and cbam_impl == "torch" and args.cbam_impl == "auto":
         log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(world.device)}")
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
-    if world.device.type == "cuda":
-        # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
-        torch.backends.cudnn.benchmark = True
 
     # Loaders. --batch-size is global; --workers is per node, shared by the node's ranks.
     per_rank_batch = args.batch_size // world.size
@@ -160,7 +167,7 @@ def main():
                 checkpoint.check_mid_epoch_resume(ckpt["config"], cfg, resume_path)
         log(f"=> loaded checkpoint {resume_path} (next: epoch {start_epoch}, batch {skip_batches})")
 
-    net = torch.compile(model) if args.compile else model
+    net = compile_model(model, compile_how)  # in place: state-dict names unchanged
     train_net = net
     if world.size > 1:
         train_net = DistributedDataParallel(net, device_ids=[world.device] if world.device.type == "cuda" else None,

@@ -140,6 +140,30 @@ def test_benchmark_json_has_every_key_with_sane_values(shards):
     assert "bound by:" in result.stdout and "CBAM impl torch" in result.stdout
     config = json.loads(result.stdout.split("config ", 1)[1].splitlines()[0])
     assert (config["cbam_impl"], config["cbam_impl_resolved"]) == ("auto", "torch")
+    # Every default is resolved and printed: on a CPU no compilation and no cuDNN.
+    assert (config["compile"], config["compile_resolved"]) == ("auto", "off")
+    assert (data["compile"], data["cudnn_benchmark"], config["cudnn_benchmark_resolved"]) == ("off", False, False)
+    assert data["first_step_seconds"] > 0 and set(data["warmup_seconds"]) == {"loader", "end_to_end", "model"}
+    assert "compile off: first train step" in result.stdout
+
+
+@pytest.mark.slow
+def test_compile_blocks_reuses_the_persistent_cache_on_a_second_run(shards, tmp_path):
+    """--compile blocks with --compile-cache: the first run compiles each distinct block once (ResNet-18: 7 kinds,
+    a forward and a backward graph each), the second finds every graph in the cache."""
+    cache = tmp_path / "cache"
+    reports = []
+    for _ in range(2):
+        result = run([PY, "train.py", *COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "1",
+                      "--compile", "--compile-cache", str(cache), str(shards)], timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports.append(json.loads(next(l for l in result.stdout.splitlines() if l.startswith('{"benchmark"'))))
+    first, second = reports
+    assert first["compile"] == second["compile"] == "blocks"
+    assert first["compile_cache"]["misses"] == 14  # 7 distinct blocks of 8: identical blocks share one graph
+    assert second["compile_cache"]["misses"] == 0
+    assert second["compile_cache"]["hits"] + second["compile_cache"]["autograd_hits"] > 0
+    assert os.listdir(cache / "triton") or any(name != "triton" for name in os.listdir(cache))
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -149,6 +173,9 @@ def test_benchmark_json_has_every_key_with_sane_values(shards):
     (["--att-type", "eca"], "argument --att-type: invalid choice"),
     (["--cbam-impl", "bogus"], "argument --cbam-impl: invalid choice"),
     (["--cbam-impl", "triton"], "implementation 'triton'"),  # no CUDA here: resolved once the device is known
+    (["--compile", "fast"], "argument --compile: invalid choice"),
+    (["--compile", "model", "--compile-cache", "/proc/no-cache-here"],
+     "--compile-cache folder cannot be created: /proc/no-cache-here"),
     (["--lr", "-1"], "--lr must be > 0"),
     (["--ngpu", "2", "--batch-size", "15"], "--batch-size 15 is the global batch and must divide by the world size 2"),
     (["--evaluate"], "--evaluate needs --resume"),

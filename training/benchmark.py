@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import distributed
+from .compile import cache_counters
 
 
 def _synchronize(device):
@@ -30,20 +31,30 @@ def endless(loader):
         epoch += 1
 
 
-def timed_rate(fn, warmup, steps, world, global_batch):
-    """Global images/sec of `steps` calls of fn() after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    _synchronize(world.device)
-    distributed.barrier(world)
+def _slowest(world, seconds):
+    """The largest of every rank's `seconds`: a run is as fast as its slowest rank."""
+    value = torch.tensor([seconds], dtype=torch.float64)
+    if world.size > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=world.stop_group)
+    return float(value)
+
+
+def timed_seconds(fn, calls, world):
+    """Seconds of `calls` calls of fn(), the device synchronised at the end, on the slowest rank."""
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         fn()
     _synchronize(world.device)
-    elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-    if world.size > 1:  # the run is as fast as its slowest rank
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX, group=world.stop_group)
-    return steps * global_batch / float(elapsed)
+    return _slowest(world, time.perf_counter() - start)
+
+
+def timed_rate(fn, warmup, steps, world, global_batch):
+    """(global images/sec of `steps` calls of fn() after `warmup` untimed ones, seconds of the warm-up calls).
+
+    The warm-up is where torch.compile compiles and cuDNN times its algorithms: reported, never in the rate."""
+    warmup_seconds = timed_seconds(fn, warmup, world)
+    distributed.barrier(world)
+    return steps * global_batch / timed_seconds(fn, steps, world), warmup_seconds
 
 
 def device_name(device):
@@ -72,13 +83,15 @@ def run(train_step, loader, world, args, cfg, dtype):
     # Loader alone first, on a fresh iterator: its warm-up drains whatever the workers had prefetched, so the
     # timed steps measure production, not a full queue. (Measured after the train steps, the queue filled
     # while the model ran would be counted as loader speed.)
-    loader_only = timed_rate(lambda: next(batches), warmup, steps, world, global_batch)
-    end_to_end = timed_rate(loader_and_step, warmup, steps, world, global_batch)
+    loader_only, loader_warmup = timed_rate(lambda: next(batches), warmup, steps, world, global_batch)
+    # The first train step compiles (with --compile); timed alone, it is the compile time users wait for.
+    first_step_seconds = timed_seconds(loader_and_step, 1, world) if warmup else None
+    end_to_end, end_to_end_warmup = timed_rate(loader_and_step, max(warmup - 1, 0), steps, world, global_batch)
 
     images = torch.randn(per_rank, 3, args.image_size, args.image_size, device=world.device)
     images = images.to(dtype=dtype, memory_format=torch.channels_last)  # as the loader delivers them
     labels = torch.randint(0, 2, (per_rank,), device=world.device)
-    model_only = timed_rate(lambda: train_step(images, labels), warmup, steps, world, global_batch)
+    model_only, model_warmup = timed_rate(lambda: train_step(images, labels), warmup, steps, world, global_batch)
 
     return {
         "benchmark": True,
@@ -99,7 +112,12 @@ def run(train_step, loader, world, args, cfg, dtype):
         "steps": steps,
         "warmup_steps": warmup,
         "channels_last": args.channels_last,
-        "compile": args.compile,
+        "compile": cfg["compile_resolved"],
+        "cudnn_benchmark": cfg["cudnn_benchmark_resolved"],
+        "first_step_seconds": first_step_seconds and round(first_step_seconds, 2),
+        "warmup_seconds": {"loader": round(loader_warmup, 2), "end_to_end": round(end_to_end_warmup, 2),
+                           "model": round(model_warmup, 2)},
+        "compile_cache": cache_counters(),
     }
 
 
@@ -115,4 +133,11 @@ def table(result):
     for name, rate in rows:
         lines.append(f"{name:<42}{rate:>12.1f}{rate / result['world_size']:>12.1f}")
     lines.append(f"bound by: {result['bound_by']}")
+    warm = result["warmup_seconds"]
+    cache = result["compile_cache"]
+    first = result["first_step_seconds"]
+    lines.append(f"compile {result['compile']}: first train step "
+                 + (f"{first:.1f} s (compilation included)" if first is not None else "timed (no warm-up)")
+                 + f", then warm-up {warm['end_to_end']:.1f} s end to end, {warm['model']:.1f} s model alone"
+                 + (f"; compile cache {cache['hits']} hits, {cache['misses']} misses" if cache else ""))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import sys
 
 from model import CBAM_IMPLS
 from pipeline import BACKENDS
+from training.compile import COMPILE_CHOICES, default_cache_dir
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
@@ -63,7 +64,16 @@ def build_parser():
                         "formulation")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model (the loader always delivers channels_last images)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="blocks", default="auto", choices=COMPILE_CHOICES,
+                   help="torch.compile: blocks = each residual block (identical blocks share one compilation), "
+                        "model = the whole model as one graph, off; auto = blocks on CUDA, off elsewhere; "
+                        "a bare --compile means blocks")
+    p.add_argument("--no-compile", action="store_const", const="off", dest="compile", help="same as --compile off")
+    p.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
+                   help="folder of the compiled-code cache kept between runs (inductor graphs, Triton binaries); "
+                        "'none' leaves torch's own default")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN time its convolution algorithms once for the fixed shapes (CUDA only)")
     p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
                    help="step = x0.1 every 30 epochs (the seed's); cosine = per-step cosine to 0")
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up length, in epochs")

@@ -1,0 +1,85 @@
+"""torch.compile for training: what gets compiled, and a compile cache that persists between runs.
+
+--compile blocks (the default on CUDA) compiles each residual block on its own (torch.nn.Module.compile, in
+place, so state-dict names do not change). Within a stage every block but the first has the same structure and
+shapes, so dynamo reuses one compiled graph for all of them: ResNet-50 compiles 8 distinct blocks (4 stages x
+first/rest) instead of one graph of 16 blocks, and ResNet-101 still 8 instead of 33 ("regional compilation",
+PyTorch tutorial "Reducing torch.compile cold start compilation time with regional compilation"). The stem and the
+classifier stay eager: one convolution, one pooling, one linear layer. --compile model compiles the whole model as
+one graph (cross-block fusion, longest compile). Shapes are static: every block shape gets its own kernels, as
+train.py's fixed batch and image size allow.
+
+The cache: inductor's compiled graphs and Triton's binaries go to one folder (TORCHINDUCTOR_CACHE_DIR and
+TRITON_CACHE_DIR), by default the user's cache folder, so a second run of the same configuration skips code
+generation.
+"""
+import os
+
+import torch
+
+from model.resnet import BasicBlock, Bottleneck
+
+COMPILE_CHOICES = ("auto", "off", "blocks", "model")
+# Distinct compiled variants one code object may hold: 8 block kinds x train/eval x a second image size for val,
+# with room to spare (dynamo's default of 8 would send the rest to eager, with a warning).
+RECOMPILE_LIMIT = 64
+
+
+def resolve_compile(choice, device):
+    """--compile auto -> "blocks" on CUDA, "off" elsewhere (CPU compile of a ResNet-50 takes minutes on few cores
+    and gains little there: BENCHMARKS.md)."""
+    if choice == "auto":
+        return "blocks" if torch.device(device).type == "cuda" else "off"
+    return choice
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cbam-imagenet", "torch-compile")
+
+
+def use_cache_dir(path):
+    """Points inductor's and Triton's on-disk caches at `path` (created if needed). Must run before the first
+    compilation of the process. Raises OSError naming the folder when it cannot be created."""
+    try:
+        os.makedirs(os.path.join(path, "triton"), exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--compile-cache folder cannot be created: {path}: {exc.strerror}") from exc
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(path, "triton")
+    torch._inductor.config.fx_graph_cache = True  # on by default in recent torch; stated, not assumed
+
+
+def compile_model(model, how, backend="inductor"):
+    """Compiles `model` in place as `how` says ("off", "blocks" or "model") and returns it."""
+    if how == "off":
+        return model
+    _raise_recompile_limit(RECOMPILE_LIMIT)
+    if how == "model":
+        model.compile(dynamic=False, backend=backend)
+    elif how == "blocks":
+        for module in model.modules():
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                module.compile(dynamic=False, backend=backend)
+    else:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {how!r}")
+    return model
+
+
+def _raise_recompile_limit(limit):
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
+    setattr(config, name, max(getattr(config, name), limit))
+
+
+def cache_counters():
+    """The compile caches' hits and misses so far in this process ({} where torch does not count them)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    inductor, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
+    # hits/misses: inductor graphs (a forward and a backward per compiled block); autograd_hits: AOTAutograd's
+    # cache, which holds both of a block and is looked up first.
+    return {"hits": int(inductor.get("fxgraph_cache_hit", 0)), "misses": int(inductor.get("fxgraph_cache_miss", 0)),
+            "autograd_hits": int(aot.get("autograd_cache_hit", 0))}
