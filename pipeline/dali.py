@@ -218,12 +218,14 @@ class DaliLoader(Loader):
             return None, (f"shard {path}: member {member} is not a class index below {len(self.split.classes)}: "
                           "the shard is damaged; re-run tools/make_shards.py")
         label_values = torch.from_numpy(np.array(labels.as_tensor())[:count])
-        labels_out = label_values.to(self.device, non_blocking=True)
+        labels_out = self._copier.copy([label_values])[0]
         if self.normalize_in_graph:
             # HWC -> NCHW view: channels_last strides, no copy.
             batch = self._images_to_torch(images, count).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             return (batch if batch.dtype == self.dtype else batch.to(self.dtype), labels_out), None
         pixels = self._resize_windows(images, flips[0], count) if flips else self._images_to_torch(images, count)
+        if pixels.device.type == "cpu" and self.device.type != "cpu":  # dali-cpu feeding a GPU
+            pixels = self._copier.copy([pixels])[0]  # the staging buffer may be refilled once this returns
         return (self._normalize(pixels), labels_out), None
 
     def _resize_windows(self, windows, flips, count):

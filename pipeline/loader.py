@@ -4,6 +4,7 @@ import contextlib
 import torch
 
 from .augment import Normalizer
+from .transfer import DeviceCopier
 from .shards import rank_plan
 
 
@@ -48,6 +49,7 @@ class Loader:
         self.epoch = 0
         # Backends deliver uint8 NHWC pixels; this one shared step makes them the contract's float batches.
         self._normalize = Normalizer(device, dtype)
+        self._copier = DeviceCopier(device)  # host tensors to the device, off the training stream
 
     @property
     def num_samples(self):

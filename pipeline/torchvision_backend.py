@@ -465,18 +465,16 @@ class TorchLoader(Loader):
                 if len(pending) < parts:
                     continue
                 views = [handle if isinstance(handle, torch.Tensor) else slots.view(handle) for handle, _ in pending]
-                if self.device.type != "cpu":
-                    # A blocking copy: the slots are released next, and only a finished copy makes that safe on
-                    # every device type.
-                    views = [view.to(self.device) for view in views]
+                labels = torch.from_numpy(np.concatenate([labels for _, labels in pending]))
+                if self.device.type != "cpu":  # the slots are released below: copy() makes that safe
+                    *views, labels = self._copier.copy([*views, labels])
                 with host_work_threads():
                     images = self._normalize(*views)
                 for handle, _ in pending:
                     if not isinstance(handle, torch.Tensor):
                         slots.release(handle)
-                labels = torch.from_numpy(np.concatenate([labels for _, labels in pending]))
                 pending = []
-                yield images, labels.to(self.device, non_blocking=True)
+                yield images, labels
         finally:
             if slots is not None:
                 slots.close_epoch()

@@ -30,10 +30,11 @@ def torch_tail(cbam, x, identity):
     return cbam(x, identity)
 
 
-def tail_and_grads(tail, cbam, x, identity, grad_out, dtype=None, autocast=False):
+def tail_and_grads(tail, cbam, x, identity, grad_out, dtype=None, autocast=None):
     """(output, [grad of x, identity, every parameter], bn running stats after) of tail(cbam, x, identity), run on
-    copies converted to `dtype` (x and identity) so the caller's tensors stay untouched."""
-    cbam = _copy(cbam)
+    copies converted to `dtype` (x and identity) so the caller's tensors stay untouched; on x's device; under
+    autocast to the `autocast` dtype when given."""
+    cbam = _copy(cbam).to(x.device)
     dtype = dtype or x.dtype
     if dtype == torch.float64:
         cbam = cbam.double()
@@ -43,7 +44,7 @@ def tail_and_grads(tail, cbam, x, identity, grad_out, dtype=None, autocast=False
         identity = identity.detach().to(dtype).requires_grad_()
         leaves.append(identity)
     params = list(cbam.parameters())
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         out = tail(cbam, x, identity)
     grads = torch.autograd.grad(out, leaves + params, grad_out.to(out.dtype))
     bn = cbam.spatial_gate.bn
@@ -54,7 +55,7 @@ def tail_and_grads(tail, cbam, x, identity, grad_out, dtype=None, autocast=False
 def _copy(cbam):
     clone = CBAM(cbam.channel_gate.mlp[0].in_features, impl=cbam.impl)
     clone.load_state_dict(cbam.state_dict())
-    return clone.train(cbam.training).to(next(cbam.parameters()).dtype)
+    return clone.train(cbam.training).to(next(cbam.parameters()).dtype)  # on the CPU; the caller moves it
 
 
 def fused_tail(cbam, x, identity):
@@ -62,24 +63,25 @@ def fused_tail(cbam, x, identity):
 
 
 def compare_with_reference(tail, shape, *, channels_last=True, training=True, with_identity=True, seed=0,
-                           dtype=torch.float32, rtol=1e-5):
+                           dtype=torch.float32, rtol=1e-5, device="cpu"):
     """Runs `tail` and the reference in `dtype` and the reference in float64 (the truth) on the same random data;
     returns the list of (name, error, allowed) for every tensor whose error exceeds what is allowed:
     max|tail - truth| <= rtol * max|truth| + 2 * max|reference in dtype - truth|, i.e. `tail` is as accurate as
-    the reference itself in that dtype, and never worse than rtol of the tensor's scale. For bfloat16, both run
-    under bf16 autocast with fp32 parameters, as in training."""
+    the reference itself in that dtype, and never worse than rtol of the tensor's scale. For bfloat16 and float16,
+    both run under autocast to that dtype with fp32 parameters, as in training."""
     torch.manual_seed(seed + 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     # Inputs rounded to `dtype` first: the truth sees the same inputs, so errors are the arithmetic's alone.
-    rounded = lambda: torch.randn(shape, dtype=torch.float64).to(dtype).double().to(memory_format=fmt)  # noqa: E731
+    rounded = lambda: (torch.randn(shape, dtype=torch.float64).to(dtype).double()  # noqa: E731
+                       .to(device, memory_format=fmt))
     x = rounded()
     identity = rounded() if with_identity else None
     grad_out = rounded()
     cbam = randomised_cbam(shape[1], seed, training)
-    bf16 = dtype == torch.bfloat16
+    autocast = dtype if dtype in (torch.bfloat16, torch.float16) else None
     truth = tail_and_grads(reference_tail, cbam, x, identity, grad_out, torch.float64)
-    ref = tail_and_grads(reference_tail, cbam, x, identity, grad_out, dtype, autocast=bf16)
-    ours = tail_and_grads(tail, cbam, x, identity, grad_out, dtype, autocast=bf16)
+    ref = tail_and_grads(reference_tail, cbam, x, identity, grad_out, dtype, autocast=autocast)
+    ours = tail_and_grads(tail, cbam, x, identity, grad_out, dtype, autocast=autocast)
     names = ["output", "grad x"] + (["grad identity"] if with_identity else [])
     names += [f"grad {n}" for n, _ in cbam.named_parameters()] + ["running stats"]
     flat = lambda r: [r[0], *r[1], r[2]]  # noqa: E731
