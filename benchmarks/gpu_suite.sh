@@ -1,41 +1,59 @@
 #!/usr/bin/env bash
-# Every benchmark on an NVIDIA machine, in one command, into one results file.
+# The GPU measurements, in stages that each fit a short device window (4 minutes on one H100) and print every
+# figure the moment it exists.
 #
-#   bash benchmarks/gpu_suite.sh [WHEEL_DIR] [RESULTS] [PARTS]
+#   bash benchmarks/gpu_suite.sh [WHEEL_DIR] [RESULTS] [STAGES]
 #
-# WHEEL_DIR (default .whl): wheels the machine lacks, for its Python (3.12 on the lent H100/H200): nvidia-dali-cuda130
-#   and its dependencies nvidia-nvimgcodec-cu13, nvidia-libnvcomp-cu13, optree, gast, astunparse, libcst,
-#   makefun, nvtx; webdataset and braceexpand. They are placed beside the checkout by the device tool's
-#   wheel-carrying procedure (pip download --no-deps --python-version 3.12 ...). A wheel too large for one
-#   transfer may arrive split as NAME.whl.part-aa, NAME.whl.part-ab, ... (in earlier calls, moved out of the
-#   carried folder into WHEEL_DIR, since each call's carry replaces it): the parts are joined here first.
-# RESULTS (default $OUT/gpu_suite.txt, else bench_out/gpu_suite.txt): every command and its output.
-# PARTS (default train,model,blocks,loader,shards): which measurements to run. Where one command may run 10
-#   minutes at most (the device tool), run one part per call while the machine stays warm (the generated data
-#   is kept in $GPU_SUITE_DATA between calls): PARTS=train, then model, then blocks, then loader,shards.
-# Assumes torch with CUDA is already installed (python3 holds it). Runs: benchmarks/model.py (also --blocks),
-# benchmarks/loader.py, benchmarks/shards.py, and train.py --benchmark for ResNet-50-CBAM with --backend dali
-# and torch at global batch 128 and 256, on a generated ImageNet-sized JPEG set (no ImageNet needed).
+# STAGES (comma list; default all, in this order):
+#   check   the GPU-only tests (tests/test_gpu.py: compiled Triton kernels against the authors' CBAM, CUDA batches,
+#           fp16 and bf16 epochs)                                                      project only
+#   model   benchmarks/model.py: ResNet-50 none and each CBAM implementation, eager and compiled   project only
+#   blocks  benchmarks/model.py --blocks --profile: the block tails per stage, in memory passes    project only
+#   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags, twice: a cold and a
+#           warm compile cache                                                          project + photographs
+#   dali    train.py --benchmark, dali backend, ResNet-50-CBAM and ResNet-50 with the default flags     + DALI
+#   loader  benchmarks/loader.py (torch, dali-cpu, dali, stock torchvision)                            + DALI
+#   shards  benchmarks/shards.py                                                          + photographs
+# WHEEL_DIR (default .whl): wheels the machine lacks, for its Python (3.12 on the lent H100/H200): for the DALI
+#   stages nvidia-dali-cuda130 and its dependencies nvidia-nvimgcodec-cu13, nvidia-libnvcomp-cu13, optree, gast,
+#   astunparse, libcst, makefun, nvtx; webdataset and braceexpand for all. A wheel too large for one transfer may
+#   arrive split as NAME.whl.part-aa, -ab, ...: the parts are joined here first. (Or unpack DALI as
+#   ../shared/gpu/README.md says and put it on PYTHONPATH before calling.)
+# RESULTS (default $OUT/gpu_suite.txt, else bench_out/gpu_suite.txt): every command and its output, appended.
+# The data: GPU_SUITE_PHOTOS (default ../shared/data/imagenet-sample, else photos/ in the checkout: copy the
+#   shared samples there, it is git-ignored, and carry it) linked many times over into an ImageNet-shaped tree
+#   (tools/link_photo_tree.py: 100 classes x GPU_SUITE_PER_CLASS=320 train + 10 val, so a batch-256 epoch holds
+#   125 batches and no epoch restart falls inside a benchmark), sharded once into GPU_SUITE_DATA
+#   (default /tmp/gpu_suite_data) and kept there for the later stages and calls.
+# GPU_SUITE_TRAIN_FLAGS (default: ResNet-50 at batch 256, 20 + 40 steps) replaces the model and size flags of the
+#   train.py stages; the tests use it to run a stage on a CPU in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-.whl}
 RESULTS=${2:-${OUT:-bench_out}/gpu_suite.txt}
-PARTS=",${3:-train,model,blocks,loader,shards},"
+STAGES=${3:-check,model,blocks,torch,dali,loader,shards}
 PY=${PYTHON:-python3}
 DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
-mkdir -p "$(dirname "$RESULTS")"
-: > "$RESULTS"
+KNOWN=",check,model,blocks,torch,dali,loader,shards,"
+TRAIN_FLAGS=${GPU_SUITE_TRAIN_FLAGS:---depth 50 --batch-size 256 --workers 12 --benchmark-warmup 20 --benchmark-steps 40}
+LIMIT=200  # seconds after which benchmarks/model.py starts no new case: the stage stays within 4 minutes
 
+for stage in ${STAGES//,/ }; do
+  if [[ $KNOWN != *",$stage,"* ]]; then
+    echo "gpu_suite.sh: error: unknown stage '$stage' (stages: ${KNOWN:1:-1})" >&2
+    exit 2
+  fi
+done
+wants() { [[ ",$STAGES," == *",$1,"* ]]; }
+
+mkdir -p "$(dirname "$RESULTS")"
 note() { echo "== $*" | tee -a "$RESULTS"; }
-run() {  # run a command, keep its whole output in RESULTS, show the last lines
+run() {  # run a command; its output streams to the terminal and RESULTS as it is printed
   note "$*"
   local start=$SECONDS
-  "$@" >>"$RESULTS" 2>&1
-  local status=$?
-  note "exit $status after $((SECONDS - start)) s"
-  tail -n 12 "$RESULTS"
-  return 0
+  "$@" 2>&1 | tee -a "$RESULTS"
+  note "exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
 if [ -d "$WHEELS" ]; then
@@ -46,44 +64,66 @@ if [ -d "$WHEELS" ]; then
   done
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-      "$WHEELS"/*.whl >>"$RESULTS" 2>&1 || note "warning: installing the carried wheels failed (see above)"
+      "$WHEELS"/*.whl >>"$RESULTS" 2>&1 || note "warning: installing the carried wheels failed (see $RESULTS)"
   fi
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# The torch backend's ROI JPEG decoder (pipeline.info reports whether it is in use).
-bash tools/build_native.sh "$(dirname "$RESULTS")/roi-jpeg-build.log" 2>&1 | tee -a "$RESULTS"
-run $PY -m pipeline.info
-if ! $PY -c "import webdataset; from nvidia.dali import fn; import nvidia.nvimgcodec" >>"$RESULTS" 2>&1; then
-  note "error: DALI, its dependencies or webdataset are not importable (see above): carry the wheels listed at the top"
-  exit 1
-fi
-run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+command -v nvidia-smi >/dev/null && run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+run $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-# ImageNet-like: 100 classes, images around 400 px, 32,000 train + 1,000 val: at batch 256 one epoch holds 125
-# batches, more than a benchmark's loader-alone plus end-to-end steps, so no epoch restart is timed.
-if [ ! -f "$DATA/shards/manifest.json" ]; then
-  run $PY tools/make_demo_data.py "$DATA/images" --classes 100 --train-per-class "${GPU_SUITE_PER_CLASS:-320}" \
-    --val-per-class 10 --size 400 --workers "$(nproc)"
-  run $PY tools/make_shards.py "$DATA/images" "$DATA/shards" --workers "$(nproc)" --max-count 500
-fi
+need_dali() {
+  if ! $PY -c "import webdataset; from nvidia.dali import fn; import nvidia.nvimgcodec" >>"$RESULTS" 2>&1; then
+    note "error: stage $1 needs DALI and webdataset, which do not import (see $RESULTS): carry the wheels listed at the top"
+    return 1
+  fi
+}
 
-wants() { [[ $PARTS == *",$1,"* ]]; }  # is part $1 asked for
-if wants train; then
-  for backend in dali torch; do
-    for batch in 128 256; do
-      run $PY train.py --depth 50 --att-type CBAM --backend "$backend" --batch-size "$batch" --workers 12 \
-        --amp bf16 --benchmark --benchmark-warmup 20 --benchmark-steps 40 "$DATA/shards"
+need_data() {  # the photograph tree and its shards, made once and kept in $DATA
+  if [ -f "$DATA/shards/manifest.json" ]; then
+    note "data: $DATA/shards (kept from an earlier stage)"
+    return 0
+  fi
+  local photos=${GPU_SUITE_PHOTOS:-}
+  if [ -z "$photos" ]; then
+    for candidate in ../shared/data/imagenet-sample photos; do
+      [ -d "$candidate" ] && { photos=$candidate; break; }
     done
-  done
-fi
-# The train.py figures come first (the headline); the component benchmarks after.
-# CBAM = auto: the Triton kernels where they run, else plain PyTorch. The time limits keep each part within one
-# 10-minute device call.
-wants model && run $PY benchmarks/model.py --variants none,SE,CBAM,CBAM-torch,CBAM-ref --repeats 5 --time-limit 420
+  fi
+  if [ -z "$photos" ] || [ ! -d "$photos" ]; then
+    note "error: no photographs: set GPU_SUITE_PHOTOS, or copy ../shared/data/imagenet-sample to photos/ and carry it"
+    return 1
+  fi
+  # The ROI JPEG decoder of the torch backend (pipeline.info says whether it is in use).
+  bash tools/build_native.sh "$(dirname "$RESULTS")/roi-jpeg-build.log" 2>&1 | tee -a "$RESULTS"
+  run $PY -m pipeline.info
+  run $PY tools/link_photo_tree.py "$photos" "$DATA/images" --classes "${GPU_SUITE_CLASSES:-100}" \
+    --train-per-class "${GPU_SUITE_PER_CLASS:-320}" --val-per-class "${GPU_SUITE_VAL_PER_CLASS:-10}" &&
+  run $PY tools/make_shards.py "$DATA/images" "$DATA/shards" --workers "$(nproc)" --max-count 500 &&
+  [ -f "$DATA/shards/manifest.json" ]
+}
+
+# shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
+train_benchmark() {  # train.py --benchmark with the default flags (compile, amp, CBAM implementation: auto)
+  run $PY train.py --att-type "$1" --backend "$2" $TRAIN_FLAGS --benchmark "$DATA/shards"
+}
+
+wants check && run $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
+wants model && run $PY benchmarks/model.py --variants none,CBAM,CBAM-torch,CBAM-ref --time-limit "$LIMIT"
 wants blocks && run $PY benchmarks/model.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
-  --profile --time-limit 420
-wants loader && run $PY benchmarks/loader.py --src "$DATA/images" --workers 8 --batch-size 256 --repeats 3 --epochs 1
-wants shards && run $PY benchmarks/shards.py --src "$DATA/images" --workers 1,2,8 --repeats 3
-note "train.py --benchmark JSON lines:"
-grep '^{"benchmark": true' "$RESULTS" | tee -a "$RESULTS.json"
+  --profile --time-limit "$LIMIT"
+if wants torch && need_data; then
+  note "CBAM, torch backend: first with the compile cache as it is, then again (warm cache)"
+  train_benchmark CBAM torch
+  train_benchmark CBAM torch
+fi
+if wants dali && need_dali dali && need_data; then
+  train_benchmark CBAM dali
+  train_benchmark none dali
+fi
+if wants loader && need_dali loader && need_data; then
+  run $PY benchmarks/loader.py --src "$DATA/images" --workers 8 --batch-size 256 --repeats 3 --epochs 1
+fi
+wants shards && need_data && run $PY benchmarks/shards.py --src "$DATA/images" --workers 1,2,8 --repeats 3
+note "train.py --benchmark JSON lines so far:"
+grep '^{"benchmark": true' "$RESULTS" | tee "$RESULTS.json"
 note "all results in $RESULTS"

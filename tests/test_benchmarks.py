@@ -122,3 +122,33 @@ def _dali_importable():
     except ImportError:
         return False
     return True
+
+
+def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
+    """benchmarks/gpu_suite.sh's structure, run on this CPU with tiny sizes: a stage builds the photograph tree and
+    its shards once, later calls reuse them; unknown stages are refused before anything runs."""
+    from tests.conftest import imagenet_sample_files
+    photos = os.path.dirname(imagenet_sample_files()[0])
+    env = dict(os.environ, PYTHON=sys.executable, GPU_SUITE_DATA=str(tmp_path / "data"), GPU_SUITE_PHOTOS=photos,
+               GPU_SUITE_CLASSES="3", GPU_SUITE_PER_CLASS="8", GPU_SUITE_VAL_PER_CLASS="2",
+               GPU_SUITE_TRAIN_FLAGS="--depth 18 --image-size 32 --batch-size 8 --workers 2 --benchmark-warmup 1 "
+                                     "--benchmark-steps 1 --compile-cache none")
+    suite = [os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), str(tmp_path / "no-wheels")]
+
+    def stage(name, results):
+        return subprocess.run(["bash", *suite, str(results), name], capture_output=True, text=True, env=env,
+                              timeout=600, cwd=ROOT)
+    refused = stage("torch,warp", tmp_path / "refused.txt")
+    assert refused.returncode == 2 and "unknown stage 'warp'" in refused.stderr
+    assert not (tmp_path / "data").exists()
+
+    first = stage("torch", tmp_path / "first.txt")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    runs = [json.loads(line) for line in (tmp_path / "first.txt.json").read_text().splitlines()]
+    assert [(r["backend"], r["att_type"]) for r in runs] == [("torch", "CBAM")] * 2  # cold, then warm cache
+    assert all(r["images_per_sec"] > 0 for r in runs)
+    manifest = json.loads((tmp_path / "data" / "shards" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] == 3 * 8
+
+    second = stage("torch", tmp_path / "second.txt")
+    assert second.returncode == 0 and "kept from an earlier stage" in second.stdout
