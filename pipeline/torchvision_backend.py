@@ -18,6 +18,7 @@ import io
 import math
 import multiprocessing
 import os
+import signal
 import tarfile
 
 import numpy as np
@@ -298,6 +299,12 @@ class ShardStream(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
+        if info is not None:
+            # Pre-emption: launchers and schedulers (torchrun, SLURM) signal the whole process group. The rank, not
+            # its loader workers, acts on it: it finishes its step, saves and then closes the epoch, which ends
+            # these workers (EpochClosed below). A worker killed by the signal would crash the rank instead.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         worker = info.id if info is not None else 0
         share = worker_plans(self.plan, self.num_workers)[worker]
         if share.stop <= share.start:

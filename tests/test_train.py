@@ -124,6 +124,36 @@ def test_sigterm_mid_epoch_saves_a_loadable_checkpoint_and_resume_finishes(shard
     assert len(steps) == len(set(steps))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "seed-style --ngpu 2"])
+def test_sigterm_to_the_whole_process_group_saves_and_resume_is_exact(shards, tmp_path, launcher):
+    """Pre-emption as clusters do it: SIGTERM to every process of the job (launcher, both ranks, their loader
+    workers). The workers ignore it; the ranks finish the step, agree, save, and the resumed run trains every step
+    of the epoch exactly once."""
+    train = [*COMMON, "--batch-size", "4", "--epochs", "1", "--output-dir", str(tmp_path), str(shards)]
+    launch = ([PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py"]
+              if launcher == "torchrun" else [PY, "train.py", "--ngpu", "2"])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([*launch, *train], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    metrics_file = tmp_path / "T_metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics_file.exists() and metrics_file.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "stop requested: saved" in stdout, stderr[-3000:]
+    assert "is killed by signal" not in stderr
+    if launcher != "torchrun":  # torchrun's own exit status on a signal is the launcher's business
+        assert proc.returncode == 0, stderr[-3000:]
+    ckpt = torch.load(tmp_path / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and 1 <= ckpt["batch"] < 16, ckpt["batch"]  # 64 samples / 4 = 16 steps
+    result = torchrun([*train[:-1], "--resume", "auto", train[-1]])
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [r["step"] for r in metrics(tmp_path)]
+    assert sorted(set(steps)) == list(range(1, 17)) and len(steps) == len(set(steps))
+
+
 def test_benchmark_json_has_every_key_with_sane_values(shards):
     result = torchrun([*COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "3", str(shards)])
     assert result.returncode == 0, result.stderr[-3000:]
