@@ -192,6 +192,8 @@ def main():
     # Loop.
     if world.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
+        for path in checkpoint.sweep_temporaries(args.output_dir, args.prefix):
+            log(f"removed {path}, left by an interrupted save")
         with open(os.path.join(args.output_dir, f"{args.prefix}_config.json"), "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
     metrics = MetricsFile(os.path.join(args.output_dir, f"{args.prefix}_metrics.jsonl"), world.is_main)
@@ -259,6 +261,11 @@ def main():
         skip_batches = 0
 
         top1 = 0.0
+        if world.is_main and val_loader is not None:
+            # Saved before validation as well, so that a failure there (a damaged val shard) loses no training;
+            # the save after validation replaces it.
+            state = make_state(model, optimizer, scaler, epoch + 1, 0, (epoch + 1) * steps_per_epoch, best_top1, cfg)
+            checkpoint.save(args.output_dir, args.prefix, state, is_best=False)
         if val_loader is not None:
             val_loss, top1, top5, n = validate(net, val_loader, world, amp_dtype)
             log(f" * Prec@1 {top1:.3f} Prec@5 {top5:.3f}")
@@ -289,5 +296,15 @@ def make_state(model, optimizer, scaler, next_epoch, next_batch, step, best_top1
             "arch": f"resnet{cfg['depth']}", "rng": checkpoint.rng_state(), "config": cfg}
 
 
+def run():
+    """main(), with a failed checkpoint save (full disk, quota, permissions) or a shard found damaged while training
+    as one line and exit status 1."""
+    try:
+        return main()
+    except (checkpoint.CheckpointError, ShardError) as exc:
+        sys.stderr.write(f"train.py: error: {exc}\n")
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

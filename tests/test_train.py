@@ -2,6 +2,7 @@
 --evaluate, --benchmark, flag errors, and learnability on a generated data set."""
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -152,6 +153,55 @@ def test_sigterm_to_the_whole_process_group_saves_and_resume_is_exact(shards, tm
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [r["step"] for r in metrics(tmp_path)]
     assert sorted(set(steps)) == list(range(1, 17)) and len(steps) == len(set(steps))
+
+
+def _no_bigger_files_than(limit):
+    """preexec_fn: files of the child may not grow past `limit` bytes (EFBIG, as a full disk gives ENOSPC)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary_file(shards, tmp_path):
+    """ResNet-18's checkpoint (~90 MB with the optimizer state) against a 5 MB file-size limit."""
+    result = run([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path), str(shards)],
+                 preexec_fn=_no_bigger_files_than(5 << 20))
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: cannot save checkpoint ") and "bytes needed" in last, last
+    assert str(tmp_path) in last and "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["T_config.json", "T_metrics.jsonl"]
+
+
+def test_temporary_files_of_interrupted_saves_are_swept(tmp_path):
+    from training.checkpoint import sweep_temporaries
+    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = [tmp_path / f"T_checkpoint.pth.tar.tmp.{dead_pid}", tmp_path / f"T_model_best.pth.tar.tmp.{dead_pid}"]
+    kept = [tmp_path / f"T_checkpoint.pth.tar.tmp.{os.getpid()}",  # a live writer's
+            tmp_path / f"U_checkpoint.pth.tar.tmp.{dead_pid}", tmp_path / "T_checkpoint.pth.tar"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert sorted(sweep_temporaries(str(tmp_path), "T")) == sorted(map(str, stale))
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in kept)
+
+
+def test_a_damaged_val_shard_loses_no_training(shards, tmp_path):
+    """A val shard zeroed at the same size: validation fails naming it, but the epoch's checkpoint is saved."""
+    import shutil
+    damaged = tmp_path / "shards"
+    shutil.copytree(shards, damaged)
+    val = sorted(damaged.glob("val-*.tar"))[0]
+    val.write_bytes(bytes(val.stat().st_size))
+    out = tmp_path / "out"
+    result = run([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(out), str(damaged)])
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: shard ") and val.name in last, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"]) == (1, 0)  # the trained epoch is kept
 
 
 def test_benchmark_json_has_every_key_with_sane_values(shards):

@@ -3,6 +3,7 @@
 Everything is plain data: tensors, numbers, strings, lists and dicts (RNG states included), so a checkpoint
 never needs unpickling of arbitrary objects.
 """
+import io
 import os
 import random
 import shutil
@@ -48,25 +49,88 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class CheckpointError(Exception):
+    """A checkpoint could not be written; the message is one line naming the file, the folder and the bytes."""
+
+
+TEMPORARY_MARK = ".tmp."  # the temporary name of a checkpoint being written: {final name}.tmp.{writer's pid}
+
+
 def save_atomic(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a torn checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save to a temporary file in the same folder, fsync, then rename: never a torn checkpoint.
+
+    The checkpoint is serialised in memory first, so its size is known before anything is written: a folder
+    without that much free space is refused at once. On any write error the temporary file is removed (a full
+    disk stays usable) and CheckpointError says which folder needs how many bytes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    free = shutil.disk_usage(folder).free
+    if free < len(data):
+        raise CheckpointError(f"cannot save checkpoint {path}: {len(data):,} bytes needed, {free:,} free in {folder}")
+    tmp = f"{path}{TEMPORARY_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise CheckpointError(f"cannot save checkpoint {path}: {exc.strerror or exc}; {len(data):,} bytes needed, "
+                              f"{shutil.disk_usage(folder).free:,} free in {folder}") from None
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def save(output_dir, prefix, state, is_best):
     path = checkpoint_path(output_dir, prefix)
     save_atomic(state, path)
     if is_best:
-        tmp = best_path(output_dir, prefix) + f".tmp.{os.getpid()}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, best_path(output_dir, prefix))
+        best = best_path(output_dir, prefix)
+        tmp = f"{best}{TEMPORARY_MARK}{os.getpid()}"
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, best)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            raise CheckpointError(f"cannot save checkpoint {best}: {exc.strerror or exc}; "
+                                  f"{os.path.getsize(path):,} bytes needed, "
+                                  f"{shutil.disk_usage(output_dir).free:,} free in {output_dir}") from None
     return path
+
+
+def sweep_temporaries(output_dir, prefix):
+    """Removes the temporary files of interrupted saves of this prefix (their writer is no longer running);
+    returns their paths."""
+    if not os.path.isdir(output_dir):
+        return []
+    finals = (os.path.basename(checkpoint_path(output_dir, prefix)), os.path.basename(best_path(output_dir, prefix)))
+    removed = []
+    for name in os.listdir(output_dir):
+        final, mark, pid = name.rpartition(TEMPORARY_MARK)
+        if not mark or final not in finals or not pid.isdigit() or _running(int(pid)):
+            continue
+        _remove_quietly(os.path.join(output_dir, name))
+        removed.append(os.path.join(output_dir, name))
+    return removed
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def resolve_resume(resume, output_dir, prefix):
