@@ -184,7 +184,7 @@ def bad_tree(tmp_path_factory):
 def test_bad_files_are_listed_and_exit_status_is_1(bad_tree):
     result, manifest = bad_tree.result, bad_tree.manifest
     assert result.returncode == 1, result.stderr
-    assert "3 files were skipped (undecodable or unusable)" in result.stderr
+    assert "3 inputs were skipped (unreadable, undecodable or unusable)" in result.stderr
     assert str(bad_tree.out / "manifest.json") in result.stderr
     fixed = {item["path"]: item["reason"] for s in manifest["splits"].values() for item in s["fixed"]}
     skipped = {item["path"]: item["reason"] for s in manifest["splits"].values() for item in s["skipped"]}
@@ -594,3 +594,51 @@ def test_rerun_after_the_source_changed_matches_a_clean_run(tmp_path):
                                                                  "train-000002.tar", "train-000003.tar"]
     assert sample_set(out) == sample_set(clean) and len(sample_set(out)) == 11
     assert sha(changed.read_bytes()) in {digest for _, _, digest in sample_set(out)}
+
+
+def _without_root_file_access(argv):
+    """argv run as root without the capabilities that let root read any file: permission bits apply to it, as to
+    a user who is not root."""
+    import shutil as _shutil
+    if os.geteuid() != 0 or not _shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to drop the file-access capabilities")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *argv]
+
+
+def test_unreadable_folders_are_listed_as_skipped_and_fail_the_run(tmp_path):
+    src = tmp_path / "src"
+    write_tree(str(src), classes=3, train_per_class=4, val_per_class=1, size=40, seed=2)
+    classes = sorted(os.listdir(src / "train"))
+    hidden_class = src / "train" / classes[0]  # a whole class folder that cannot be listed
+    nested = src / "train" / classes[1] / "more"  # and a subfolder of another class
+    nested.mkdir()
+    shutil.copy(next((src / "train" / classes[2]).iterdir()), nested / "extra.JPEG")
+    for folder in (hidden_class, nested):
+        folder.chmod(0)
+    try:
+        result = subprocess.run(_without_root_file_access([sys.executable, TOOL, str(src), str(tmp_path / "out")]),
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        for folder in (hidden_class, nested):
+            folder.chmod(0o755)
+    assert result.returncode == 1, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    skipped = {item["path"]: item["reason"] for item in manifest["splits"]["train"]["skipped"]}
+    assert set(skipped) == {f"train/{classes[0]}/", f"train/{classes[1]}/more/"}
+    assert all(reason.startswith("folder cannot be listed: Permission denied") for reason in skipped.values())
+    train = manifest["splits"]["train"]
+    assert train["found"] == train["samples"] + len(train["skipped"]) and train["class_counts"][0] == 0
+    assert f"train: 1 classes have no sample: {classes[0]}" in result.stderr
+    assert "--allow-empty-classes" in result.stderr
+
+
+def test_an_empty_class_fails_the_run_unless_allowed(tmp_path):
+    src = tmp_path / "src"
+    write_tree(str(src), classes=2, train_per_class=3, val_per_class=1, size=40, seed=3)
+    (src / "train" / "n99999999").mkdir()
+    result = run_tool(src, tmp_path / "out")
+    assert result.returncode == 1 and "train: 1 classes have no sample: n99999999" in result.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["classes"][-1] == "n99999999"
+    allowed = run_tool(src, tmp_path / "out", "--allow-empty-classes")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "train: 1 classes have no sample: n99999999" in allowed.stderr

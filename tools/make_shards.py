@@ -1,7 +1,7 @@
 """ImageNet folder -> WebDataset shards (+ DALI index per shard, classes.txt, manifest.json), nothing lost.
 
     python tools/make_shards.py SRC OUT [--splits train,val] [--workers N] [--max-count N] [--max-size SIZE]
-                                [--max-side PX] [--quality Q] [--seed S] [--skip-bad] [--overwrite]
+                                [--max-side PX] [--quality Q] [--seed S] [--skip-bad] [--allow-empty-classes] [--overwrite]
 
 Input: SRC/train/<wnid>/* and SRC/val/<wnid>/* (ImageFolder layout), or SRC/train_list.txt / SRC/val_list.txt
 with lines `relative/path label` (paths relative to SRC; the label is the last field, so paths may hold spaces).
@@ -15,8 +15,9 @@ OUT/.make_shards/, so a run killed at any moment and started again with the same
 can verify (re-hashing it) and rewrites the rest; OUT/manifest.json is written last, after every shard and index
 has been fsynced.
 
-Exit status: 0 done; 1 done, but some files could not be decoded and were skipped (listed in the manifest; pass
---skip-bad to accept that); 2 bad arguments or environment (one line on stderr).
+Exit status: 0 done; 1 done, but some files could not be read or decoded and were skipped (listed in the manifest;
+pass --skip-bad to accept that), or a class has no train sample (--allow-empty-classes accepts that); 2 bad
+arguments or environment (one line on stderr).
 """
 import argparse
 import contextlib
@@ -142,6 +143,9 @@ def parse_args(argv):
     parser.add_argument("--skip-bad", action="store_true",
                         help="exit 0 even if undecodable files were skipped (they are listed in the manifest "
                              "either way)")
+    parser.add_argument("--allow-empty-classes", action="store_true",
+                        help="exit 0 even if a class has no train sample (no files, or only skipped ones); such "
+                             "classes are named on stderr either way")
     parser.add_argument("--overwrite", action="store_true",
                         help="if OUT holds shards of a different run (other source or options), delete them "
                              "first; without it that is an error. Output of the same run is always resumed. "
@@ -241,11 +245,18 @@ def sources_from_folder(src, split, class_index):
         if entry.name not in class_index:
             raise ToolError(f"{split_dir}/{entry.name}: class {entry.name} is not among the train classes")
         label = class_index[entry.name]
-        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
+        # A folder that cannot be listed (no read permission, an I/O error) is an input that is skipped with its
+        # reason, like an undecodable file: os.walk alone would pass over it in silence.
+        unlistable = []
+        for dirpath, dirnames, filenames in os.walk(entry.path, onerror=unlistable.append, followlinks=True):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
             for name in sorted(filenames):
                 sources.append(stat_source(src, f"{rel_dir}/{name}", label))
+        for error in unlistable:
+            rel_dir = os.path.relpath(error.filename, src).replace(os.sep, "/")
+            sources.append(stat_source(src, f"{rel_dir}/", label,
+                                       f"folder cannot be listed: {error.strerror or error}; its files are not read"))
     return sorted(sources, key=lambda s: s.relpath)
 
 
@@ -601,9 +612,26 @@ def report_skipped(manifest, manifest_path, skip_bad):
     if len(skipped) > 10:
         print(f"... and {len(skipped) - 10} more", file=sys.stderr)
     if skipped and not skip_bad:
-        print(f"{len(skipped)} files were skipped (undecodable or unusable), everything else is written; they "
+        print(f"{len(skipped)} inputs were skipped (unreadable, undecodable or unusable), everything else is written; they "
               f"are listed with the reason under splits.<split>.skipped in {manifest_path}; pass --skip-bad to "
               f"accept this", file=sys.stderr)
+        return 1
+    return 0
+
+
+def report_empty_classes(manifest, allow_empty):
+    """Names the classes without a sample in each split on stderr; 1 when train has any (a class the model can
+    never learn), unless allowed."""
+    empty_in_train = False
+    for split, summary in manifest["splits"].items():
+        empty = [name for name, count in zip(manifest["classes"], summary["class_counts"]) if count == 0]
+        if empty:
+            shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            print(f"{split}: {len(empty)} classes have no sample: {shown}", file=sys.stderr)
+            empty_in_train = empty_in_train or split == "train"
+    if empty_in_train and not allow_empty:
+        print("a class without train samples cannot be learned; fix the source or pass --allow-empty-classes",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -628,7 +656,8 @@ def run(args):
     manifest_path = os.path.join(out, "manifest.json")
     write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
     fsync_dir(out)
-    return report_skipped(manifest, manifest_path, args.skip_bad)
+    status = report_skipped(manifest, manifest_path, args.skip_bad)
+    return max(status, report_empty_classes(manifest, args.allow_empty_classes))
 
 
 def main(argv=None):
