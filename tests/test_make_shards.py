@@ -642,3 +642,31 @@ def test_an_empty_class_fails_the_run_unless_allowed(tmp_path):
     allowed = run_tool(src, tmp_path / "out", "--allow-empty-classes")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "train: 1 classes have no sample: n99999999" in allowed.stderr
+
+
+def test_one_run_at_a_time_per_out_folder(tmp_path):
+    """OUT is locked for the whole run: a second run names the first instead of racing it (renames failing, OUT
+    left without a manifest)."""
+    import fcntl
+    src = tmp_path / "src"
+    write_tree(str(src), classes=3, train_per_class=20, val_per_class=2, size=64, seed=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".make_shards.lock", "a+") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        holder.write("4242\n")
+        holder.flush()
+        refused = run_tool(src, out)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (f"make_shards.py: error: OUT {out} is being written by another "
+                                                     "make_shards run (pid 4242); wait for it to finish or choose "
+                                                     "another OUT")
+    assert not (out / "manifest.json").exists()
+    # Two real runs at once: whichever loses says so; OUT ends complete either way.
+    procs = [subprocess.Popen([sys.executable, TOOL, str(src), str(out), "--max-count", "7"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert any(code == 0 for code, _ in results), results
+    assert all(code == 0 or "being written by another make_shards run" in err for code, err in results), results
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] == 60

@@ -22,6 +22,7 @@ arguments or environment (one line on stderr).
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import itertools
 import json
@@ -314,6 +315,34 @@ def remove_temporary_files(out, state):
             match = OUR_FILE.match(name)
             if (match and match.group(3)) or (folder == state and name.endswith(".tmp")):
                 os.remove(os.path.join(folder, name))
+
+
+LOCK_FILE = ".make_shards.lock"  # in OUT, never removed: one run at a time per OUT
+
+
+def lock_out(out):
+    """Takes OUT's lock for the rest of this process (released by the kernel when it ends, even by SIGKILL);
+    ToolError naming the holder when another run has it. Returns the open lock file."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ToolError(f"OUT {out} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        lock = open(os.path.join(out, LOCK_FILE), "a+")
+    except OSError as exc:
+        raise ToolError(f"cannot write to OUT {out}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ToolError(f"OUT {out} is being written by another make_shards run (pid {holder}); wait for it to "
+                        "finish or choose another OUT") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def prepare_out(out, identity, overwrite):
@@ -647,6 +676,7 @@ def run(args):
     classes = find_classes(src)
     sources = {split: find_sources(src, split, classes) for split in args.splits}
     identity = run_identity(args, src)
+    lock = lock_out(out)  # noqa: F841  (held until the process ends)
     state = prepare_out(out, identity, args.overwrite)
     manifest = dict(identity, classes=classes, splits={})
     with Workers(args.workers) as workers:
