@@ -157,7 +157,7 @@ def main():
     resume_path = checkpoint.resolve_resume(args.resume, args.output_dir, args.prefix)
     if resume_path:
         ckpt = checkpoint.load(resume_path)
-        checkpoint.load_model_weights(model, ckpt, resume_path)
+        checkpoint.load_model_weights(model, ckpt, resume_path, cfg)
         if not args.evaluate and not checkpoint.is_original_format(ckpt):
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])

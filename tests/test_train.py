@@ -350,3 +350,23 @@ def test_ngpu_launcher_passes_on_the_workers_exit_status(shards):
     result = run([PY, "train.py", *COMMON, "--ngpu", "2", "--backend", "dali", str(shards)])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "backend 'dali'" in result.stderr
+
+
+def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_path):
+    out, _ = reference_run
+    empty = tmp_path / "empty.pth.tar"
+    empty.write_bytes(b"")
+    noise = tmp_path / "noise.pth.tar"
+    noise.write_bytes(os.urandom(4096))
+    other = tmp_path / "other.pth.tar"
+    ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    torch.save(ckpt, other)
+    cases = [(empty, [], "the file is empty (0 bytes)"),
+             (noise, [], "not a checkpoint of plain tensors and numbers, or damaged"),
+             (other, ["--depth", "34", "--att-type", "none"],
+              "is ResNet-18 CBAM, this run is ResNet-34 none: pass the same --depth and --att-type")]
+    for path, flags, message in cases:
+        result = run([PY, "train.py", *COMMON, *flags, "--evaluate", "--resume", str(path), str(shards)])
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        assert str(path) in lines[0] and message in lines[0] and "weights_only=False" not in lines[0], lines[0]

@@ -146,10 +146,16 @@ def resolve_resume(resume, output_dir, prefix):
 
 
 def load(path):
+    if os.path.getsize(path) == 0:
+        config.fail(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: say which and why, in one line
-        config.fail(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}")
+        # Only the first line of torch's message: the rest advises weights_only=False, which would let the file
+        # run arbitrary code; our checkpoints and the authors' never need it.
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        config.fail(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, or damaged "
+                    f"({type(exc).__name__}{': ' + first if first else ''})")
 
 
 def is_original_format(ckpt):
@@ -157,8 +163,16 @@ def is_original_format(ckpt):
     return "model" not in ckpt
 
 
-def load_model_weights(model, ckpt, path):
-    """Loads our checkpoint or, through the key mapping, one released with the authors' code."""
+def load_model_weights(model, ckpt, path, cfg=None):
+    """Loads our checkpoint or, through the key mapping, one released with the authors' code. With the run's
+    configuration `cfg`, a checkpoint of another architecture is named as such instead of listing its keys."""
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    if cfg is not None and saved is not None:
+        was = (saved.get("depth"), saved.get("att_type"))
+        now = (cfg.get("depth"), cfg.get("att_type"))
+        if None not in was and was != now:
+            config.fail(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} {now[1]}: "
+                        "pass the same --depth and --att-type")
     try:
         if is_original_format(ckpt):
             load_original_checkpoint(model, ckpt)
