@@ -153,7 +153,7 @@ def main():
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     # Resume.
-    start_epoch, skip_batches, best_top1 = args.start_epoch, 0, 0.0
+    start_epoch, skip_batches, best_top1, resumed_step = args.start_epoch, 0, 0.0, None
     resume_path = checkpoint.resolve_resume(args.resume, args.output_dir, args.prefix)
     if resume_path:
         ckpt = checkpoint.load(resume_path)
@@ -162,6 +162,7 @@ def main():
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
             start_epoch, skip_batches, best_top1 = ckpt["epoch"], ckpt["batch"], ckpt["best_prec1"]
+            resumed_step = ckpt["step"]
             checkpoint.set_rng_state(ckpt["rng"])
             if skip_batches:
                 checkpoint.check_mid_epoch_resume(ckpt["config"], cfg, resume_path)
@@ -196,7 +197,8 @@ def main():
             log(f"removed {path}, left by an interrupted save")
         with open(os.path.join(args.output_dir, f"{args.prefix}_config.json"), "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
-    metrics = MetricsFile(os.path.join(args.output_dir, f"{args.prefix}_metrics.jsonl"), world.is_main)
+    metrics = MetricsFile(os.path.join(args.output_dir, f"{args.prefix}_metrics.jsonl"), world.is_main,
+                          resumed_step)
     stop = StopRequest()
     steps_per_epoch = len(train_loader)
     for epoch in range(start_epoch, args.epochs):

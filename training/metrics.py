@@ -51,12 +51,34 @@ def seed_log_line(epoch, i, n, batch_time, data_time, loss, top1, top5):
 class MetricsFile:
     """Appends one JSON object per line to {output}/{prefix}_metrics.jsonl (rank 0 only; else a no-op)."""
 
-    def __init__(self, path, enabled):
+    def __init__(self, path, enabled, resumed_step=None):
+        """resumed_step: the step of the checkpoint a run resumes from. Rows written after it (by a run killed
+        before its next checkpoint) describe steps that are trained again: they are dropped, not duplicated."""
         self.path = path if enabled else None
         if self.path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if resumed_step is not None and os.path.exists(path):
+                self._keep_until(resumed_step)
+
+    def _keep_until(self, step):
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if len(kept) < len(lines):
+            tmp = f"{self.path}.tmp.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
 
     def write(self, **record):
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line):
+    """The step of one metrics line; None for a torn line (a run killed while writing it)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return None
