@@ -301,11 +301,16 @@ def make_state(model, optimizer, scaler, next_epoch, next_batch, step, best_top1
 def run():
     """main(), with a failed checkpoint save (full disk, quota, permissions) or a shard found damaged while training
     as one line and exit status 1."""
+    status = 1  # what an uncaught exception leaves
     try:
-        return main()
+        status = main()
     except (checkpoint.CheckpointError, ShardError) as exc:
         sys.stderr.write(f"train.py: error: {exc}\n")
-        return 1
+    except SystemExit as exc:  # a one-line user error (config.fail): exit status 2
+        status = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        distributed.record_exit_status(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -204,6 +204,51 @@ def test_a_damaged_val_shard_loses_no_training(shards, tmp_path):
     assert (ckpt["epoch"], ckpt["batch"]) == (1, 0)  # the trained epoch is kept
 
 
+def _rank_pid(rank):
+    """The pid of `rank` started by a seed-style launcher (found through /proc): a process whose environment has
+    RANK and the launcher's status folder, and whose parent's has no RANK (its loader workers inherit both)."""
+    def environ(pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return f.read().split(b"\0")
+        except OSError:
+            return []
+
+    def parent(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        env = environ(entry)
+        if f"RANK={rank}".encode() in env and any(v.startswith(b"CBAM_RANK_STATUS_DIR=") for v in env):
+            try:
+                if not any(v.startswith(b"RANK=") for v in environ(parent(entry))):
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+@pytest.mark.slow
+def test_seed_style_launcher_fails_when_a_rank_died_during_a_stop(shards, tmp_path):
+    """SIGTERM to the whole job while one rank is killed outright: the launcher must not report success."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([PY, "train.py", "--ngpu", "2", *COMMON, "--batch-size", "4", "--epochs", "1",
+                             "--output-dir", str(tmp_path), str(shards)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    metrics_file = tmp_path / "T_metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics_file.exists() and metrics_file.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    victim = _rank_pid(1)
+    assert victim is not None
+    # The signal first, so that the launcher is stopping (not noticing a failed worker) when the rank dies.
+    os.killpg(proc.pid, signal.SIGTERM)
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "not every rank saved and exited cleanly (" in stderr and "rank 1: none (killed)" in stderr
+
+
 def test_benchmark_json_has_every_key_with_sane_values(shards):
     result = torchrun([*COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "3", str(shards)])
     assert result.returncode == 0, result.stderr[-3000:]

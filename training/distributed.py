@@ -1,7 +1,9 @@
 """Distributed set-up from torchrun's environment variables; `--ngpu N` relaunches through torch.distributed.run."""
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -28,25 +30,61 @@ def launched_by_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+STATUS_DIR_ENV = "CBAM_RANK_STATUS_DIR"  # set by the seed-style launcher: where each rank records its exit status
+
+
 def relaunch_with_torchrun(nproc):
     """Runs this script again in `nproc` processes under PyTorch's elastic launcher; returns the exit status.
 
-    The status is the workers': a worker's own exit code when one failed (2 for a user error), and 0 when a
-    SIGTERM/SIGINT sent to this launcher was forwarded to the workers, which save a checkpoint and exit 0 (the
-    launcher gives them 30 s before SIGKILL)."""
+    The status is the workers': a worker's own exit code when one failed (2 for a user error). When a
+    SIGTERM/SIGINT reaches this launcher, torchrun forwards it to the workers (they save a checkpoint and exit 0;
+    it gives them 30 s before SIGKILL) and reports none of their exit codes, so each worker records its own in a
+    file (record_exit_status): 0 only if every rank recorded 0."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
+    status_dir = tempfile.mkdtemp(prefix="cbam-rank-status-")
+    os.environ[STATUS_DIR_ENV] = status_dir  # inherited by the workers torchrun starts
     try:
         torchrun_main(["--standalone", f"--nproc-per-node={nproc}", sys.argv[0], *sys.argv[1:]])
     except ChildFailedError as exc:  # torchrun has printed the failed workers' report
         codes = [failure.exitcode for failure in exc.failures.values() if failure.exitcode > 0]
         return codes[0] if codes else 1
     except SignalException as exc:
-        return 0 if exc.sigval in (signal.SIGTERM, signal.SIGINT) else 1
+        if exc.sigval not in (signal.SIGTERM, signal.SIGINT):
+            return 1
+        return _recorded_status(status_dir, nproc)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        shutil.rmtree(status_dir, ignore_errors=True)
     return 0
+
+
+def _recorded_status(status_dir, nproc):
+    """0 when every rank recorded exit status 0; else 1, after one line naming the ranks that did not."""
+    failed = []
+    for rank in range(nproc):
+        try:
+            with open(os.path.join(status_dir, f"rank{rank}")) as f:
+                code = f.read().strip()
+        except FileNotFoundError:
+            code = "none (killed)"
+        if code != "0":
+            failed.append(f"rank {rank}: {code}")
+    if failed:
+        sys.stderr.write(f"train.py: error: stopped by a signal, but not every rank saved and exited cleanly "
+                         f"({'; '.join(failed)})\n")
+        return 1
+    return 0
+
+
+def record_exit_status(code):
+    """Under the seed-style launcher, records this rank's exit status for it (see relaunch_with_torchrun)."""
+    folder = os.environ.get(STATUS_DIR_ENV)
+    if folder and "RANK" in os.environ and os.path.isdir(folder):
+        with open(os.path.join(folder, f"rank{os.environ['RANK']}"), "w") as f:
+            f.write(f"{code}\n")
 
 
 def setup():
