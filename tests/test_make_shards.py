@@ -670,3 +670,21 @@ def test_one_run_at_a_time_per_out_folder(tmp_path):
     assert all(code == 0 or "being written by another make_shards run" in err for code, err in results), results
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] == 60
+
+
+def test_a_full_disk_names_the_file_on_its_own_line_and_leaves_no_temporary(tmp_path):
+    """Writes past a 40 kB file-size limit fail as a full disk does (EFBIG instead of ENOSPC)."""
+    import resource
+    src = tmp_path / "src"
+    write_tree(str(src), classes=3, train_per_class=20, val_per_class=2, size=64, seed=5)
+    out = tmp_path / "out"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+    result = subprocess.run([sys.executable, TOOL, str(src), str(out), "--workers", "1"], capture_output=True,
+                            text=True, timeout=120, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("make_shards.py: error: [Errno 27] File too large: ") and str(out) in last, last
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]

@@ -483,11 +483,13 @@ def check_sources(split, sources, journal, workers):
             if checks[i] is None:
                 todo.append(i)
     progress = Progress(f"check {split}", len(todo))
-    for i, check in zip(todo, workers.imap(check_file, [sources[i].path for i in todo])):
-        checks[i] = check
-        journal.record(sources[i], check)
-        progress.update(1, sources[i].size)
-    progress.close()
+    try:
+        for i, check in zip(todo, workers.imap(check_file, [sources[i].path for i in todo])):
+            checks[i] = check
+            journal.record(sources[i], check)
+            progress.update(1, sources[i].size)
+    finally:
+        progress.close()  # ends the bar's line, so that an error message starts on its own
     return checks
 
 
@@ -578,11 +580,13 @@ def write_shards(split, tasks, workers):
     progress = Progress(f"write {split}", sum(len(t.samples) for t in tasks))
     source_bytes = {f"{t.name}.tar": sum(s.size for s in t.samples) for t in tasks}
     records, reused = {}, 0
-    for record in workers.imap(write_shard, tasks, ordered=False):
-        records[record["tar"]] = record
-        reused += record["reused"]
-        progress.update(record["samples"], source_bytes[record["tar"]])
-    progress.close()
+    try:
+        for record in workers.imap(write_shard, tasks, ordered=False):
+            records[record["tar"]] = record
+            reused += record["reused"]
+            progress.update(record["samples"], source_bytes[record["tar"]])
+    finally:
+        progress.close()  # ends the bar's line, so that an error message starts on its own
     return [records[f"{t.name}.tar"] for t in tasks], reused
 
 

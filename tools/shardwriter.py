@@ -11,6 +11,7 @@ DALI index format (what NVIDIA DALI's `tools/wds2idx.py` writes, read by `fn.rea
     <ext> <data offset> <size> <member name> <ext> <data offset> <size> <member name> ...   (one line per sample)
 where <data offset> is the byte offset of the member's data (just after its 512-byte header).
 """
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -194,14 +195,21 @@ def write_shard(task):
         return dict(record, reused=True)
     tar_path, index_path = os.path.join(task.out, f"{task.name}.tar"), os.path.join(task.out, f"{task.name}.idx")
     tar_tmp = temporary_name(tar_path)
-    with open(tar_tmp, "wb") as f:
-        writer = ShardWriter(f)
-        for sample in task.samples:
-            jpeg = sample_jpeg(sample, task.quality, task.max_side)
-            writer.add_sample(sample.key, {"jpg": jpeg, "cls": str(sample.label).encode("ascii")})
-        writer.finish()
-        f.flush()
-        start_writeback(f.fileno(), 0, 0)  # the rest of the file (length 0: to its end)
+    try:
+        with open(tar_tmp, "wb") as f:
+            writer = ShardWriter(f)
+            for sample in task.samples:
+                jpeg = sample_jpeg(sample, task.quality, task.max_side)
+                writer.add_sample(sample.key, {"jpg": jpeg, "cls": str(sample.label).encode("ascii")})
+            writer.finish()
+            f.flush()
+            start_writeback(f.fileno(), 0, 0)  # the rest of the file (length 0: to its end)
+    except OSError as exc:  # a full disk, a quota: name the file (the worker's error alone names none) and free it
+        with contextlib.suppress(OSError):
+            os.remove(tar_tmp)
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, tar_tmp) from None
     index = writer.index_text().encode("ascii")
     # The index goes first, so a tar under its final name has its index beside it; the record written last is
     # what marks the shard complete. Nothing is fsynced here: an fsync waits for the disk and commits the file
