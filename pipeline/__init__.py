@@ -15,9 +15,13 @@ torch, Pillow and DALI are imported only when a loader is built.
 import logging
 import os
 
-from .shards import ShardError, load_split
+from .shard_format import ShardError
+from .shards import load_split
+from .verify import MODES as VERIFY_MODES
+from .verify import default_record_dir
 
-__all__ = ["BACKENDS", "BackendUnavailable", "ShardError", "build_loader", "default_workers", "resolve_backend"]
+__all__ = ["BACKENDS", "VERIFY_MODES", "BackendUnavailable", "ShardError", "build_loader", "default_record_dir",
+           "default_workers", "resolve_backend"]
 
 BACKENDS = ("auto", "dali", "dali-cpu", "torch")
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -80,14 +84,17 @@ def _dali_gpu_problem(device):
 
 
 def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_size=1, workers=None,
-                 device=None, image_size=224, seed=0, dtype=None):
+                 device=None, image_size=224, seed=0, dtype=None, verify="background", verify_dir=None):
     """A loader over `split` of the shards in `shard_dir` (written by tools/make_shards.py).
 
     batch_size: samples per batch on this rank. workers: DataLoader worker processes (torch) or DALI threads;
     default min(8, CPU count); 0 = read in the main process (torch). device: where batches are delivered;
     default cuda:<current> when CUDA is available, else cpu. image_size: output side S in pixels. seed: with
     the epoch (set_epoch), fixes the order and augmentation. dtype: torch.float32 (default), float16 or
-    bfloat16. Raises ShardError for a missing/damaged manifest or shard, BackendUnavailable for a backend that
+    bfloat16. verify: 'background' (default) hashes the rank's shards against the manifest's sha256 while
+    loading, 'before' waits for that at each epoch's start, 'off' skips it (see Loader and pipeline/verify.py);
+    verify_dir: where shards found intact are recorded (default default_record_dir(); '' records nothing).
+    Raises ShardError for a missing/damaged manifest or shard, BackendUnavailable for a backend that
     cannot run here, ValueError for bad arguments. A train split too small for one batch per rank logs a
     warning and yields no batches (len 0), so that evaluation-only runs still work."""
     import torch
@@ -96,13 +103,16 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     dtype = torch.float32 if dtype is None else dtype
     workers = default_workers() if workers is None else workers
     _check_arguments(batch_size, rank, world_size, workers, image_size, dtype)
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+    verify_dir = default_record_dir() if verify_dir is None else verify_dir
     name = resolve_backend(backend, device)
     data = load_split(shard_dir, split, need_index=name != "torch")
     if data.is_train and data.num_samples < world_size * batch_size:
         log.warning("split %r of %s has %d samples, fewer than world_size * batch_size = %d: the train loader "
                     "yields no batches", split, data.shard_dir, data.num_samples, world_size * batch_size)
     common = dict(batch_size=batch_size, rank=rank, world_size=world_size, workers=workers, device=device,
-                  image_size=image_size, seed=seed, dtype=dtype)
+                  image_size=image_size, seed=seed, dtype=dtype, verify=verify, verify_dir=verify_dir)
     if name == "torch":
         from .torchvision_backend import TorchLoader
         return TorchLoader(data, **common)

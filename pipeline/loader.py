@@ -4,8 +4,10 @@ import contextlib
 import torch
 
 from .augment import Normalizer
+from .shard_format import ShardError
+from .shards import rank_plan, shard_segments
 from .transfer import DeviceCopier
-from .shards import rank_plan
+from .verify import shared_verifier
 
 
 @contextlib.contextmanager
@@ -32,11 +34,17 @@ class Loader:
     """Iterating yields (images, labels) on `device`; subclasses implement `_epoch_batches(plan)`.
 
     images: (B, 3, S, S), normalised, `dtype`, channels_last; labels: int64 (B,). `len(loader)` is the number of
-    batches this rank yields this epoch (identical on every rank for train)."""
+    batches this rank yields this epoch (identical on every rank for train).
+
+    Shard checksums (pipeline/verify.py): the shards of this rank's range are hashed in the background from the
+    moment the loader exists. An epoch starts only if none of its shards is known to be damaged; a val epoch,
+    or any epoch with verify='before', first waits until all of its shards are verified. During a train epoch
+    the caller asks `shard_problem()` between steps (train.py does, and stops cleanly)."""
 
     backend = None  # resolved name, set by subclasses: 'dali' | 'dali-cpu' | 'torch'
 
-    def __init__(self, split, *, batch_size, rank, world_size, workers, device, image_size, seed, dtype):
+    def __init__(self, split, *, batch_size, rank, world_size, workers, device, image_size, seed, dtype,
+                 verify="background", verify_dir=""):
         self.split = split
         self.batch_size = batch_size
         self.rank = rank
@@ -50,6 +58,10 @@ class Loader:
         # Backends deliver uint8 NHWC pixels; this one shared step makes them the contract's float batches.
         self._normalize = Normalizer(device, dtype)
         self._copier = DeviceCopier(device)  # host tensors to the device, off the training stream
+        self.verify = verify
+        self._verifier = None if verify == "off" else shared_verifier(verify_dir)
+        if self._verifier is not None:
+            self._verifier.submit(self._plan_shards(self.plan()))
 
     @property
     def num_samples(self):
@@ -75,10 +87,30 @@ class Loader:
     def __len__(self):
         return self.plan().batches
 
+    def _plan_shards(self, plan):
+        return [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)]
+
+    def shard_problem(self, wait=False):
+        """The one-line description of a damaged shard in this epoch's range, else None. Without `wait` it only
+        reports what the background check has found so far; with it, it first waits for the whole range."""
+        if self._verifier is None:
+            return None
+        shards = self._plan_shards(self.plan())
+        return self._verifier.wait(shards) if wait else self._verifier.problem(shards)
+
     def __iter__(self):
         plan = self.plan()
         if plan.batches == 0:
             return
+        if self._verifier is not None:
+            shards = self._plan_shards(plan)
+            if self.verify == "before" or not self.train:
+                problem = self._verifier.wait(shards)
+            else:
+                self._verifier.submit(shards, urgent=True)
+                problem = self._verifier.problem(shards)
+            if problem:
+                raise ShardError(problem)
         produced = 0
         for images, labels in self._epoch_batches(plan):
             produced += 1

@@ -11,24 +11,17 @@ the samples still in the buffer when the quota is met are this epoch's dropped r
 Val: every rank yields its whole range in order, its last batch possibly smaller, so every sample is seen exactly
 once across ranks and ranks may differ by one batch.
 """
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-TRAIN_SPLIT = "train"
+from .shard_format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, ShardError, sha256_file
 
 # Samples held by one rank's shuffle buffer: enough to mix classes well when shards are already shuffled at
 # creation time, small enough to stay near 250 MB of ImageNet JPEG bytes (~110 kB each) per rank.
 SHUFFLE_BUFFER = 2048
-
-
-class ShardError(RuntimeError):
-    """A shard directory, manifest or shard file that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +32,7 @@ class Shard:
     bytes: int         # file size according to the manifest
     sha256: str        # checksum according to the manifest ('' when absent)
     offset: int        # global index of the shard's first sample within its split
+    checksums_path: str = ""  # absolute path of the member checksums ('' when the manifest names none)
 
 
 @dataclass(frozen=True)
@@ -109,14 +103,15 @@ def load_split(shard_dir, split, *, need_index=False):
 def _shards_of(shard_dir, entries):
     shards, offset = [], 0
     for entry in entries:
-        index = entry.get("index") or ""
-        for name in (entry["tar"], index):
+        index, checksums = entry.get("index") or "", entry.get("checksums") or ""
+        for name in (entry["tar"], index, checksums):
             if os.path.basename(name) != name:  # the contract names plain files inside the shard directory
                 raise ValueError(f"shard file name {name!r} is not a plain file name")
         shard = Shard(path=os.path.join(shard_dir, entry["tar"]),
                       index_path=os.path.join(shard_dir, index) if index else "",
                       samples=int(entry["samples"]), bytes=int(entry["bytes"]),
-                      sha256=entry.get("sha256") or "", offset=offset)
+                      sha256=entry.get("sha256") or "", offset=offset,
+                      checksums_path=os.path.join(shard_dir, checksums) if checksums else "")
         if shard.samples <= 0:
             raise ValueError(f"shard {entry['tar']} has {shard.samples} samples")
         shards.append(shard)
@@ -166,17 +161,9 @@ def find_corrupt_shard(shards):
             check_shard_file(shard)
         except ShardError:
             return shard
-        if shard.sha256 and _sha256(shard.path) != shard.sha256:
+        if shard.sha256 and sha256_file(shard.path) != shard.sha256:
             return shard
     return None
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------

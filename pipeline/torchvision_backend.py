@@ -29,11 +29,11 @@ from webdataset.tariterators import tar_file_iterator
 
 from . import augment, roi_jpeg
 from .loader import Loader, host_work_threads
-from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, shard_segments, worker_plans
+from .shard_format import SAMPLE_MEMBERS, ShardError, parse_label, read_index, read_member
+from .shards import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
 
-WANTED = ("jpg", "cls")  # the only members ever decoded; anything else in a shard is skipped unread
+WANTED = SAMPLE_MEMBERS  # the only members ever decoded; anything else in a shard is skipped unread
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-_TAR_BLOCK = 512
 _READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls
 # Train batches travel from the workers in this many equal parts, joined by the main process while it normalises
 # (no extra copy). A worker's share is then counted in half batches, so the workers finish an epoch together:
@@ -147,16 +147,6 @@ def _resize(image, box, image_size, flip):
     return np.asarray(image)
 
 
-def parse_label(data, num_classes):
-    """ASCII decimal bytes -> class index; ValueError unless it is a plain number below num_classes."""
-    if not (0 < len(data) <= 9 and data.isdigit()):
-        raise ValueError(f"label {data[:12]!r} is not an ASCII decimal number")
-    label = int(data)
-    if label >= num_classes:
-        raise ValueError(f"label {label} is out of range for {num_classes} classes")
-    return label
-
-
 def read_samples(shard, first, stop):
     """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`: through its DALI .idx when the
     manifest names one that exists (make_shards always writes it; only the DALI backends need it), else by
@@ -171,7 +161,7 @@ def read_indexed_samples(shard, first, stop):
     per sample on the 2-core VM (a tenth of the loader's CPU). Every member's own tar header is read too and must
     be intact (checksum) and agree with the index on the size, so a shard overwritten in place, which keeps its
     size, still fails naming the file."""
-    records = index_records(shard)
+    records = read_index(shard)
     try:
         with open(shard.path, "rb", buffering=0) as stream:
             fd = stream.fileno()
@@ -182,65 +172,10 @@ def read_indexed_samples(shard, first, stop):
                         raise ShardError(f"shard {shard.path}: sample {number} has no .{ext} member in "
                                          f"{shard.index_path}")
                     offset, size, name = records[number][ext]
-                    parts[ext] = _read_member(shard, fd, offset, size)
+                    parts[ext] = read_member(shard, fd, offset, size)
                 yield name.rsplit(".", 1)[0], parts["jpg"], parts["cls"]
     except OSError as exc:
         raise ShardError(f"shard {shard.path} is unreadable: {exc}") from exc
-
-
-def index_records(shard):
-    """[{ext: (offset, size, member name)}] per sample from the shard's DALI .idx (`v1.2 N`, then per sample a line of
-    `ext offset size name` groups); ShardError naming the file unless it is well formed and holds the
-    manifest's sample count."""
-    try:
-        with open(shard.index_path, "rb") as handle:
-            lines = handle.read().split(b"\n")
-        header = lines[0].split()
-        if len(header) != 2 or not header[1].isdigit():
-            raise ValueError(f"its first line {lines[0][:40]!r} is not `v1.2 <samples>`")
-        if int(header[1]) != shard.samples:
-            raise ShardError(f"shard {shard.path}: its DALI index {shard.index_path} lists {int(header[1])} samples "
-                             f"but the manifest says {shard.samples}: damaged or replaced; re-run "
-                             "tools/make_shards.py")
-        records = []
-        for line in lines[1:1 + shard.samples]:
-            fields = line.split()
-            if not fields or len(fields) % 4:
-                raise ValueError(f"line {len(records) + 2} is not `ext offset size name` groups")
-            records.append({fields[i].decode(): (int(fields[i + 1]), int(fields[i + 2]), fields[i + 3].decode())
-                            for i in range(0, len(fields), 4)})
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"DALI index {shard.index_path} is unusable: {exc}") from exc
-    if len(records) != shard.samples:
-        raise ShardError(f"DALI index {shard.index_path} lists {len(records)} samples but the manifest says "
-                         f"{shard.samples}")
-    return records
-
-
-def _read_member(shard, fd, offset, size):
-    header = os.pread(fd, _TAR_BLOCK, offset - _TAR_BLOCK) if offset >= _TAR_BLOCK else b""
-    if not _valid_tar_header(header, size):
-        raise ShardError(f"shard {shard.path}: no intact tar header for the {size}-byte member at offset {offset} "
-                         f"that {os.path.basename(shard.index_path)} lists: the file is damaged (overwritten); "
-                         "re-run tools/make_shards.py")
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise ShardError(f"shard {shard.path} ends inside the member at offset {offset}: the file is cut short; "
-                         "re-run tools/make_shards.py")
-    return data
-
-
-def _valid_tar_header(header, size):
-    """True when `header` is a tar header block with a correct checksum describing a member of `size` bytes."""
-    if len(header) != _TAR_BLOCK:
-        return False
-    try:
-        stored_sum = int(header[148:156].strip(b" \0") or b"x", 8)
-        member_size = int(header[124:136].strip(b" \0") or b"x", 8)
-    except ValueError:
-        return False
-    # The checksum is the sum of all header bytes with its own 8-byte field counted as spaces.
-    return stored_sum == sum(header) - sum(header[148:156]) + 8 * 32 and member_size == size
 
 
 def read_streamed_samples(shard, first, stop):

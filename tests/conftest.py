@@ -1,10 +1,13 @@
 """Shared fixtures: generated JPEG trees and the real ImageNet sample photographs."""
 import os
 import shutil
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests and the processes they start keep their caches (verified-shard records, compiled code) to themselves.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="cbam-tests-cache-")
 SAMPLE_DIR = os.path.join(ROOT, "..", "shared", "data", "imagenet-sample")
 
 
@@ -51,3 +54,14 @@ def generated_tree(tmp_path):
     root = tmp_path / "generated"
     write_tree(str(root), classes=4, train_per_class=12, val_per_class=5, size=64, seed=1)
     return root
+
+
+def run_make_shards(src, out, max_count, *extra):
+    """Runs the real tools/make_shards.py as a user would; returns the shard directory as a str."""
+    import subprocess
+    import sys
+    command = [sys.executable, os.path.join(ROOT, "tools", "make_shards.py"), str(src), str(out),
+               "--workers", "2", "--max-count", str(max_count), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, f"make_shards failed: {result.stderr[-2000:]}"
+    return str(out)

@@ -187,21 +187,69 @@ def test_temporary_files_of_interrupted_saves_are_swept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in kept)
 
 
-def test_a_damaged_val_shard_loses_no_training(shards, tmp_path):
-    """A val shard zeroed at the same size: validation fails naming it, but the epoch's checkpoint is saved."""
+@pytest.mark.parametrize("verify", ["background", "off"])
+def test_a_damaged_val_shard_loses_no_training(shards, tmp_path, verify):
+    """A val shard zeroed at the same size. Checked in the background, it stops training at the next step (or at
+    the epoch's end) with its checkpoint; unchecked, validation fails naming it after the epoch is saved."""
     import shutil
     damaged = tmp_path / "shards"
     shutil.copytree(shards, damaged)
     val = sorted(damaged.glob("val-*.tar"))[0]
     val.write_bytes(bytes(val.stat().st_size))
     out = tmp_path / "out"
-    result = run([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(out), str(damaged)])
+    result = run([PY, "train.py", *COMMON, "--epochs", "1", "--verify-shards", verify, "--output-dir", str(out),
+                  str(damaged)])
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("train.py: error: shard ") and val.name in last, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
+    assert last.startswith(f"train.py: error: shard {val}") and "Traceback" not in result.stderr, result.stderr
+    if verify == "off":
+        ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+        assert (ckpt["epoch"], ckpt["batch"]) == (1, 0)  # the trained epoch is kept
+    else:
+        assert "does not match the sha256" in last
+        assert_every_step_taken_is_saved(out)
+
+
+def assert_every_step_taken_is_saved(out):
+    """The checkpoint holds the last step the metrics file reports (none taken: no checkpoint needed)."""
+    trained = metrics(out) if (out / "T_metrics.jsonl").exists() else []
+    if not trained:
+        assert not (out / "T_checkpoint.pth.tar").exists()
+        return
     ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch"]) == (1, 0)  # the trained epoch is kept
+    assert ckpt["step"] == trained[-1]["step"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali-cpu"])
+def test_a_flipped_jpeg_stops_training_naming_shard_and_sample_and_resume_works(shards, tmp_path, backend):
+    """Bytes flipped inside one JPEG of a train shard decode without an error (libjpeg at most warns); the
+    checksum catches them: exit 1 naming the shard and the sample, the steps taken saved."""
+    import shutil
+    if backend == "dali-cpu":
+        pytest.importorskip("nvidia.dali")
+    damaged = tmp_path / "shards"
+    shutil.copytree(shards, damaged)
+    tar = damaged / "train-000001.tar"
+    with open(damaged / "train-000001.idx") as handle:
+        fields = handle.read().splitlines()[3].split()  # sample 2: jpg offset size name, cls ...
+    offset, size, key = int(fields[1]), int(fields[2]), fields[3].split(".")[0]
+    data = bytearray(tar.read_bytes())
+    for i in range(offset + size // 2, offset + size // 2 + 8):
+        data[i] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = run([PY, "train.py", *COMMON, "--backend", backend, "--epochs", "2", "--output-dir", str(out),
+                  str(damaged)])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train.py: error: shard {tar} does not match the sha256"), result.stderr[-2000:]
+    assert f"sample {key}" in last and "Traceback" not in result.stderr
+    assert_every_step_taken_is_saved(out)
+    shutil.copy(shards / "train-000001.tar", tar)  # repaired: the run resumes from the checkpoint and finishes
+    result = run([PY, "train.py", *COMMON, "--backend", backend, "--epochs", "2", "--resume", "auto",
+                  "--output-dir", str(out), str(damaged)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)["epoch"] == 2
 
 
 def _rank_pid(rank):

@@ -43,15 +43,14 @@ if __package__ in (None, ""):  # run as `python tools/make_shards.py`: make the 
 from tqdm import tqdm
 
 from tools.imagecheck import Check, check_file
-from tools.shardwriter import (BLOCK, RECORD, PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic,
-                               write_shard)
+from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
+from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic, write_shard
 
-FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 STATE_DIR = ".make_shards"  # run identity, check journal and shard completion records (kept after the run)
-# Files this tool writes in OUT (with --overwrite, the only ones it deletes): shards, indexes, classes.txt,
-# manifest.json, and their temporary files (NAME.<pid>.tmp).
-OUR_FILE = re.compile(r"^(?:(train|val)-(\d{6})\.(?:tar|idx)|manifest\.json|classes\.txt)(\.\d+\.tmp)?$")
+# Files this tool writes in OUT (with --overwrite, the only ones it deletes): shards, indexes, member checksums,
+# classes.txt, manifest.json, and their temporary files (NAME.<pid>.tmp).
+OUR_FILE = re.compile(r"^(?:(train|val)-(\d{6})\.(?:tar|idx|crc32)|manifest\.json|classes\.txt)(\.\d+\.tmp)?$")
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
                  "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
 SAMPLE_OVERHEAD = 3 * BLOCK  # tar headers of .jpg and .cls plus the one data block of .cls
@@ -550,7 +549,7 @@ def plan_shards(split, sources, checks, args, out, state):
             reencode = check.status == "fixed" or needs_downscale(check, args.max_side)
             samples.append(PlannedSample(f"{split}_{position:08d}", source.relpath, source.path, source.label,
                                          source.size, source.mtime_ns, reencode))
-        name = f"{split}-{shard:06d}"
+        name = shard_name(split, shard)
         plan = {"format_version": FORMAT_VERSION, "quality": args.quality, "max_side": args.max_side,
                 "samples": [(s.key, s.relpath, s.label, s.size, s.mtime_ns, s.reencode) for s in samples]}
         tasks.append(ShardTask(out, name, os.path.join(state, f"{name}.json"), hash_json(plan), samples,
@@ -602,7 +601,7 @@ def split_summary(sources, checks, records, num_classes):
         class_counts[source.label] += 1
         if check.status == "fixed":
             fixed.append({"path": source.relpath, "reason": check.reason})
-    shards = [{key: r[key] for key in ("tar", "index", "samples", "bytes", "sha256")} for r in records]
+    shards = [{key: r[key] for key in ("tar", "index", "checksums", "samples", "bytes", "sha256")} for r in records]
     summary = {"found": len(sources), "samples": sum(r["samples"] for r in records), "class_counts": class_counts,
                "shards": shards, "fixed": fixed, "skipped": skipped}
     # Counts must add up: every file found is either stored or listed as skipped.
@@ -686,8 +685,8 @@ def run(args):
     with Workers(args.workers) as workers:
         for split in args.splits:
             manifest["splits"][split] = convert_split(split, sources[split], classes, args, out, state, workers)
-    write_atomic(os.path.join(out, "classes.txt"), "".join(f"{name}\n" for name in classes).encode())
-    manifest_path = os.path.join(out, "manifest.json")
+    write_atomic(os.path.join(out, CLASSES_FILE), "".join(f"{name}\n" for name in classes).encode())
+    manifest_path = os.path.join(out, MANIFEST)
     write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
     fsync_dir(out)
     status = report_skipped(manifest, manifest_path, args.skip_bad)

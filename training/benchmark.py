@@ -63,11 +63,11 @@ def device_name(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads/rank)"
 
 
-def run(train_step, loader, world, args, cfg, dtype):
-    """The three rates and the configuration as one dict (the JSON line train.py prints).
-
-    `dtype` is the loader's image dtype, so the synthetic batch matches the real ones."""
-    warmup, steps = args.benchmark_warmup, args.benchmark_steps
+def run(train_step, loader, config):
+    """The three rates and the configuration (a training.config.RunConfig) as one dict: the JSON line train.py
+    prints."""
+    world = config.world
+    warmup, steps = config.benchmark_warmup, config.benchmark_steps
     per_rank = loader.batch_size
     global_batch = per_rank * world.size
 
@@ -88,8 +88,9 @@ def run(train_step, loader, world, args, cfg, dtype):
     first_step_seconds = timed_seconds(loader_and_step, 1, world) if warmup else None
     end_to_end, end_to_end_warmup = timed_rate(loader_and_step, max(warmup - 1, 0), steps, world, global_batch)
 
-    images = torch.randn(per_rank, 3, args.image_size, args.image_size, device=world.device)
-    images = images.to(dtype=dtype, memory_format=torch.channels_last)  # as the loader delivers them
+    images = torch.randn(per_rank, 3, config.image_size, config.image_size, device=world.device)
+    # As the loader delivers them: its dtype, channels_last.
+    images = images.to(dtype=loader.dtype, memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (per_rank,), device=world.device)
     model_only, model_warmup = timed_rate(lambda: train_step(images, labels), warmup, steps, world, global_batch)
 
@@ -103,17 +104,17 @@ def run(train_step, loader, world, args, cfg, dtype):
         "world_size": world.size,
         "device": device_name(world.device),
         "backend": loader.backend,
-        "amp": cfg["amp_resolved"],
+        "amp": config.amp,
         "batch_size": global_batch,
-        "image_size": args.image_size,
-        "depth": args.depth,
-        "att_type": args.att_type,
-        "cbam_impl": cfg["cbam_impl_resolved"],
+        "image_size": config.image_size,
+        "depth": config.depth,
+        "att_type": config.att_type,
+        "cbam_impl": config.cbam_impl,
         "steps": steps,
         "warmup_steps": warmup,
-        "channels_last": args.channels_last,
-        "compile": cfg["compile_resolved"],
-        "cudnn_benchmark": cfg["cudnn_benchmark_resolved"],
+        "channels_last": config.channels_last,
+        "compile": config.compile,
+        "cudnn_benchmark": config.cudnn_benchmark,
         "first_step_seconds": first_step_seconds and round(first_step_seconds, 2),
         "warmup_seconds": {"loader": round(loader_warmup, 2), "end_to_end": round(end_to_end_warmup, 2),
                            "model": round(model_warmup, 2)},

@@ -7,6 +7,7 @@ import io
 import os
 import random
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -141,20 +142,20 @@ def resolve_resume(resume, output_dir, prefix):
         path = checkpoint_path(output_dir, prefix)
         return path if os.path.isfile(path) else None
     if not os.path.isfile(resume):
-        config.fail(f"--resume checkpoint not found: {resume}")
+        raise config.UsageError(f"--resume checkpoint not found: {resume}")
     return resume
 
 
 def load(path):
     if os.path.getsize(path) == 0:
-        config.fail(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
+        raise config.UsageError(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: say which and why, in one line
         # Only the first line of torch's message: the rest advises weights_only=False, which would let the file
         # run arbitrary code; our checkpoints and the authors' never need it.
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        config.fail(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, or damaged "
+        raise config.UsageError(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, or damaged "
                     f"({type(exc).__name__}{': ' + first if first else ''})")
 
 
@@ -171,7 +172,7 @@ def load_model_weights(model, ckpt, path, cfg=None):
         was = (saved.get("depth"), saved.get("att_type"))
         now = (cfg.get("depth"), cfg.get("att_type"))
         if None not in was and was != now:
-            config.fail(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} {now[1]}: "
+            raise config.UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} {now[1]}: "
                         "pass the same --depth and --att-type")
     try:
         if is_original_format(ckpt):
@@ -179,7 +180,7 @@ def load_model_weights(model, ckpt, path, cfg=None):
         else:
             model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
-        config.fail(f"checkpoint {path} does not fit this model: {exc}")
+        raise config.UsageError(f"checkpoint {path} does not fit this model: {exc}")
 
 
 # Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.
@@ -187,9 +188,45 @@ DATA_ORDER_SETTINGS = ("world_size", "batch_size", "backend_resolved", "workers"
 
 
 def check_mid_epoch_resume(saved_cfg, cfg, path):
-    """Exits 2 when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
+    """UsageError when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
     (the skipped batches would then not be the ones already trained on)."""
     changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS if saved_cfg.get(k) != cfg.get(k)}
     if changed:
-        config.fail(f"checkpoint {path} stopped mid-epoch; resume it with the same "
+        raise config.UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
                     + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training goes on: the next epoch and batch, the global step done, the best val top-1 so far."""
+    epoch: int
+    batch: int = 0
+    step: int = 0
+    best_top1: float = 0.0
+
+
+def make_state(model, optimizer, scaler, position, cfg):
+    """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": position.epoch, "batch": position.batch, "step": position.step,
+            "best_prec1": position.best_top1, "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg}
+
+
+def restore(run, model, optimizer, scaler):
+    """Loads --resume (if any) into the model and, unless only evaluating, the optimizer, scaler and RNGs.
+    Returns (the Position to go on from, the checkpoint's path or None)."""
+    start = Position(run.start_epoch)
+    path = resolve_resume(run.resume, run.output_dir, run.prefix)
+    if not path:
+        return start, None
+    ckpt = load(path)
+    cfg = run.as_dict()
+    load_model_weights(model, ckpt, path, cfg)
+    if run.evaluate or is_original_format(ckpt):
+        return start, path
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    if ckpt["batch"]:
+        check_mid_epoch_resume(ckpt["config"], cfg, path)
+    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"]), path

@@ -1,31 +1,34 @@
-"""Command-line flags of train.py: the seed's flags with their meaning and defaults, plus ours.
+"""train.py's configuration: the flags (the seed's, with their meaning and defaults, plus ours) and the RunConfig
+they resolve to on this machine, once, before anything else runs.
 
-Every default lives here, with its unit. Invalid values are one line on stderr and exit status 2.
+Every default lives here, with its unit. An invalid value raises UsageError (one line; train.py exits 2).
 """
 import argparse
 import json
 import os
-import sys
+import types
+from dataclasses import dataclass
+
+import torch
 
 from model import CBAM_IMPLS
-from pipeline import BACKENDS
-from training.compile import COMPILE_CHOICES, default_cache_dir
+from model.cbam import resolve_impl
+from pipeline import BACKENDS, VERIFY_MODES, BackendUnavailable, default_record_dir, resolve_backend
+from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
-def fail(message):
-    """A user error: one line on stderr, exit status 2 (argparse's convention)."""
-    sys.stderr.write(f"train.py: error: {message}\n")
-    sys.exit(2)
+class UsageError(Exception):
+    """A flag, file or setting the user must change: one line naming it; train.py exits 2 (argparse's status)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage block before an error; we print one line, still exit 2."""
+    """argparse prints the whole usage block before an error; we raise a one-line UsageError instead."""
 
     def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        raise UsageError(message)
 
 
 def build_parser():
@@ -56,6 +59,13 @@ def build_parser():
     # Ours.
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="data loader: auto = dali with DALI+CUDA, else torch")
+    p.add_argument("--verify-shards", default="background", choices=VERIFY_MODES,
+                   help="check every shard against the sha256 in the manifest: background = while training (a "
+                        "damaged shard stops the run at the next step, checkpoint saved), before = before each "
+                        "epoch reads it, off")
+    p.add_argument("--verify-record", default=default_record_dir(), metavar="DIR",
+                   help="folder recording shards found intact (by inode, size, mtime), so each is hashed once per "
+                        "machine; 'none' records nothing")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
     p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
@@ -120,7 +130,7 @@ def parse_args(argv=None):
     ]
     for ok, message in checks:
         if not ok:
-            parser.error(message)
+            raise UsageError(message)
     args.att_type = {"none": "none", "se": "SE", "bam": "BAM", "cbam": "CBAM"}[args.att_type]
     if args.val_image_size is None:
         args.val_image_size = args.image_size
@@ -130,12 +140,64 @@ def parse_args(argv=None):
 
 
 def check_world(args, world_size):
-    """Checks that need the world size; exits 2 with one line like parse_args."""
+    """Checks that need the world size; UsageError like parse_args."""
     if args.batch_size % world_size:
-        fail(f"--batch-size {args.batch_size} is the global batch and must divide by the "
-                             f"world size {world_size}")
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch and must divide by the "
+                         f"world size {world_size}")
 
 
-def as_dict(args):
-    """The resolved configuration as plain JSON-able data (saved with every checkpoint and run)."""
-    return json.loads(json.dumps(vars(args), default=str))
+@dataclass(frozen=True)
+class RunConfig:
+    """The flags plus what they resolve to on this machine, decided once. Flags read as attributes (`run.lr`);
+    `as_dict()` is what the config line, the config file and every checkpoint record."""
+    flags: types.MappingProxyType
+    world: object             # training.distributed.World
+    amp: str                  # 'bf16' | 'fp16' | 'off'
+    cbam_impl: str            # model.cbam.CBAM_IMPLS without 'auto'
+    compile: str              # 'blocks' | 'model' | 'off'
+    cudnn_benchmark: bool
+    backend: str              # the loader backend that runs: 'dali' | 'dali-cpu' | 'torch'
+    per_rank_batch: int
+    loader_workers: int       # per rank (the --workers flag counts per node)
+
+    def __getattr__(self, name):
+        try:
+            return self.flags[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def amp_dtype(self):
+        return AMP_DTYPES[self.amp]
+
+    @property
+    def memory_format(self):
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def as_dict(self):
+        resolved = {"amp_resolved": self.amp, "cbam_impl_resolved": self.cbam_impl,
+                    "compile_resolved": self.compile, "cudnn_benchmark_resolved": self.cudnn_benchmark,
+                    "backend_resolved": self.backend, "world_size": self.world.size, "device": str(self.world.device)}
+        return json.loads(json.dumps({**self.flags, **resolved}, default=str))
+
+
+def resolve(args, world):
+    """The RunConfig of `args` on `world`; UsageError when a choice cannot run here (triton without CUDA, dali
+    without DALI or a GPU, a batch that does not divide over the ranks)."""
+    check_world(args, world.size)
+    device = world.device
+    amp = args.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    try:
+        cbam_impl = resolve_impl(args.cbam_impl, device)
+        backend = resolve_backend(args.backend, device)
+    except (RuntimeError, BackendUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+    return RunConfig(
+        flags=types.MappingProxyType(dict(vars(args))), world=world, amp=amp, cbam_impl=cbam_impl,
+        compile=resolve_compile(args.compile, device),
+        # Fixed input shapes: cuDNN may time its convolution algorithms once and keep the fastest.
+        cudnn_benchmark=args.cudnn_benchmark and device.type == "cuda", backend=backend,
+        per_rank_batch=args.batch_size // world.size,
+        loader_workers=max(1, args.workers // world.local_size) if args.workers else 0)

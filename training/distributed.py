@@ -99,8 +99,8 @@ def setup():
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            config.fail(f"local rank {local_rank} but only "
-                             f"{torch.cuda.device_count()} GPUs visible on this node")
+            raise config.UsageError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs visible "
+                                    "on this node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -124,13 +124,27 @@ def all_reduce_sum(world, tensor):
     return tensor
 
 
-def any_rank(world, flag):
-    """True on every rank when `flag` is true on any rank. Host-only: uses a gloo group, never syncs the GPU."""
+def max_over_ranks(world, value):
+    """The largest of the ranks' int `value`s, on every rank. Host-only: uses a gloo group, never syncs the GPU."""
     if world.size == 1:
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.stop_group)
-    return bool(t.item())
+    return int(t.item())
+
+
+def first_message(world, message):
+    """The first rank's non-empty `message` (str or None), on every rank (host-only, like max_over_ranks)."""
+    if world.size == 1:
+        return message
+    messages = [None] * world.size
+    dist.all_gather_object(messages, message, group=world.stop_group)
+    return next((m for m in messages if m), None)
+
+
+def any_rank(world, flag):
+    """True on every rank when `flag` is true on any rank (host-only, like max_over_ranks)."""
+    return max_over_ranks(world, 1 if flag else 0) > 0
 
 
 def cleanup(world):

@@ -1,8 +1,14 @@
-"""Accuracy counting on the device and the seed-format log line; a JSON-lines metrics file on rank 0."""
+"""Accuracy counting on the device, the progress of a train epoch (bar, the authors' log line, timings), and a
+JSON-lines metrics file on rank 0."""
 import json
 import os
+import sys
+import time
 
 import torch
+from tqdm import tqdm
+
+from . import distributed
 
 
 def correct_counts(logits, labels, ks=(1, 5)):
@@ -13,8 +19,8 @@ def correct_counts(logits, labels, ks=(1, 5)):
     return torch.stack([hits[:, :min(k, maxk)].any(dim=1).sum() for k in ks]).float()
 
 
-class Window:
-    """Sums of loss, correct@1, correct@5 and sample count kept on the device between print intervals."""
+class RunningSums:
+    """Sums of loss, correct@1, correct@5 and sample count, kept on the device (no host sync) until taken."""
 
     def __init__(self, device):
         self.sums = torch.zeros(4, device=device)  # loss*n, top1, top5, n
@@ -38,14 +44,83 @@ def summarize(sums):
     return loss / n, 100.0 * c1 / n, 100.0 * c5 / n, int(n)
 
 
-def seed_log_line(epoch, i, n, batch_time, data_time, loss, top1, top5):
-    """The seed's log line; each pair is (this interval, epoch so far)."""
+def authors_log_line(epoch, i, n, batch_time, data_time, loss, top1, top5):
+    """The log line of the CBAM authors' train_imagenet.py; each pair is (this interval, epoch so far)."""
     return (f"Epoch: [{epoch}][{i}/{n}]\t"
             f"Time {batch_time[0]:.3f} ({batch_time[1]:.3f})\t"
             f"Data {data_time[0]:.3f} ({data_time[1]:.3f})\t"
             f"Loss {loss[0]:.4f} ({loss[1]:.4f})\t"
             f"Prec@1 {top1[0]:.3f} ({top1[1]:.3f})\t"
             f"Prec@5 {top5[0]:.3f} ({top5[1]:.3f})")
+
+
+class EpochProgress:
+    """One train epoch's reporting: the progress bar and, every `print_freq` steps and at the epoch's end, the
+    authors' log line and a metrics row. That report is the interval's one host sync (the sums of all ranks are
+    reduced there). Use as a context manager, so that the bar is closed before any error message."""
+
+    def __init__(self, world, metrics, *, epoch, steps, first_step, print_freq):
+        self.world, self.metrics, self.epoch, self.steps = world, metrics, epoch, steps
+        self.first_step, self.print_freq = first_step, print_freq
+        self.window, self.epoch_sums = RunningSums(world.device), torch.zeros(4)
+        self.bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="batch",
+                        disable=not world.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                        dynamic_ncols=True)
+        self.epoch_start = self.interval_start = self.fetch_start = time.perf_counter()
+        self.data_time = self.interval_data = 0.0
+        self.interval_steps = 0
+        self.lr = None  # of the last step taken
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.bar.close()
+
+    def waiting_for_data(self):
+        """Called before the next batch is fetched: the time until step_done's batch arrives is data time."""
+        self.fetch_start = time.perf_counter()
+
+    def batch_arrived(self):
+        self.interval_data += time.perf_counter() - self.fetch_start
+
+    def step_done(self, step, global_step, lr, loss, logits, labels):
+        """After train step number `step` (1-based within the epoch) of `global_step` (1-based)."""
+        self.lr = lr
+        self.window.add(loss, logits, labels)
+        self.bar.update(1)
+        self.interval_steps += 1
+        if step % self.print_freq == 0 or step == self.steps:
+            self._report(step, global_step, lr)
+
+    def _report(self, step, global_step, lr):
+        sums = distributed.all_reduce_sum(self.world, self.window.take()).cpu()
+        self.epoch_sums += sums
+        now = time.perf_counter()
+        self.data_time += self.interval_data
+        epoch_steps = step - self.first_step
+        interval = summarize(sums)
+        so_far = summarize(self.epoch_sums)
+        images_per_sec = interval[3] / max(now - self.interval_start, 1e-9)
+        line = authors_log_line(self.epoch, step, self.steps,
+                                ((now - self.interval_start) / self.interval_steps, (now - self.epoch_start) / epoch_steps),
+                                (self.interval_data / self.interval_steps, self.data_time / epoch_steps),
+                                (interval[0], so_far[0]), (interval[1], so_far[1]), (interval[2], so_far[2]))
+        if self.world.is_main:
+            self.bar.write(line)
+            self.bar.set_postfix(loss=f"{interval[0]:.3f}", img_s=f"{images_per_sec:.0f}")
+        self.metrics.write(kind="train", epoch=self.epoch, step=global_step, lr=lr, loss=interval[0],
+                           top1=interval[1], top5=interval[2], images_per_sec=images_per_sec,
+                           data_time=self.interval_data / self.interval_steps)
+        self.interval_start, self.interval_data, self.interval_steps = now, 0.0, 0
+        self.train_end = now
+
+    def write_epoch_row(self, step):
+        """The epoch's summary row (after its last step's report)."""
+        loss, top1, top5, n = summarize(self.epoch_sums)
+        self.metrics.write(kind="epoch", epoch=self.epoch, step=step, lr=self.lr, loss=loss, top1=top1, top5=top5,
+                           images_per_sec=n / max(self.train_end - self.epoch_start, 1e-9),
+                           data_time=self.data_time / max(self.steps - self.first_step, 1))
 
 
 class MetricsFile:

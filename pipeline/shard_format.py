@@ -1,0 +1,155 @@
+"""The shard format, in one place: what tools/make_shards.py writes and every backend reads.
+
+A shard directory holds:
+    manifest.json        format_version, classes, and per split its shards (written last: its presence means done)
+    classes.txt          one class name (wnid) per line, in label order
+    <split>-NNNNNN.tar   a POSIX (ustar) tar; per sample the members <key>.jpg (JPEG bytes) and <key>.cls (the label
+                         as ASCII decimal), in that order
+    <split>-NNNNNN.idx   its DALI index (what NVIDIA DALI's tools/wds2idx.py writes, read by fn.readers.webdataset):
+                             v1.2 <number of samples>
+                             <ext> <data offset> <size> <member name> ...   (one line per sample, one group per member)
+                         where <data offset> is the byte offset of the member's data, just after its 512-byte header
+    <split>-NNNNNN.crc32 one line `<member name> <crc32 as 8 hex digits>` per member, in tar order: with the shard's
+                         sha256 in the manifest it says which sample of a damaged shard changed
+
+A manifest shard entry is {"tar", "index", "checksums", "samples", "bytes", "sha256"}; "checksums" may be absent
+in directories written before it existed (the damaged sample is then found by decoding, see pipeline/verify.py).
+"""
+import hashlib
+import os
+import tarfile
+import zlib
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CLASSES_FILE = "classes.txt"
+TRAIN_SPLIT = "train"
+SAMPLE_MEMBERS = ("jpg", "cls")  # the members every sample has, in tar order; readers skip any other
+BLOCK = 512  # tar block size
+RECORD = 20 * BLOCK  # tar record size: GNU tar and Python's tarfile pad archives to whole records
+INDEX_VERSION = "v1.2"
+LABEL_DIGITS_MAX = 9  # a `.cls` member longer than this is not a label
+
+
+class ShardError(RuntimeError):
+    """A shard directory, manifest or shard file that cannot be used; the message names the file."""
+
+
+def shard_name(split, number):
+    return f"{split}-{number:06d}"
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def member_checksum(data):
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def parse_label(data, num_classes):
+    """`.cls` bytes -> class index; ValueError unless they are a plain ASCII decimal number below num_classes."""
+    if not (0 < len(data) <= LABEL_DIGITS_MAX and data.isdigit()):
+        raise ValueError(f"label {data[:12]!r} is not an ASCII decimal number")
+    label = int(data)
+    if label >= num_classes:
+        raise ValueError(f"label {label} is out of range for {num_classes} classes")
+    return label
+
+
+# ---------------------------------------------------------------------------------------------------- tar members
+
+def member_header(name, size):
+    """The 512-byte ustar header of a member. Every field that could vary between runs (mtime, owner, mode) is
+    fixed, so the same samples give the same bytes and the same sha256 on every run."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+def member_header_ok(header, size):
+    """True when `header` is an intact tar header (its checksum holds) of a member of `size` bytes."""
+    try:
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
+    except (tarfile.HeaderError, UnicodeDecodeError):
+        return False
+    return info.size == size
+
+
+def read_member(shard, fd, offset, size):
+    """The `size` bytes at `offset` of the open shard, after checking the member's own tar header before them."""
+    header = os.pread(fd, BLOCK, offset - BLOCK) if offset >= BLOCK else b""
+    if not member_header_ok(header, size):
+        raise ShardError(f"shard {shard.path}: no intact tar header for the {size}-byte member at offset {offset} "
+                         f"that {os.path.basename(shard.index_path)} lists: the file is damaged (overwritten); "
+                         "re-run tools/make_shards.py")
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise ShardError(f"shard {shard.path} ends inside the member at offset {offset}: the file is cut short; "
+                         "re-run tools/make_shards.py")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------- DALI index
+
+def index_text(samples):
+    """The DALI index of a tar; `samples` holds per sample a list of (ext, data offset, size, member name)."""
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    for members in samples:
+        lines.append(" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in members))
+    return "\n".join(lines) + "\n"
+
+
+def read_index(shard):
+    """[{ext: (offset, size, member name)}] per sample from the shard's DALI index; ShardError naming the file
+    unless it is well formed and holds the manifest's sample count."""
+    try:
+        with open(shard.index_path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        header = lines[0].split()
+        if len(header) != 2 or not header[1].isdigit():
+            raise ValueError(f"its first line {lines[0][:40]!r} is not `{INDEX_VERSION} <samples>`")
+        if int(header[1]) != shard.samples:
+            raise ShardError(f"shard {shard.path}: its DALI index {shard.index_path} lists {int(header[1])} samples "
+                             f"but the manifest says {shard.samples}: damaged or replaced; re-run "
+                             "tools/make_shards.py")
+        records = []
+        for line in lines[1:1 + shard.samples]:
+            fields = line.split()
+            if not fields or len(fields) % 4:
+                raise ValueError(f"line {len(records) + 2} is not `ext offset size name` groups")
+            records.append({fields[i].decode(): (int(fields[i + 1]), int(fields[i + 2]), fields[i + 3].decode())
+                            for i in range(0, len(fields), 4)})
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"DALI index {shard.index_path} is unusable: {exc}") from exc
+    if len(records) != shard.samples:
+        raise ShardError(f"DALI index {shard.index_path} lists {len(records)} samples but the manifest says "
+                         f"{shard.samples}")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- member checksums
+
+def checksums_text(members):
+    """The `.crc32` file of a tar; `members` holds (member name, crc32) in tar order."""
+    return "".join(f"{name} {crc:08x}\n" for name, crc in members)
+
+
+def read_checksums(path):
+    """[(member name, crc32)] from a `.crc32` file; ValueError or OSError when it is unreadable or malformed."""
+    members = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if len(fields) != 2 or len(fields[1]) != 8:
+                raise ValueError(f"{path} line {number} is not `<member name> <crc32>`")
+            members.append((fields[0], int(fields[1], 16)))
+    return members
