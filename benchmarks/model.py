@@ -43,7 +43,7 @@ from benchmarks.common import markdown_row, markdown_table, median_time, record 
 from model import build_model  # noqa: E402
 from model.cbam import CBAM, resolve_impl  # noqa: E402
 from model.se import SqueezeExcite  # noqa: E402
-from training.config import OneLineParser  # noqa: E402
+from training.config import OneLineParser, UsageError  # noqa: E402
 
 # variant -> (att_type, CBAM implementation of model/cbam.py)
 VARIANTS = {"none": ("none", None), "SE": ("SE", None), "CBAM": ("CBAM", "auto"),
@@ -356,7 +356,11 @@ def block_result(channels, side, variant, impl, mode, timing, copy_seconds):
 
 def main(argv=None):
     start = time.perf_counter()
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"model.py: error: {exc}\n")
+        return 2
     args.start = start
     torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as train.py: fixed shapes, fastest algorithms
     what, table, note = run_blocks(args) if args.blocks else run_models(args)
@@ -367,4 +371,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -688,3 +688,48 @@ def test_a_full_disk_names_the_file_on_its_own_line_and_leaves_no_temporary(tmp_
     last = result.stderr.splitlines()[-1]
     assert last.startswith("make_shards.py: error: [Errno 27] File too large: ") and str(out) in last, last
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------------- huge and 12-bit
+
+def big_photograph(size):
+    """A valid JPEG of `size` pixels that encodes in about a second: a smooth gradient with a little texture."""
+    width, height = size
+    row = np.linspace(0, 255, width, dtype=np.float32)
+    column = np.linspace(0, 60, height, dtype=np.float32)[:, None]
+    pixels = ((row[None, :] + column) % 256).astype(np.uint8)
+    return jpeg_bytes(Image.fromarray(pixels, "L"), quality=80)
+
+
+@pytest.mark.parametrize("size", [(20000, 10000), (12000, 8000)])  # over twice Pillow's limit, and just over it
+def test_a_photograph_over_the_pixel_limit_is_stored_downscaled_and_named(tmp_path, size):
+    src = tmp_path / "src"
+    (src / "train" / "n01").mkdir(parents=True)
+    (src / "train" / "n01" / "huge.JPEG").write_bytes(big_photograph(size))
+    (src / "train" / "n01" / "small.JPEG").write_bytes(jpeg_bytes(noise_image("RGB", (40, 30), 1)))
+    out = tmp_path / "out"
+    result = run_tool(src, out, "--workers", 2, "--splits", "train", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "DecompressionBomb" not in result.stderr
+    manifest = json.load(open(out / "manifest.json"))
+    limit = Image.MAX_IMAGE_PIXELS
+    fixed = manifest["splits"]["train"]["fixed"]
+    megapixels = size[0] * size[1] / 1e6
+    assert fixed == [{"path": "train/n01/huge.JPEG",
+                      "reason": f"{size[0]}x{size[1]} ({megapixels:.0f} MP) is over Pillow's decompression-bomb "
+                                f"limit of {limit / 1e6:.0f} MP: downscaled"}]
+    stored = [Image.open(io.BytesIO(jpeg)) for _, _, jpeg in read_webdataset(str(out), "train")]
+    huge = max(stored, key=lambda image: image.size[0])
+    width, height = huge.size
+    assert width * height <= limit and width * height > 0.97 * limit  # as large as the limit allows
+    assert abs(width / height - size[0] / size[1]) < 0.01
+
+
+def test_a_12_bit_jpeg_is_named_as_such():
+    data = bytearray(jpeg_bytes(noise_image("RGB", (30, 20), 3)))
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 4] == 8  # the sample precision byte of the start-of-frame header
+    data[sof + 4] = 12
+    check = check_bytes(bytes(data), "deep.JPEG")
+    assert check.status == "skipped"
+    assert check.reason.startswith("12-bit JPEG not supported"), check.reason

@@ -463,3 +463,11 @@ def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
         assert str(path) in lines[0] and message in lines[0] and "weights_only=False" not in lines[0], lines[0]
+
+
+def test_a_bad_flag_under_torchrun_is_reported_once(shards):
+    """Every rank finds the same bad flag; only the node's first rank prints it (torchrun adds its own report)."""
+    result = torchrun(["--lr", "-1", str(shards)])
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("train.py: error:")]
+    assert errors == ["train.py: error: --lr must be > 0, got -1.0"], result.stderr[-3000:]

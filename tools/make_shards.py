@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as `python tools/make_shards.py`: make the 
 
 from tqdm import tqdm
 
-from tools.imagecheck import Check, check_file
+from tools.imagecheck import Check, check_file, target_side
 from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
 from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic, write_shard
 
@@ -495,15 +495,16 @@ def check_sources(split, sources, journal, workers):
 # ---------------------------------------------------------------------------------------------------- phase 2: plan
 
 def needs_downscale(check, max_side):
-    return bool(max_side) and max(check.width, check.height) > max_side
+    return target_side(check.width, check.height, max_side) is not None
 
 
 def planned_bytes(source, check, max_side):
     """Tar bytes a sample will take; re-encoded images are estimated from the source size (scaled by area when
     downscaled), the rest is exact."""
     data = source.size
-    if needs_downscale(check, max_side):
-        data = max(1, int(data * (max_side / max(check.width, check.height)) ** 2))
+    side = target_side(check.width, check.height, max_side)
+    if side:
+        data = max(1, int(data * (side / max(check.width, check.height)) ** 2))
     return SAMPLE_OVERHEAD + data + (-data % BLOCK)
 
 
