@@ -9,6 +9,7 @@ demo: setup
 	@bash tools/demo.sh
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 info: setup
@@ -21,7 +22,7 @@ bench-shards: setup
 	$(PY) benchmarks/shards.py
 
 bench-model: setup
-	$(PY) benchmarks/model.py
+	$(PY) benchmarks/model_speed.py
 
 clean-demo:
 	rm -rf demo_data

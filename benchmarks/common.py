@@ -22,6 +22,7 @@ def median_time(fn, repeats):
 def machine():
     """One line naming the machine, the device and the library versions."""
     import torch
+
     from pipeline.info import summary
     info = summary()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

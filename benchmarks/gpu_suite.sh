@@ -7,8 +7,8 @@
 # STAGES (comma list; default all, in this order):
 #   check   the GPU-only tests (tests/test_gpu.py: compiled Triton kernels against the authors' CBAM, CUDA batches,
 #           fp16 and bf16 epochs)                                                      project only
-#   model   benchmarks/model.py: ResNet-50 none and each CBAM implementation, eager and compiled   project only
-#   blocks  benchmarks/model.py --blocks --profile: the block tails per stage, in memory passes    project only
+#   model   benchmarks/model_speed.py: ResNet-50 none and each CBAM implementation, eager and compiled   project only
+#   blocks  benchmarks/model_speed.py --blocks --profile: the block tails per stage, in memory passes    project only
 #   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags, twice: a cold and a
 #           warm compile cache                                                          project + photographs
 #   dali    train.py --benchmark, dali backend, ResNet-50-CBAM and ResNet-50 with the default flags     + DALI
@@ -37,7 +37,7 @@ DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
 KNOWN=",check,model,blocks,torch,dali,loader,shards,"
 TRAIN_FLAGS=${GPU_SUITE_TRAIN_FLAGS:---depth 50 --batch-size 256 --workers 12 --benchmark-warmup 20 --benchmark-steps 40}
-LIMIT=200  # seconds after which benchmarks/model.py starts no new case: the stage stays within 4 minutes
+LIMIT=200  # seconds after which benchmarks/model_speed.py starts no new case: the stage stays within 4 minutes
 
 for stage in ${STAGES//,/ }; do
   if [[ $KNOWN != *",$stage,"* ]]; then
@@ -108,8 +108,8 @@ train_benchmark() {  # train.py --benchmark with the default flags (compile, amp
 }
 
 wants check && run $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
-wants model && run $PY benchmarks/model.py --variants none,CBAM,CBAM-torch,CBAM-ref --time-limit "$LIMIT"
-wants blocks && run $PY benchmarks/model.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
+wants model && run $PY benchmarks/model_speed.py --variants none,CBAM,CBAM-torch,CBAM-ref --time-limit "$LIMIT"
+wants blocks && run $PY benchmarks/model_speed.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
   --profile --time-limit "$LIMIT"
 if wants torch && need_data; then
   note "CBAM, torch backend: first with the compile cache as it is, then again (warm cache)"

@@ -38,14 +38,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-import pipeline  # noqa: E402
-from benchmarks.common import ROOT, machine, markdown_table, record  # noqa: E402
-from pipeline import augment  # noqa: E402
-from pipeline.info import summary  # noqa: E402
+import pipeline
+from benchmarks.common import ROOT, machine, markdown_table, record
+from pipeline import augment
+from pipeline.info import summary
 
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")

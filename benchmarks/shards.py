@@ -36,13 +36,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from PIL import Image, features
 
-from PIL import Image, features  # noqa: E402
-
-from benchmarks.common import ROOT, markdown_table, record  # noqa: E402
-from tools.imagecheck import check_file  # noqa: E402
-from tools.make_shards import Workers  # noqa: E402
+from benchmarks.common import ROOT, markdown_table, record
+from tools.imagecheck import check_file
+from tools.make_shards import Workers
 
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")

@@ -3,7 +3,7 @@
 Same parameters as model/cbam.py; only the forward differs: full-map avg_pool2d/max_pool2d with a kernel of the
 map's size, `expand_as` broadcasts, and torch.max/torch.mean channel pooling, exactly as
 github.com/Jongchan/attention-module MODELS/cbam.py computes them. tests/ checks the "torch" and "triton"
-implementations against it; benchmarks/model.py measures all three.
+implementations against it; benchmarks/model_speed.py measures all three.
 """
 import torch
 import torch.nn.functional as F

@@ -22,7 +22,7 @@ import io
 import os
 import threading
 
-from .shard_format import member_checksum, member_header_ok, read_checksums, read_index, sha256_file, BLOCK
+from .shard_format import BLOCK, member_checksum, member_header_ok, read_checksums, read_index, sha256_file
 
 MODES = ("background", "before", "off")
 _LOW_PRIORITY = 10  # nice increment of the hashing thread: the loader's decoding comes first
@@ -86,7 +86,10 @@ class ShardVerifier:
                     self._thread = None
                     return
                 shard = self._queue.popleft()
-            message = self._verify(shard)
+            try:
+                message = self._verify(shard)
+            except Exception as exc:  # never leave a waiter without an answer
+                message = f"shard {shard.path} could not be verified: {type(exc).__name__}: {exc}"
             with self._cond:
                 self._queued.discard(shard.path)
                 self._results[shard.path] = message

@@ -44,7 +44,7 @@ def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
 
 
 def test_model_benchmark_reports_the_cbam_over_none_ratio():
-    stdout, data = run_benchmark("model.py", "--depth", 18, "--batch-size", 2, "--image-size", 32,
+    stdout, data = run_benchmark("model_speed.py", "--depth", 18, "--batch-size", 2, "--image-size", 32,
                                  "--variants", "CBAM,CBAM-ref,none", "--modes", "eager", "--repeats", 1,
                                  "--steps", 1, "--warmup", 1)
     rows = {row["variant"]: row for row in data["results"]}
@@ -62,7 +62,7 @@ def test_model_benchmark_reports_the_cbam_over_none_ratio():
 
 
 def test_block_benchmark_counts_each_tail_in_passes_of_a_copy():
-    stdout, data = run_benchmark("model.py", "--blocks", "--batch-size", 2, "--stage-shapes", "32x8,64x4",
+    stdout, data = run_benchmark("model_speed.py", "--blocks", "--batch-size", 2, "--stage-shapes", "32x8,64x4",
                                  "--variants", "none,CBAM-torch,CBAM-ref", "--modes", "eager", "--repeats", 1,
                                  "--steps", 1, "--warmup", 1)
     assert data["benchmark"] == "model-blocks" and data["channels_last"] is True
@@ -76,7 +76,7 @@ def test_block_benchmark_counts_each_tail_in_passes_of_a_copy():
 
 
 def test_profile_prints_a_table_of_the_top_ops():
-    stdout, _ = run_benchmark("model.py", "--blocks", "--batch-size", 1, "--stage-shapes", "32x4", "--variants",
+    stdout, _ = run_benchmark("model_speed.py", "--blocks", "--batch-size", 1, "--stage-shapes", "32x4", "--variants",
                               "CBAM-torch", "--modes", "eager", "--repeats", 1, "--steps", 1, "--warmup", 1,
                               "--profile")
     lines = stdout.splitlines()
@@ -88,12 +88,12 @@ def test_profile_prints_a_table_of_the_top_ops():
 
 
 def test_time_limit_skips_the_cases_not_started():
-    stdout, data = run_benchmark("model.py", "--blocks", "--stage-shapes", "32x4", "--time-limit", 0)
+    stdout, data = run_benchmark("model_speed.py", "--blocks", "--stage-shapes", "32x4", "--time-limit", 0)
     assert data["results"] == [] and "skipped stage 32 x 4x4: --time-limit 0 s used up" in stdout
 
 
 def test_model_benchmark_refuses_a_variant_that_cannot_run_here_in_one_line():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "model.py"), "--variants",
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "model_speed.py"), "--variants",
                              "none,CBAM-triton"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()

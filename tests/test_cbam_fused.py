@@ -4,8 +4,7 @@ The Triton kernels run the same checks under Triton's interpreter (tests/test_cb
 import pytest
 import torch
 
-from model import CBAM_IMPLS, build_model, set_cbam_impl
-from model import cbam_kernels_torch
+from model import CBAM_IMPLS, build_model, cbam_kernels_torch, set_cbam_impl
 from model.cbam import CBAM, resolve_impl
 from model.cbam_fused import fused_cbam
 from tests.cbam_cases import compare_with_reference, fused_tail, randomised_cbam, torch_tail
@@ -155,7 +154,7 @@ def test_whole_resnet_with_the_fused_op_matches_the_reference():
         model(x).logsumexp(1).sum().backward()
     torch.testing.assert_close(fused(x), ref(x), rtol=1e-10, atol=1e-10)
     for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_implementation_selection():

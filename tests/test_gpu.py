@@ -48,7 +48,8 @@ def test_auto_is_triton_on_cuda_and_a_compiled_resnet_matches_eager():
     torch.testing.assert_close(outs[1], outs[0], rtol=2e-2, atol=2e-2)
     for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
         scale = q.grad.abs().max().item()
-        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2 * scale + 1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2 * scale + 1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ def test_parameter_count(depth, att):
 # Parameters whose gradient is exactly zero at initialisation, by construction:
 # - CBAM's 7x7 spatial conv: the BN after it starts with weight 0 (gate starts uniform at 0.5);
 # - BAM biases of a layer followed by BatchNorm: BN subtracts the batch mean, so such a bias has no effect.
-ZERO_GRAD_BY_DESIGN = re.compile(r"spatial_gate\.conv\.weight$|bam\d\.(channel_gate\.mlp\.0|spatial_gate\.layers\.[036])\.bias$")
+ZERO_GRAD_BY_DESIGN = re.compile(r"spatial_gate\.conv\.weight$"
+                                 r"|bam\d\.(channel_gate\.mlp\.0|spatial_gate\.layers\.[036])\.bias$")
 
 
 @pytest.mark.parametrize("depth,att", list(itertools.product(DEPTHS, ATTENTIONS)))
@@ -248,7 +249,7 @@ def test_fast_cbam_matches_reference_formulation(channels_last):
     fast(x).square().sum().backward()
     ref(x).square().sum().backward()
     for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.slow

@@ -17,10 +17,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, build_sample_tree, run_make_shards
 from PIL import Image
 
 import pipeline
-from conftest import ROOT, build_sample_tree
 from pipeline import augment
 from pipeline.shards import ShardError, rank_plan, shard_segments, worker_plans
 from tools.make_demo_data import write_tree
@@ -41,11 +41,7 @@ UNIQUE_CLASSES = 121  # labels 0..120: one, two and three ASCII digits
 
 def make_shards(src, out, max_count):
     """Runs the real shard writer; returns the shard directory."""
-    command = [sys.executable, os.path.join(ROOT, "tools", "make_shards.py"), str(src), str(out),
-               "--workers", "2", "--max-count", str(max_count), "--skip-bad"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, f"make_shards failed: {result.stderr[-2000:]}"
-    return str(out)
+    return run_make_shards(src, out, max_count, "--skip-bad")
 
 
 @pytest.fixture(scope="module")
@@ -642,7 +638,8 @@ def test_sample_count_differing_from_the_manifest_is_caught_while_reading(genera
         json.dump(data, handle)
     message = first_error(shard_dir, reader)
     assert "train-000000.tar" in message and "manifest" in message
-    if _dali_importable() and reader == "torch":  # DALI trusts the index: its count is compared with the manifest at build time
+    # DALI trusts the index: its count is compared with the manifest at build time.
+    if _dali_importable() and reader == "torch":
         with pytest.raises(ShardError, match="train-000000.idx"):
             pipeline.build_loader(shard_dir, "train", 4, backend="dali-cpu", device="cpu")
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import run_make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -33,8 +34,7 @@ def metrics(out_dir, kind="train"):
 
 
 def make_shards(src, out, per_shard):
-    result = run([PY, "tools/make_shards.py", str(src), str(out), "--workers", "2", "--max-count", str(per_shard)])
-    assert result.returncode == 0, result.stderr
+    run_make_shards(src, out, per_shard)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_evaluate_matches_end_of_training_top1(reference_run, shards):
     result = run([PY, "train.py", *COMMON, "--evaluate", "--resume", str(out / "T_checkpoint.pth.tar"),
                   "--output-dir", str(out), str(shards)])
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith(" * Prec@1"))
+    line = next(line for line in result.stdout.splitlines() if line.startswith(" * Prec@1"))
     assert float(line.split()[2]) == pytest.approx(last_val["top1"], abs=5e-4)  # printed with 3 decimals
 
 
@@ -300,7 +300,7 @@ def test_seed_style_launcher_fails_when_a_rank_died_during_a_stop(shards, tmp_pa
 def test_benchmark_json_has_every_key_with_sane_values(shards):
     result = torchrun([*COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "3", str(shards)])
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith('{"benchmark"'))
+    line = next(line for line in result.stdout.splitlines() if line.startswith('{"benchmark"'))
     data = json.loads(line)
     for key in ("images_per_sec", "images_per_sec_per_device", "loader_images_per_sec", "model_images_per_sec"):
         assert data[key] > 0, key
@@ -330,7 +330,7 @@ def test_compile_blocks_reuses_the_persistent_cache_on_a_second_run(shards, tmp_
         result = run([PY, "train.py", *COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "1",
                       "--compile", "--compile-cache", str(cache), str(shards)], timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        reports.append(json.loads(next(l for l in result.stdout.splitlines() if l.startswith('{"benchmark"'))))
+        reports.append(json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"benchmark"'))))
     first, second = reports
     assert first["compile"] == second["compile"] == "blocks"
     assert first["compile_cache"]["misses"] == 14  # 7 distinct blocks of 8: identical blocks share one graph
@@ -410,7 +410,7 @@ def test_evaluate_loads_a_checkpoint_of_the_authors_code(reference_run, shards, 
     result = run([PY, "train.py", *COMMON, "--evaluate", "--resume", str(tmp_path / "original.pth.tar"),
                   str(shards)])
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith(" * Prec@1"))
+    line = next(line for line in result.stdout.splitlines() if line.startswith(" * Prec@1"))
     assert float(line.split()[2]) == pytest.approx(metrics(out, "val")[-1]["top1"], abs=5e-4)
 
 

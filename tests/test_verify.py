@@ -6,14 +6,14 @@ import os
 import shutil
 
 import pytest
+from conftest import build_sample_tree, run_make_shards
 from PIL import Image
+from test_pipeline import CPU_BACKENDS
 
 import pipeline
-from conftest import build_sample_tree, run_make_shards
 from pipeline.shard_format import read_index
 from pipeline.shards import load_split
 from pipeline.verify import ShardVerifier
-from test_pipeline import CPU_BACKENDS
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+
 # Synthetic wnid-style class names, sorted order = class index (ImageFolder convention).
 def class_names(n):
     return [f"n{9000000 + i:08d}" for i in range(n)]

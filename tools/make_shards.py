@@ -1,7 +1,9 @@
-"""ImageNet folder -> WebDataset shards (+ DALI index per shard, classes.txt, manifest.json), nothing lost.
+"""ImageNet folder -> WebDataset shards (+ DALI index and member checksums per shard, classes.txt, manifest.json),
+nothing lost. The format: pipeline/shard_format.py.
 
     python tools/make_shards.py SRC OUT [--splits train,val] [--workers N] [--max-count N] [--max-size SIZE]
-                                [--max-side PX] [--quality Q] [--seed S] [--skip-bad] [--allow-empty-classes] [--overwrite]
+                                [--max-side PX] [--quality Q] [--seed S] [--skip-bad] [--allow-empty-classes]
+                                [--overwrite]
 
 Input: SRC/train/<wnid>/* and SRC/val/<wnid>/* (ImageFolder layout), or SRC/train_list.txt / SRC/val_list.txt
 with lines `relative/path label` (paths relative to SRC; the label is the last field, so paths may hold spaces).
@@ -38,12 +40,10 @@ import time
 from collections import namedtuple
 
 if __package__ in (None, ""):  # run as `python tools/make_shards.py`: make the `tools` package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tqdm import tqdm
 
-from tqdm import tqdm
-
-from tools.imagecheck import Check, check_file, target_side
 from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
+from tools.imagecheck import Check, check_file, target_side
 from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic, write_shard
 
 SPLITS = ("train", "val")
@@ -639,14 +639,14 @@ def convert_split(split, sources, classes, args, out, state, workers):
 
 
 def report_skipped(manifest, manifest_path, skip_bad):
-    skipped = [(split, item) for split, s in manifest["splits"].items() for item in s["skipped"]]
-    for split, item in skipped[:10]:
+    skipped = [item for s in manifest["splits"].values() for item in s["skipped"]]
+    for item in skipped[:10]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     if len(skipped) > 10:
         print(f"... and {len(skipped) - 10} more", file=sys.stderr)
     if skipped and not skip_bad:
-        print(f"{len(skipped)} inputs were skipped (unreadable, undecodable or unusable), everything else is written; they "
-              f"are listed with the reason under splits.<split>.skipped in {manifest_path}; pass --skip-bad to "
+        print(f"{len(skipped)} inputs were skipped (unreadable, undecodable or unusable), everything else is written; "
+              f"they are listed with the reason under splits.<split>.skipped in {manifest_path}; pass --skip-bad to "
               f"accept this", file=sys.stderr)
         return 1
     return 0

@@ -12,8 +12,7 @@ import json
 import os
 from collections import namedtuple
 
-from pipeline.shard_format import (BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header,
-                                   sha256_file)
+from pipeline.shard_format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
 from tools.imagecheck import encode_jpeg
 
 WRITEBACK_STEP = 8 << 20  # bytes between two start_writeback calls while a shard is written

@@ -155,8 +155,8 @@ def load(path):
         # Only the first line of torch's message: the rest advises weights_only=False, which would let the file
         # run arbitrary code; our checkpoints and the authors' never need it.
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise config.UsageError(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, or damaged "
-                    f"({type(exc).__name__}{': ' + first if first else ''})")
+        raise config.UsageError(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, or "
+                                f"damaged ({type(exc).__name__}{': ' + first if first else ''})") from None
 
 
 def is_original_format(ckpt):
@@ -172,15 +172,15 @@ def load_model_weights(model, ckpt, path, cfg=None):
         was = (saved.get("depth"), saved.get("att_type"))
         now = (cfg.get("depth"), cfg.get("att_type"))
         if None not in was and was != now:
-            raise config.UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} {now[1]}: "
-                        "pass the same --depth and --att-type")
+            raise config.UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} "
+                                    f"{now[1]}: pass the same --depth and --att-type")
     try:
         if is_original_format(ckpt):
             load_original_checkpoint(model, ckpt)
         else:
             model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
-        raise config.UsageError(f"checkpoint {path} does not fit this model: {exc}")
+        raise config.UsageError(f"checkpoint {path} does not fit this model: {exc}") from None
 
 
 # Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.

@@ -103,7 +103,8 @@ class EpochProgress:
         so_far = summarize(self.epoch_sums)
         images_per_sec = interval[3] / max(now - self.interval_start, 1e-9)
         line = authors_log_line(self.epoch, step, self.steps,
-                                ((now - self.interval_start) / self.interval_steps, (now - self.epoch_start) / epoch_steps),
+                                ((now - self.interval_start) / self.interval_steps,
+                                 (now - self.epoch_start) / epoch_steps),
                                 (self.interval_data / self.interval_steps, self.data_time / epoch_steps),
                                 (interval[0], so_far[0]), (interval[1], so_far[1]), (interval[2], so_far[2]))
         if self.world.is_main:

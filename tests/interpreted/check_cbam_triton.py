@@ -115,7 +115,8 @@ def test_auto_picks_triton_and_a_whole_resnet_matches_the_reference():
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
     for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
         scale = q.grad.abs().max().item()
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-8 * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-8 * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @triton.jit

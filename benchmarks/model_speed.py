@@ -13,9 +13,10 @@ take.
 Block benchmark (--blocks): forward + backward of one block tail, relu(x + identity) (`none`) or
 relu(attention(x) + identity), with gradients for x, identity and the gate's parameters, at ResNet-50's stage
 shapes (channels x side) 256x56, 512x28, 1024x14 and 2048x7, batch 256 on a GPU (bf16 activations, autocast as
-in training) and 8 on the CPU (fp32), channels_last. Each stage first times a device copy of one such tensor (one read + one write = 2 passes); every
-tail is reported in ms and in passes = time / (copy time / 2), the number of single reads or writes of the
-gate's input tensor its time is worth (DESIGN.md: count passes when designing kernels).
+in training) and 8 on the CPU (fp32), channels_last. Each stage first times a device copy of one such tensor
+(one read + one write = 2 passes); every tail is reported in ms and in passes = time / (copy time / 2), the
+number of single reads or writes of the gate's input tensor its time is worth (DESIGN.md: count passes when
+designing kernels).
 
 Every case is warmed up first (torch.compile compiles here; the warm-up seconds print when it ends), then timed:
 --repeats loops of --steps calls between device synchronizations, median per call reported. Each row prints the
@@ -23,27 +24,24 @@ moment it is measured, so a run stopped at a time limit still shows what it meas
 line follow. --profile runs torch.profiler over 3 more calls right after each case is timed (never inside the
 timed loops) and prints its top 15 kernels by self CUDA time (GPU) or ops by self CPU time (CPU).
 
-    .venv/bin/python benchmarks/model.py [--depth 50] [--variants none,SE,CBAM,CBAM-torch] [--modes eager]
+    .venv/bin/python benchmarks/model_speed.py [--depth 50] [--variants none,SE,CBAM,CBAM-torch] [--modes eager]
         [--time-limit 240] [--profile] [--record]
-    .venv/bin/python benchmarks/model.py --blocks [--stage-shapes 256x56,2048x7] [--batch-size 256] [--profile]
+    .venv/bin/python benchmarks/model_speed.py --blocks [--stage-shapes 256x56,2048x7] [--batch-size 256] [--profile]
 """
 import argparse
 import json
 import operator
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from torch.autograd import DeviceType
 
-import torch  # noqa: E402
-from torch.autograd import DeviceType  # noqa: E402
-
-from benchmarks.common import markdown_row, markdown_table, median_time, record  # noqa: E402
-from model import build_model  # noqa: E402
-from model.cbam import CBAM, resolve_impl  # noqa: E402
-from model.se import SqueezeExcite  # noqa: E402
-from training.config import OneLineParser, UsageError  # noqa: E402
+from benchmarks.common import markdown_row, markdown_table, median_time, record
+from model import build_model
+from model.cbam import CBAM, resolve_impl
+from model.se import SqueezeExcite
+from training.config import OneLineParser, UsageError
 
 # variant -> (att_type, CBAM implementation of model/cbam.py)
 VARIANTS = {"none": ("none", None), "SE": ("SE", None), "CBAM": ("CBAM", "auto"),
@@ -81,7 +79,7 @@ def default_variants(device):
 def parse_args(argv):
     """Flags, checked and resolved for this machine; one line on stderr and exit status 2 when invalid."""
     cuda = torch.cuda.is_available()
-    p = OneLineParser(prog="model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="model_speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--blocks", action="store_true",
                    help="time block tails per ResNet-50 stage (forward + backward) instead of whole train steps")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101],
@@ -359,15 +357,15 @@ def main(argv=None):
     try:
         args = parse_args(argv)
     except UsageError as exc:
-        sys.stderr.write(f"model.py: error: {exc}\n")
+        sys.stderr.write(f"model_speed.py: error: {exc}\n")
         return 2
     args.start = start
     torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as train.py: fixed shapes, fastest algorithms
     what, table, note = run_blocks(args) if args.blocks else run_models(args)
     if args.record:
         command = " ".join(argv if argv is not None else sys.argv[1:])
-        record(f"benchmarks/model.py: {what}, channels_last, {'bf16' if args.amp_dtype else 'fp32'} on "
-               f"{args.device.type}", table, f"{note} Command: `.venv/bin/python benchmarks/model.py {command}`")
+        record(f"benchmarks/model_speed.py: {what}, channels_last, {'bf16' if args.amp_dtype else 'fp32'} on "
+               f"{args.device.type}", table, f"{note} Command: `.venv/bin/python benchmarks/model_speed.py {command}`")
 
 
 if __name__ == "__main__":
