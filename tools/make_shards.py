@@ -39,8 +39,7 @@ import sys
 import time
 from collections import namedtuple
 
-if __package__ in (None, ""):  # run as `python tools/make_shards.py`: make the `tools` package importable
-    from tqdm import tqdm
+from tqdm import tqdm
 
 from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
 from tools.imagecheck import Check, check_file, target_side
