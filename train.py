@@ -22,7 +22,7 @@ from training import stop as stopping
 from training.checkpoint import Position
 from training.compile import use_cache_dir
 from training.learner import build_learner, prepare_to_run
-from training.loaders import build_loaders
+from training.loaders import build_loaders, warn_about_empty_classes
 from training.metrics import EpochProgress, MetricsFile, RunningSums, summarize
 from training.optim import set_learning_rate
 
@@ -161,6 +161,7 @@ def main():
     train_loader, val_loader = build_loaders(run)
     loader = train_loader or val_loader
     log(f"loader: {loader!r}")
+    warn_about_empty_classes(run.data, log)
     learner = build_learner(run, num_classes=len(loader.split.classes))
     position, resumed_from = checkpoint.restore(run, learner.model, learner.optimizer, learner.scaler)
     if resumed_from:

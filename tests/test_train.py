@@ -471,3 +471,17 @@ def test_a_bad_flag_under_torchrun_is_reported_once(shards):
     assert result.returncode != 0
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("train.py: error:")]
     assert errors == ["train.py: error: --lr must be > 0, got -1.0"], result.stderr[-3000:]
+
+
+def test_a_class_without_train_samples_is_named_at_start(tmp_path):
+    from tools.make_demo_data import write_tree
+    write_tree(str(tmp_path / "images"), classes=4, train_per_class=16, val_per_class=4, size=40, seed=5)
+    empty = sorted(os.listdir(tmp_path / "images" / "train"))[2]
+    for name in os.listdir(tmp_path / "images" / "train" / empty):
+        os.remove(tmp_path / "images" / "train" / empty / name)
+    run_make_shards(tmp_path / "images", tmp_path / "shards", 20, "--allow-empty-classes")
+    result = run([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+                  str(tmp_path / "shards")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"warning: the train split has no sample of 1 of 4 classes: {empty}" in result.stdout
+    assert "warning: the val split" not in result.stdout

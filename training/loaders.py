@@ -27,3 +27,15 @@ def build_loaders(run):
         raise UsageError(f"the train split has {train.num_samples} samples, fewer than one global batch of "
                          f"{run.batch_size}")
     return train, val
+
+
+def warn_about_empty_classes(data, log):
+    """Names the classes a split has no sample of (make_shards records per-class counts, and stores such a split
+    only with --allow-empty-classes): a class without train samples cannot be learned."""
+    manifest = read_manifest(data)
+    for split, entry in manifest["splits"].items():
+        empty = [name for name, count in zip(manifest["classes"], entry.get("class_counts") or []) if count == 0]
+        if empty:
+            shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            log(f"warning: the {split} split has no sample of {len(empty)} of {len(manifest['classes'])} classes: "
+                f"{shown}")
