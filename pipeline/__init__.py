@@ -114,7 +114,7 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     common = dict(batch_size=batch_size, rank=rank, world_size=world_size, workers=workers, device=device,
                   image_size=image_size, seed=seed, dtype=dtype, verify=verify, verify_dir=verify_dir)
     if name == "torch":
-        from .torchvision_backend import TorchLoader
+        from .torch_backend import TorchLoader
         return TorchLoader(data, **common)
     from .dali import DaliLoader
     return DaliLoader(data, gpu=name == "dali", **common)

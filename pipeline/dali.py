@@ -13,7 +13,7 @@ emits a per-sample validity flag, checked on the host (CPU data, no device sync)
 GPU ('dali'): decode (mixed, nvJPEG + hardware decoder), resize and fn.crop_mirror_normalize all on the GPU; the
 graph writes the normalised batch in the requested dtype (float32/float16; bfloat16 is cast after) as HWC, which
 torch sees as a channels_last NCHW view. CPU ('dali-cpu'): pixels leave the graph as uint8 and are normalised by
-augment.Normalizer, the step the torch backend uses too (measured faster on CPU than DALI's float output); for
+normalize.Normalizer, the step the torch backend uses too (faster on CPU than DALI's float output); for
 train the graph stops after the ROI decode and torch resizes and flips the windows on the host, because DALI's
 CPU resize cost as much as the decode (see _resize_windows). Only the batches the epoch takes are scheduled
 (see _epoch_batches).
@@ -35,8 +35,8 @@ _DEVICE_MEMORY_PADDING = 211025920
 _HOST_MEMORY_PADDING = 140544512
 # Share of JPEGs sent to the hardware JPEG decoder where the GPU has one (A100/H100); the rest use CUDA cores.
 _HW_DECODER_LOAD = 0.65
-# Batches DALI prepares ahead. On the 2-core VM, with scheduling stopped at the epoch's quota, depths 1, 2 and 3
-# measured the same (805-838 img/s, before the host resize); 2 leaves slack for uneven batch times.
+# Batches DALI prepares ahead. With scheduling stopped at the epoch's quota, depths 1, 2 and 3 measured the same
+# on CPU (BENCHMARKS.md, "Profiles behind the code"); 2 leaves slack for uneven batch times.
 _PREFETCH_DEPTH = 2
 
 
@@ -81,9 +81,9 @@ def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu
            resize_on_host, normalize_dtype):
     """The DALI graph: (images uint8 HWC, labels, label_ok), plus flips when resize_on_host.
 
-    It ends in uint8 pixels: normalisation happens in torch (augment.Normalizer, shared with the torch backend).
-    On CPU that replaced crop_mirror_normalize's float output (~0.2 ms/image of DALI thread time) by a flip
-    (~0.02 ms) plus a 0.04 ms/image vectorised multiply-add. With resize_on_host (train on CPU) the graph stops
+    It ends in uint8 pixels: normalisation happens in torch (normalize.Normalizer, shared with the torch backend).
+    On CPU that replaced crop_mirror_normalize's float output by a flip plus a vectorised multiply-add, several
+    times cheaper (BENCHMARKS.md, "Profiles behind the code"). With resize_on_host (train on CPU) the graph stops
     after the ROI decode and emits each window at its own size with its flip flag: see _resize_windows.
     With normalize_dtype (the GPU graph), fn.crop_mirror_normalize ends the graph instead: flip, normalisation
     and the cast to the requested dtype in one fused GPU pass, HWC (a channels_last view for torch)."""
@@ -141,11 +141,17 @@ def _val_window(fn, types, jpegs, image_size):
 class DaliLoader(Loader):
     """Backend 'dali' (gpu=True: mixed decoder, GPU operators) or 'dali-cpu' (CPU operators)."""
 
-    def __init__(self, split, *, gpu, normalize_in_graph=None, **kwargs):
+    def __init__(self, split, *, gpu, normalize_in_graph=None, resize_on_host=None, **kwargs):
+        """normalize_in_graph and resize_on_host choose where those steps run (None: the faster place for the
+        device); build_loader leaves both to the default, tests compare the places."""
         super().__init__(split, **kwargs)
         self.gpu = gpu
         # GPU: DALI's fused crop_mirror_normalize. CPU: uint8 out, the shared host Normalizer (faster there).
         self.normalize_in_graph = gpu if normalize_in_graph is None else normalize_in_graph
+        if resize_on_host and (gpu or self.normalize_in_graph):
+            raise ValueError("resize_on_host needs the CPU graph with normalisation on the host")
+        # Train on CPU: DALI decodes the random window, torch resizes it (see _resize_windows).
+        self.resize_on_host = not gpu and not self.normalize_in_graph if resize_on_host is None else resize_on_host
         self.backend = "dali" if gpu else "dali-cpu"
         self._fn, self._types, self._pipeline_def = import_dali()
         self._staging = None  # uint8 batch the train windows are resized into (CPU); see _resize_windows
@@ -173,8 +179,7 @@ class DaliLoader(Loader):
         return pipe
 
     def _resize_on_host(self, plan):
-        """Train on CPU: DALI decodes the random window, torch resizes it (see _resize_windows)."""
-        return plan.train and not self.gpu and not self.normalize_in_graph
+        return plan.train and self.resize_on_host
 
     def _graph_dtype(self):
         """DALI dtype crop_mirror_normalize writes (None: uint8 out). DALI has no bfloat16: float32, cast later."""
@@ -189,8 +194,8 @@ class DaliLoader(Loader):
                 count = plan.last_batch_size() if step == plan.batches - 1 else self.batch_size
                 # The first schedule_run fills DALI's queue (_PREFETCH_DEPTH batches); later ones add one batch,
                 # only while the epoch still needs it. pipe.run() keeps the queue full instead, so it computed
-                # _PREFETCH_DEPTH - 1 batches past the quota every epoch: 1 of 8 on the 448-image benchmark epoch,
-                # measured as 15 % more CPU per delivered image.
+                # _PREFETCH_DEPTH - 1 batches past the quota every epoch (1 of 8 on a 448-image epoch of batch 64),
+                # CPU time spent on images nobody reads.
                 schedule = step == 0 or step + _PREFETCH_DEPTH <= plan.batches
                 with host_work_threads():
                     batch, problem = self._next_batch(pipe, plan, count, schedule)
@@ -232,12 +237,12 @@ class DaliLoader(Loader):
         """The ROI-decoded train windows (each its own size, HWC uint8) -> (count, S, S, 3) uint8, flipped where
         the graph's coin says so.
 
-        Why outside DALI: on the 2-core VM DALI's CPU fn.resize (linear, antialias) took ~0.9-1.1 ms per image,
-        as long as the ROI decode itself, while torch's uint8 antialiased bilinear (the AVX2 kernel torchvision
-        uses, the same triangle filter) takes ~0.12 ms; dali-cpu went from 2.15 to 1.6 ms of CPU per image. On
-        the same windows the two agree within 1 level inside, 0.1-0.16 levels on average; only the 2-pixel
-        border differs more (the filter is clamped at the window edge differently). This is plain tensor code on
-        the main thread, overlapping DALI's threads decoding the next batches, not a callback inside DALI."""
+        Why outside DALI: DALI's CPU fn.resize (linear, antialias) took as long as the ROI decode itself, torch's
+        uint8 antialiased bilinear (the AVX2 kernel torchvision uses, the same triangle filter) a tenth of that
+        (BENCHMARKS.md, "Profiles behind the code"). On the same windows the two agree within 1 level inside,
+        0.1-0.16 levels on average; only the 2-pixel border differs more (the filter is clamped at the window edge
+        differently). This is plain tensor code on the main thread, overlapping DALI's threads decoding the next
+        batches, not a callback inside DALI."""
         size = self.image_size
         shape = (count, size, size, 3)
         if self._staging is None or self._staging.shape != shape:
@@ -246,8 +251,8 @@ class DaliLoader(Loader):
         flip_flags = np.asarray(flips.as_tensor())[:count]
         for i in range(count):
             # (1, H, W, 3) -> (1, 3, H, W) view: unambiguously channels_last, so interpolate takes its fast
-            # channels_last uint8 kernel and returns channels_last (0.12 ms instead of 0.19 ms, and the copy into
-            # the NHWC batch below is then a plain memcpy instead of a transpose).
+            # channels_last uint8 kernel and returns channels_last (faster, and the copy into the NHWC batch
+            # below is then a plain memcpy instead of a transpose).
             window = torch.from_dlpack(windows[i]).unsqueeze(0).permute(0, 3, 1, 2)
             resized = torch.nn.functional.interpolate(window, size=(size, size), mode="bilinear", antialias=True)
             if flip_flags[i]:

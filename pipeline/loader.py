@@ -3,7 +3,7 @@ import contextlib
 
 import torch
 
-from .augment import Normalizer
+from .normalize import Normalizer
 from .shard_format import ShardError
 from .shards import rank_plan, shard_segments
 from .transfer import DeviceCopier
@@ -15,10 +15,10 @@ def host_work_threads():
     """Runs the loader's own host tensor work (normalising, resizing) on one intra-op thread, then restores
     the caller's setting.
 
-    That work runs while the loader's workers or DALI threads keep every core busy decoding, so a second
-    intra-op thread has no free core: it only contends and spin-waits. On the 2-core VM, the main process at the
-    default 2 threads cost dali-cpu 2.4 ms of CPU per image instead of 1.65 (790 instead of 1,045 img/s) and
-    torch 2.7 instead of 2.3 ms. The model's own ops outside this block keep the caller's thread count."""
+    That work runs while the loader's workers or DALI threads keep every core busy decoding, so a second intra-op
+    thread has no free core: it only contends and spin-waits, which cost both CPU backends a quarter of their speed
+    on 2 cores (BENCHMARKS.md, "Profiles behind the code"). The model's own ops outside this block keep the caller's
+    thread count."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield

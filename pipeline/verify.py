@@ -156,7 +156,7 @@ def _undecodable_member(shard):
     from PIL import Image
 
     from .shard_format import ShardError
-    from .torchvision_backend import read_samples
+    from .shard_read import read_samples
 
     try:
         for key, jpeg, _ in read_samples(shard, 0, shard.samples):

@@ -65,3 +65,63 @@ def run_make_shards(src, out, max_count, *extra):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, f"make_shards failed: {result.stderr[-2000:]}"
     return str(out)
+
+
+def dali_importable():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_dali = pytest.mark.skipif(not dali_importable(), reason="NVIDIA DALI is not installed")
+CPU_BACKENDS = ["torch", pytest.param("dali-cpu", marks=needs_dali)]
+UNIQUE_CLASSES = 121  # labels 0..120: one, two and three ASCII digits
+
+
+@pytest.fixture(scope="session")
+def generated_shards(tmp_path_factory):
+    """Shards of a generated tree: 4 classes, 48 train samples in 5 shards of 9-10, 20 val samples in 2 shards."""
+    from tools.make_demo_data import write_tree
+    root = tmp_path_factory.mktemp("generated")
+    write_tree(str(root / "src"), classes=4, train_per_class=12, val_per_class=5, size=64, seed=1)
+    return run_make_shards(root / "src", root / "shards", 10, "--skip-bad")
+
+
+@pytest.fixture(scope="session")
+def unique_shards(tmp_path_factory):
+    """121 classes x 1 sample per split, so a label identifies a sample: 7 uneven train shards (17 or 18 samples),
+    7 val shards."""
+    from tools.make_demo_data import write_tree
+    root = tmp_path_factory.mktemp("unique")
+    write_tree(str(root / "src"), classes=UNIQUE_CLASSES, train_per_class=1, val_per_class=1, size=20, seed=2)
+    return run_make_shards(root / "src", root / "shards", 18, "--skip-bad")
+
+
+@pytest.fixture(scope="session")
+def real_shards(tmp_path_factory):
+    """Real ImageNet photographs, one per class: 24 train (3 shards), 8 val (1 shard)."""
+    root = tmp_path_factory.mktemp("real")
+    build_sample_tree(str(root / "src"), limit=24, val_every=3)
+    return run_make_shards(root / "src", root / "shards", 10, "--skip-bad")
+
+
+def manifest(shard_dir):
+    import json
+    with open(os.path.join(shard_dir, "manifest.json")) as handle:
+        return json.load(handle)
+
+
+def epoch_batches(shard_dir, split, batch_size, backend, *, rank=0, world_size=1, epoch=0, workers=2,
+                  image_size=16, **kwargs):
+    """(loader, [(images, labels), ...]) for one epoch on CPU."""
+    import pipeline
+    loader = pipeline.build_loader(shard_dir, split, batch_size, backend=backend, rank=rank, world_size=world_size,
+                                   workers=workers, device="cpu", image_size=image_size, **kwargs)
+    loader.set_epoch(epoch)
+    return loader, list(loader)
+
+
+def labels_of(batches):
+    return [int(v) for _, labels in batches for v in labels]

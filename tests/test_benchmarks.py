@@ -2,10 +2,13 @@
 benchmarks measure speed, tests only check that the instruments work)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+import pytest
+from conftest import ROOT, dali_importable
+
 from tools.make_demo_data import write_tree
 
 
@@ -102,7 +105,7 @@ def test_model_benchmark_refuses_a_variant_that_cannot_run_here_in_one_line():
 
 def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path):
     write_tree(str(tmp_path / "src"), classes=2, train_per_class=8, val_per_class=0, size=48, seed=6)
-    backends = "torch,dali-cpu" if _dali_importable() else "torch"
+    backends = "torch,dali-cpu" if dali_importable() else "torch"
     stdout, data = run_benchmark("loader.py", "--src", tmp_path / "src", "--no-stock-pillow", "--backends", backends,
                                  "--batch-size", 4, "--image-size", 32, "--repeats", 1, "--epochs", 1,
                                  "--max-count", 5)
@@ -116,18 +119,10 @@ def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path)
     assert "row (a) not run: --no-stock-pillow" in stdout
 
 
-def _dali_importable():
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     """benchmarks/gpu_suite.sh's structure, run on this CPU with tiny sizes: a stage builds the photograph tree and
     its shards once, later calls reuse them; unknown stages are refused before anything runs."""
-    from tests.conftest import imagenet_sample_files
+    from conftest import imagenet_sample_files
     photos = os.path.dirname(imagenet_sample_files()[0])
     env = dict(os.environ, PYTHON=sys.executable, GPU_SUITE_DATA=str(tmp_path / "data"), GPU_SUITE_PHOTOS=photos,
                GPU_SUITE_CLASSES="3", GPU_SUITE_PER_CLASS="8", GPU_SUITE_VAL_PER_CLASS="2",
@@ -152,3 +147,19 @@ def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
 
     second = stage("torch", tmp_path / "second.txt")
     assert second.returncode == 0 and "kept from an earlier stage" in second.stdout
+
+
+def test_host_steps_benchmark_measures_each_step_against_its_baseline(tmp_path):
+    from conftest import imagenet_sample_files
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in imagenet_sample_files()[:4]:
+        shutil.copy(path, photos)
+    _, data = run_benchmark("host_steps.py", "--batch-size", 4, "--image-size", 32, "--repeats", 1,
+                            "--photos", photos)
+    steps = data["steps"]
+    assert {"normalise float32, output memory", "normalise bfloat16, output memory", "normalise float32, arithmetic",
+            "flip a resized window", "read a sample's members"} <= set(steps)
+    for figures in steps.values():
+        assert figures["ours_ms"] > 0 and figures["baseline_ms"] > 0
+        assert figures["ratio"] == pytest.approx(figures["baseline_ms"] / figures["ours_ms"])

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from conftest import ROOT
 
 
 def test_triton_kernels_under_the_interpreter():

@@ -2,8 +2,8 @@
 import os
 
 import pytest
+from conftest import imagenet_sample_files
 
-from tests.conftest import imagenet_sample_files
 from tools.link_photo_tree import main, make_tree
 
 

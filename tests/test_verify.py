@@ -6,9 +6,8 @@ import os
 import shutil
 
 import pytest
-from conftest import build_sample_tree, run_make_shards
+from conftest import CPU_BACKENDS, build_sample_tree, run_make_shards
 from PIL import Image
-from test_pipeline import CPU_BACKENDS
 
 import pipeline
 from pipeline.shard_format import read_index

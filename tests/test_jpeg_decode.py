@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import imagenet_sample_files
 from PIL import Image
 
 from pipeline import augment, roi_jpeg
-from pipeline.torchvision_backend import PillowWindows, RoiWindows, decode_train, decode_val
-from tests.conftest import imagenet_sample_files
+from pipeline.jpeg_decode import PillowWindows, RoiWindows, decode_train, decode_val
 
 HEADERS = "/usr/include/jpeglib.h"
 
@@ -175,3 +175,22 @@ def test_everything_the_make_shards_check_accepts_decodes(decoder):
             pixels, _ = decoder.decode(data, (0, 0, width, height))
             assert pixels.shape == (height, width, 3)
     assert accepted >= 30  # byte flips and zeroed runs mostly stay decodable; cuts never do
+
+
+def test_draft_decode_crops_the_same_window_as_a_full_decode():
+    """Image.draft's DCT-domain downscale must not move the crop: compare with a full decode of the same box."""
+    yy, xx = np.mgrid[0:900, 0:1200].astype(np.float32)
+    smooth = np.stack([xx / 1200 * 255, yy / 900 * 255, 128 + 100 * np.sin(xx / 90) * np.cos(yy / 70)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(smooth.astype(np.uint8)).save(buffer, "JPEG", quality=95)
+    jpeg, drafted = buffer.getvalue(), 0
+    for seed in range(20):
+        out = decode_train(jpeg, 64, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)  # replay the draws decode_train made: the crop, then the flip
+        left, top, w, h = augment.random_resized_crop_box(1200, 900, rng)
+        drafted += augment.draft_factor(w, h, 64) > 1
+        box = (left, top, left + w, top + h)
+        full = Image.open(io.BytesIO(jpeg)).resize((64, 64), Image.Resampling.BILINEAR, box=box)
+        reference = np.asarray(full)[:, ::-1] if rng.random() < augment.FLIP_PROBABILITY else np.asarray(full)
+        assert np.abs(out.astype(int) - reference.astype(int)).mean() < 2.0
+    assert drafted >= 10  # most of these crops were decoded at 1/2, 1/4 or 1/8 scale

@@ -1,0 +1,182 @@
+"""The `torch` backend: DataLoader worker processes read shards, decode crop windows and fill batch slots.
+
+Each worker reads only its contiguous share of the rank's sample range (shards.worker_plans) through
+pipeline/shard_read.py, shuffles raw JPEG bytes through a seeded buffer (train), decodes and resizes only the
+crop window (pipeline/jpeg_decode.py) and writes uint8 HWC batches into shared-memory slots
+(pipeline/batch_slots.py; DataLoader batch_size=None; train batches in halves, see _PARTS_PER_BATCH). The main
+process moves the parts to the device and converts, normalises, joins and lays them out there in one step
+(pipeline/normalize.py, shared with the DALI backends), then hands the slots back.
+
+A damaged shard makes the worker yield a _Failure naming the file, which the main process raises as a
+ShardError: one clear line instead of a worker traceback.
+"""
+import dataclasses
+import multiprocessing
+import signal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .batch_slots import BatchSlots, EpochClosed
+from .jpeg_decode import DECODE_ERRORS, decode_train, decode_val, window_decoder
+from .loader import Loader, host_work_threads
+from .shard_format import ShardError, parse_label
+from .shard_read import read_samples
+from .shards import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
+
+# Train batches travel from the workers in this many equal parts, joined by the main process while it normalises
+# (no extra copy). A worker's share is then counted in half batches, so the workers finish an epoch together
+# (with whole batches, a small epoch of 7 batches splits 4 + 3 over 2 workers and one core idles for the last
+# batch). It also halves the wait for the first batch.
+_PARTS_PER_BATCH = 2
+_PREFETCH = 2  # items each worker may have ready ahead (DataLoader's prefetch_factor, its default)
+
+
+class _Failure:
+    """Sent from a worker instead of a batch when a shard is unusable; `message` names the shard."""
+
+    def __init__(self, message):
+        self.message = message
+
+
+class ShardStream(IterableDataset):
+    """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure."""
+
+    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None):
+        self.split, self.plan = split, plan
+        self.image_size, self.seed, self.epoch, self.rank = image_size, seed, epoch, rank
+        self.num_workers = max(1, num_workers)
+        self.slots = slots  # BatchSlots shared with the main process, or None: a new tensor per batch
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is not None:
+            # Pre-emption: launchers and schedulers (torchrun, SLURM) signal the whole process group. The rank, not
+            # its loader workers, acts on it: it finishes its step, saves and then closes the epoch, which ends
+            # these workers (EpochClosed below). A worker killed by the signal would crash the rank instead.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        worker = info.id if info is not None else 0
+        share = worker_plans(self.plan, self.num_workers)[worker]
+        if share.stop <= share.start:
+            return
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, self.rank, worker))
+        windows = window_decoder()  # per worker: the native decoder keeps its own buffer
+        try:
+            yield from self._batches(share, rng, windows, worker if info is not None else None)
+        except ShardError as exc:
+            yield _Failure(str(exc))
+        except EpochClosed:
+            return  # nobody reads this epoch any more
+
+    def _batches(self, share, rng, windows, worker):
+        samples = self._samples(share, rng)
+        remaining = share.batches * self.plan.batch_size if self.plan.train else share.stop - share.start
+        while remaining > 0:
+            count = min(self.plan.batch_size, remaining)
+            yield self._decode_batch(samples, count, rng, windows, worker)
+            remaining -= count
+        for _ in samples:  # read the rest of the share (the dropped remainder) so its shards get counted
+            pass
+
+    def _samples(self, share, rng):
+        """Raw samples of the share: in order for val, through a seeded shuffle buffer for train."""
+        stream = ((shard, key, jpeg, cls)
+                  for shard, first, stop in shard_segments(self.split.shards, share.start, share.stop)
+                  for key, jpeg, cls in read_samples(shard, first, stop))
+        if not self.plan.train:
+            yield from stream
+            return
+        capacity = max(self.plan.batch_size, SHUFFLE_BUFFER // self.num_workers)
+        buffer = []
+        for sample in stream:
+            buffer.append(sample)
+            if len(buffer) >= capacity:
+                yield _pop_random(buffer, rng)
+        while buffer:
+            yield _pop_random(buffer, rng)
+
+    def _decode_batch(self, samples, count, rng, windows, worker):
+        """(images, labels): images is a uint8 NHWC tensor, or (worker, slot, count) naming the BatchSlots slot
+        that holds them when running in a worker process; labels is an int64 numpy array (sent by value)."""
+        size = self.image_size
+        if worker is None or self.slots is None:
+            images = handle = torch.empty((count, size, size, 3), dtype=torch.uint8)
+        else:
+            slot = self.slots.take(worker)
+            images, handle = self.slots.images[worker, slot, :count], (worker, slot, count)
+        label_values = np.empty(count, dtype=np.int64)
+        pixels = images.numpy()
+        for i in range(count):
+            shard, key, jpeg, cls = next(samples)
+            try:
+                label_values[i] = parse_label(cls, len(self.split.classes))
+                pixels[i] = (decode_train(jpeg, size, rng, windows) if self.plan.train
+                             else decode_val(jpeg, size, windows))
+            except DECODE_ERRORS as exc:
+                raise ShardError(f"shard {shard.path}: sample {key!r}: {exc}") from exc
+        return handle, label_values
+
+
+def _pop_random(buffer, rng):
+    i = int(rng.integers(len(buffer)))
+    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+    return buffer.pop()
+
+
+class TorchLoader(Loader):
+    backend = "torch"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = None  # BatchSlots, made for the first epoch run with worker processes
+
+    def _epoch_batches(self, plan):
+        parts = _PARTS_PER_BATCH if plan.train and self.workers > 1 and plan.batch_size % _PARTS_PER_BATCH == 0 else 1
+        worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // parts, batches=plan.batches * parts)
+        slots = self._batch_slots(worker_plan.batch_size)
+        dataset = ShardStream(self.split, worker_plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
+                              rank=self.rank, num_workers=self.workers, slots=slots)
+        # Fresh workers every epoch: they fork with this epoch's plan and seed (persistent workers would not).
+        # No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself.
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.workers,
+                            prefetch_factor=_PREFETCH if self.workers else None, persistent_workers=False)
+        batches = iter(loader)
+        pending = []
+        try:
+            for item in batches:
+                if isinstance(item, _Failure):
+                    raise ShardError(item.message)
+                pending.append(item)
+                if len(pending) < parts:
+                    continue
+                views = [handle if isinstance(handle, torch.Tensor) else slots.view(handle) for handle, _ in pending]
+                labels = torch.from_numpy(np.concatenate([labels for _, labels in pending]))
+                if self.device.type != "cpu":  # the slots are released below: copy() makes that safe
+                    *views, labels = self._copier.copy([*views, labels])
+                with host_work_threads():
+                    images = self._normalize(*views)
+                for handle, _ in pending:
+                    if not isinstance(handle, torch.Tensor):
+                        slots.release(handle)
+                pending = []
+                yield images, labels
+        finally:
+            if slots is not None:
+                slots.close_epoch()
+            # Dropping the iterator joins the worker processes now, also on an early break or an error
+            # (an exception's traceback would otherwise keep them alive).
+            del batches
+
+    def _batch_slots(self, part_size):
+        """This loader's BatchSlots (None without worker processes), renewed for the epoch."""
+        if self.workers == 0:
+            return None
+        if self._slots is None or self._slots.images.shape[2] != part_size:
+            # Progress needs more slots per worker than the parts the main process holds while it assembles a
+            # batch (_PARTS_PER_BATCH - 1); the prefetched items on top keep the workers from waiting.
+            self._slots = BatchSlots(self.workers, _PREFETCH + _PARTS_PER_BATCH, part_size, self.image_size)
+        # The DataLoader starts its workers with the default start method; the semaphores must match it.
+        self._slots.new_epoch(multiprocessing.get_context())
+        return self._slots

@@ -1,0 +1,64 @@
+"""build_loader's door: backend selection, argument checks, tiny splits, a cheap import, `pipeline.info`."""
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CPU_BACKENDS, ROOT, dali_importable
+from PIL import Image
+
+import pipeline
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_gpu_dali_without_a_gpu_is_a_clear_error(generated_shards):
+    with pytest.raises(pipeline.BackendUnavailable, match="CUDA"):
+        pipeline.build_loader(generated_shards, "train", 4, backend="dali")
+
+
+def test_auto_logs_its_choice(generated_shards, caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        loader = pipeline.build_loader(generated_shards, "val", 4, backend="auto", workers=0)
+    expected = "dali" if torch.cuda.is_available() and dali_importable() else "torch"
+    assert loader.backend == expected
+    assert f"auto -> {expected}" in caplog.text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backend="tensorflow"), "backend must be one of"),
+    (dict(rank=2, world_size=2), "rank must be in"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(workers=-1), "workers"),
+    (dict(dtype=torch.int8), "dtype"),
+])
+def test_bad_arguments_are_value_errors(generated_shards, kwargs, match):
+    arguments = dict(batch_size=4, backend="torch", device="cpu")
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        pipeline.build_loader(generated_shards, "train", arguments.pop("batch_size"), **arguments)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_train_split_smaller_than_one_batch_per_rank_yields_nothing(generated_shards, caplog, backend):
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        loader = pipeline.build_loader(generated_shards, "train", 13, backend=backend, rank=3, world_size=4,
+                                       workers=1, device="cpu", image_size=16)
+    assert len(loader) == 0 and list(loader) == []
+    assert "yields no batches" in caplog.text
+
+
+def test_import_pipeline_is_cheap():
+    code = ("import sys, pipeline; heavy = [m for m in ('torch', 'nvidia.dali', 'PIL') if m in sys.modules]; "
+            "sys.exit(f'imported {heavy}' if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_info_reports_the_active_pil():
+    result = subprocess.run([sys.executable, "-m", "pipeline.info"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["pil"].split()[0] in ("pillow", "pillow-simd") and Image.__version__ in info["pil"]
