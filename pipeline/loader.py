@@ -79,6 +79,13 @@ class Loader:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
 
+    def set_image_size(self, image_size):
+        """Selects the crop side of the batches the next iteration yields (progressive resizing changes it
+        between epochs; every backend applies it from the next epoch on, without other change)."""
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        self.image_size = image_size
+
     def plan(self):
         """This rank's RankPlan for the current epoch."""
         return rank_plan(self.split.num_samples, rank=self.rank, world_size=self.world_size,

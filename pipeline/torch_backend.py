@@ -173,7 +173,7 @@ class TorchLoader(Loader):
         """This loader's BatchSlots (None without worker processes), renewed for the epoch."""
         if self.workers == 0:
             return None
-        if self._slots is None or self._slots.images.shape[2] != part_size:
+        if self._slots is None or self._slots.images.shape[2:4] != (part_size, self.image_size):
             # Progress needs more slots per worker than the parts the main process holds while it assembles a
             # batch (_PARTS_PER_BATCH - 1); the prefetched items on top keep the workers from waiting.
             self._slots = BatchSlots(self.workers, _PREFETCH + _PARTS_PER_BATCH, part_size, self.image_size)

@@ -1,4 +1,5 @@
-"""Renders a {prefix}_metrics.jsonl written by train.py to one PNG: loss, top-1/top-5, learning rate, images/s.
+"""Renders a {prefix}_metrics.jsonl written by train.py to one PNG: loss, top-1/top-5, learning rate, images/s,
+and val top-1 against wall-clock hours (time to accuracy; with the weight average's top-1 when it was kept).
 
     python tools/plot_metrics.py checkpoints/RESNET50_CBAM_metrics.jsonl [-o metrics.png]
 """
@@ -30,7 +31,7 @@ def plot(records, out):
 
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 7))
     ax = axes[0][0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")
@@ -48,6 +49,16 @@ def plot(records, out):
     ax = axes[1][1]
     ax.plot([r["step"] for r in train], [r["images_per_sec"] for r in train])
     ax.set(title="images/s (all ranks)", xlabel="step")
+    ax = axes[0][2]
+    timed = [r for r in val if "elapsed_s" in r]
+    ax.plot([r["elapsed_s"] / 3600 for r in timed], [r["top1"] for r in timed], "o-", label="val top-1")
+    averaged = [r for r in timed if "top1_ema" in r]
+    if averaged:
+        ax.plot([r["elapsed_s"] / 3600 for r in averaged], [r["top1_ema"] for r in averaged], "s--",
+                label="val top-1, weight average")
+    ax.set(title="time to accuracy (%)", xlabel="hours of training")
+    ax.legend()
+    axes[1][2].axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

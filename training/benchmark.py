@@ -88,7 +88,7 @@ def run(train_step, loader, config):
     first_step_seconds = timed_seconds(loader_and_step, 1, world) if warmup else None
     end_to_end, end_to_end_warmup = timed_rate(loader_and_step, max(warmup - 1, 0), steps, world, global_batch)
 
-    images = torch.randn(per_rank, 3, config.image_size, config.image_size, device=world.device)
+    images = torch.randn(per_rank, 3, loader.image_size, loader.image_size, device=world.device)
     # As the loader delivers them: its dtype, channels_last.
     images = images.to(dtype=loader.dtype, memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (per_rank,), device=world.device)
@@ -106,7 +106,7 @@ def run(train_step, loader, config):
         "backend": loader.backend,
         "amp": config.amp,
         "batch_size": global_batch,
-        "image_size": config.image_size,
+        "image_size": loader.image_size,
         "depth": config.depth,
         "att_type": config.att_type,
         "cbam_impl": config.cbam_impl,

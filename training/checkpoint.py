@@ -1,9 +1,10 @@
-"""Checkpoints in the seed's names, written atomically, loadable with torch.load(weights_only=True).
+"""Checkpoints in the CBAM authors' names, written atomically, loadable with torch.load(weights_only=True).
 
 Everything is plain data: tensors, numbers, strings, lists and dicts (RNG states included), so a checkpoint
 never needs unpickling of arbitrary objects.
 """
 import io
+import json
 import os
 import random
 import shutil
@@ -13,8 +14,11 @@ import numpy as np
 import torch
 
 from model import load_original_checkpoint
+from pipeline import ShardError
 
-from . import config
+from . import config, distributed
+from .ema import WeightAverage
+from .stop import OTHER_RANK_DAMAGED
 
 
 def checkpoint_path(output_dir, prefix):
@@ -124,6 +128,17 @@ def sweep_temporaries(output_dir, prefix):
     return removed
 
 
+def prepare_output_dir(run, log):
+    """Rank 0: creates --output-dir, removes what interrupted saves left there, writes {prefix}_config.json."""
+    if not run.world.is_main:
+        return
+    os.makedirs(run.output_dir, exist_ok=True)
+    for path in sweep_temporaries(run.output_dir, run.prefix):
+        log(f"removed {path}, left by an interrupted save")
+    with open(os.path.join(run.output_dir, f"{run.prefix}_config.json"), "w") as f:
+        json.dump(run.as_dict(), f, indent=1, sort_keys=True)
+
+
 def _running(pid):
     try:
         os.kill(pid, 0)
@@ -190,7 +205,9 @@ DATA_ORDER_SETTINGS = ("world_size", "batch_size", "backend_resolved", "workers"
 def check_mid_epoch_resume(saved_cfg, cfg, path):
     """UsageError when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
     (the skipped batches would then not be the ones already trained on)."""
-    changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS if saved_cfg.get(k) != cfg.get(k)}
+    # Compared as text: older checkpoints hold image_size as a number, newer ones as its schedule ("224").
+    changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS
+               if str(saved_cfg.get(k)) != str(cfg.get(k))}
     if changed:
         raise config.UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
                     + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))
@@ -198,35 +215,75 @@ def check_mid_epoch_resume(saved_cfg, cfg, path):
 
 @dataclass(frozen=True)
 class Position:
-    """Where training goes on: the next epoch and batch, the global step done, the best val top-1 so far."""
+    """Where training goes on: the next epoch and batch, the global step done, the best val top-1 so far, and
+    the wall-clock seconds trained until then (over all resumed runs)."""
     epoch: int
     batch: int = 0
     step: int = 0
     best_top1: float = 0.0
+    elapsed_s: float = 0.0
 
 
-def make_state(model, optimizer, scaler, position, cfg):
+def make_state(learner, position, run):
     """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": position.epoch, "batch": position.batch, "step": position.step,
-            "best_prec1": position.best_top1, "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg}
+    cfg = run.as_dict()
+    state = {"model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+             "scaler": learner.scaler.state_dict(), "epoch": position.epoch, "batch": position.batch,
+             "step": position.step, "best_prec1": position.best_top1, "elapsed_s": position.elapsed_s,
+             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg}
+    if learner.ema is not None:
+        state["ema"] = learner.ema.state_dict()
+    return state
 
 
-def restore(run, model, optimizer, scaler):
-    """Loads --resume (if any) into the model and, unless only evaluating, the optimizer, scaler and RNGs.
-    Returns (the Position to go on from, the checkpoint's path or None)."""
+def restore(run, learner):
+    """Loads --resume (if any) into the model and, unless only evaluating, the optimizer, scaler, weight
+    average and RNGs; starts the weight average (--ema-decay) from the loaded weights when the checkpoint has
+    none. Returns (the Position to go on from, the checkpoint's path or None)."""
     start = Position(run.start_epoch)
     path = resolve_resume(run.resume, run.output_dir, run.prefix)
-    if not path:
-        return start, None
-    ckpt = load(path)
+    ckpt = load(path) if path else {}
     cfg = run.as_dict()
-    load_model_weights(model, ckpt, path, cfg)
-    if run.evaluate or is_original_format(ckpt):
+    if path:
+        load_model_weights(learner.model, ckpt, path, cfg)
+    if run.evaluate and run.eval_weights == "ema":
+        if "ema" not in ckpt:
+            raise config.UsageError(f"checkpoint {path} holds no weight average (it was trained without "
+                                    "--ema-decay): use --eval-weights raw")
+        learner.model.load_state_dict(ckpt["ema"])
+    if run.ema_decay and not run.evaluate:
+        learner.ema = WeightAverage(learner.model, run.ema_decay)
+        if "ema" in ckpt:
+            learner.ema.load_state_dict(ckpt["ema"])
+    if not path or run.evaluate or is_original_format(ckpt):
         return start, path
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    learner.optimizer.load_state_dict(ckpt["optimizer"])
+    learner.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     if ckpt["batch"]:
         check_mid_epoch_resume(ckpt["config"], cfg, path)
-    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"]), path
+    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"], ckpt.get("elapsed_s", 0.0)), path
+
+
+class Saver:
+    """The one checkpoint path of a run: rank 0 writes, every rank waits for it. `elapsed_s()` gives the
+    wall-clock seconds trained so far, recorded with each checkpoint."""
+
+    def __init__(self, run, learner, elapsed_s):
+        self.run, self.learner, self.elapsed_s = run, learner, elapsed_s
+
+    def save(self, position, is_best=False):
+        run, path = self.run, None
+        if run.world.is_main:
+            position = Position(position.epoch, position.batch, position.step, position.best_top1, self.elapsed_s())
+            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best)
+        distributed.barrier(run.world)
+        return path
+
+    def stop_for_damage(self, position, problem, log):
+        """Saves, then raises the ShardError (the same on every rank) that ends the run."""
+        path = self.save(position)
+        log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
+        error = ShardError(distributed.first_message(self.run.world, problem) or OTHER_RANK_DAMAGED)
+        error.same_on_every_rank = True
+        raise error

@@ -4,6 +4,7 @@ they resolve to on this machine, once, before anything else runs.
 Every default lives here, with its unit. An invalid value raises UsageError (one line; train.py exits 2).
 """
 import argparse
+import importlib.util
 import json
 import os
 import types
@@ -14,7 +15,8 @@ import torch
 from model import CBAM_IMPLS
 from model.cbam import resolve_impl
 from pipeline import BACKENDS, VERIFY_MODES, BackendUnavailable, default_record_dir, resolve_backend
-from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile
+from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile, use_cache_dir
+from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
@@ -22,6 +24,17 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 class UsageError(Exception):
     """A flag, file or setting the user must change: one line naming it; train.py exits 2 (argparse's status)."""
+
+
+def _flag_type(parse, name):
+    """An argparse type from a parser that raises ValueError: argparse then names the flag and the value."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = name
+    return convert
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -85,12 +98,33 @@ def build_parser():
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN time its convolution algorithms once for the fixed shapes (CUDA only)")
     p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
-                   help="step = x0.1 every 30 epochs (the seed's); cosine = per-step cosine to 0")
+                   help="step = x0.1 at each --lr-steps epoch; cosine = per-step cosine to 0")
+    p.add_argument("--lr-steps", type=_flag_type(epoch_list, "epochs"), default=AUTHORS_LR_STEPS, metavar="E1,E2,..",
+                   help="epochs where --lr-schedule step multiplies the LR by 0.1 (default: the authors' 30,60,90)")
+    p.add_argument("--accum-steps", type=int, default=1, metavar="N",
+                   help="gradient accumulation: one optimizer step per N batches, so the effective batch is N x "
+                        "--batch-size (DDP synchronises gradients on the last of the N only)")
+    p.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
+                   help="keep an exponential moving average of the weights with this decay per optimizer step "
+                        "(e.g. 0.9998), evaluated beside the raw weights and saved in checkpoints; 0 = off")
+    p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
+                   help="--evaluate: the checkpoint's trained weights or their moving average (--ema-decay)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup with lam ~ Beta(ALPHA, ALPHA) on the device batch (e.g. 0.2); 0 = off")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="cutmix with lam ~ Beta(ALPHA, ALPHA) (e.g. 1.0); with --mixup too, each step uses one "
+                        "of the two at random; 0 = off")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard scalars to {output-dir}/{prefix}_tensorboard "
+                        "(needs the tensorboard package: pip install -e '.[tensorboard]')")
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up length, in epochs")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     p.add_argument("--no-bn-weight-decay", "--no-bn-wd", action="store_true", dest="no_bn_weight_decay",
                    help="no weight decay on BatchNorm parameters and biases")
-    p.add_argument("--image-size", type=int, default=224, help="train crop side in pixels")
+    p.add_argument("--image-size", type=_flag_type(image_size_schedule, "size"), default=image_size_schedule("224"),
+                   metavar="PX|START:END@E0:E1",
+                   help="train crop side in pixels, or a progressive schedule: START px until epoch E0, then a "
+                        "linear ramp to END px at epoch E1, in steps of 32 (e.g. 160:192@28:34)")
     p.add_argument("--val-image-size", type=int, default=None, help="val crop side in pixels (default: --image-size)")
     p.add_argument("--output-dir", default="checkpoints", help="where checkpoints and metrics go")
     p.add_argument("--benchmark", action="store_true",
@@ -117,7 +151,13 @@ def parse_args(argv=None):
         (args.ngpu >= 1, f"--ngpu must be >= 1, got {args.ngpu}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
         (0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"),
-        (args.image_size >= 32, f"--image-size must be >= 32 pixels, got {args.image_size}"),
+        (min(args.image_size.start, args.image_size.end) >= 32,
+         f"--image-size must be >= 32 pixels, got {args.image_size}"),
+        (args.accum_steps >= 1, f"--accum-steps must be >= 1, got {args.accum_steps}"),
+        (args.ema_decay == 0 or 0 < args.ema_decay < 1, f"--ema-decay must be in (0, 1) or 0 (off), got "
+                                                         f"{args.ema_decay}"),
+        (args.mixup >= 0, f"--mixup must be >= 0, got {args.mixup}"),
+        (args.cutmix >= 0, f"--cutmix must be >= 0, got {args.cutmix}"),
         (args.val_image_size is None or args.val_image_size >= 32,
          f"--val-image-size must be >= 32 pixels, got {args.val_image_size}"),
         (args.benchmark_warmup >= 0, f"--benchmark-warmup must be >= 0, got {args.benchmark_warmup}"),
@@ -133,7 +173,7 @@ def parse_args(argv=None):
             raise UsageError(message)
     args.att_type = {"none": "none", "se": "SE", "bam": "BAM", "cbam": "CBAM"}[args.att_type]
     if args.val_image_size is None:
-        args.val_image_size = args.image_size
+        args.val_image_size = args.image_size.end
     if args.prefix is None:
         args.prefix = f"RESNET{args.depth}_{args.att_type.upper()}"
     return args
@@ -185,6 +225,8 @@ def resolve(args, world):
     """The RunConfig of `args` on `world`; UsageError when a choice cannot run here (triton without CUDA, dali
     without DALI or a GPU, a batch that does not divide over the ranks)."""
     check_world(args, world.size)
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
     device = world.device
     amp = args.amp
     if amp == "auto":
@@ -194,9 +236,15 @@ def resolve(args, world):
         backend = resolve_backend(args.backend, device)
     except (RuntimeError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
+    compile_how = resolve_compile(args.compile, device)
+    if compile_how != "off" and args.compile_cache != "none":
+        try:
+            use_cache_dir(args.compile_cache)  # before anything compiles
+        except OSError as exc:
+            raise UsageError(str(exc)) from None
     return RunConfig(
         flags=types.MappingProxyType(dict(vars(args))), world=world, amp=amp, cbam_impl=cbam_impl,
-        compile=resolve_compile(args.compile, device),
+        compile=compile_how,
         # Fixed input shapes: cuDNN may time its convolution algorithms once and keep the fastest.
         cudnn_benchmark=args.cudnn_benchmark and device.type == "cuda", backend=backend,
         per_rank_batch=args.batch_size // world.size,

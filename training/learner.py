@@ -1,12 +1,17 @@
-"""What a run trains: the model (compiled, wrapped in DDP), its optimizer, gradient scaler and loss, built once."""
+"""What a run trains and how one batch trains it: the model (compiled, wrapped in DDP), its optimizer, gradient
+scaler, loss, and the optional weight average (--ema-decay) and batch mixing (--mixup/--cutmix), built once."""
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
+from model.cbam_fused import triton_unavailable_reason
 
 from .compile import compile_model
+from .ema import WeightAverage
+from .mixing import BatchMixer
 from .optim import make_optimizer
 
 
@@ -19,18 +24,46 @@ class Learner:
     scaler: torch.amp.GradScaler
     criterion: torch.nn.Module
     amp_dtype: torch.dtype
+    mixer: BatchMixer = None     # mixup/cutmix, or None
+    ema: WeightAverage = None    # the weight average, or None; made by checkpoint.restore after the weights load
+
+    def step(self, images, labels, step=0, share=1.0, last=True):
+        """One batch's forward and backward, its loss weighted by `share` of the optimizer step that follows
+        when `last` (gradient accumulation: DDP synchronises gradients only then). Returns (logits, loss, the
+        labels the logits are scored against: each sample's dominant label under mixup/cutmix)."""
+        targets = labels
+        if self.mixer is not None:
+            images, targets, labels = self.mixer(images, labels, step)
+        no_sync = getattr(self.train_net, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with torch.autocast(images.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.train_net(images)
+                loss = self.criterion(logits.float(), targets)
+            self.scaler.scale(loss * share if share != 1.0 else loss).backward()
+        if last:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update()
+        return logits, loss, labels
 
 
-def build_learner(run, num_classes):
+def build_learner(run, num_classes, log=print):
     """The Learner of a training.config.RunConfig. Compile and DDP come last, after a resume may have loaded
     weights into the plain model (compiling in place keeps the state-dict names)."""
     device = run.world.device
+    fell_back = run.cbam_impl == "torch" and run.flags["cbam_impl"] == "auto"
+    if run.att_type == "CBAM" and device.type == "cuda" and fell_back:
+        log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(device)}")
     model = build_model(run.depth, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
     model = model.to(device, memory_format=run.memory_format)
     optimizer = make_optimizer(model, run)
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=run.label_smoothing)
-    return Learner(model, model, model, optimizer, scaler, criterion, run.amp_dtype)
+    mixer = BatchMixer(run.mixup, run.cutmix, num_classes, run.seed)
+    return Learner(model, model, model, optimizer, scaler, criterion, run.amp_dtype,
+                   mixer if mixer.enabled else None)
 
 
 def prepare_to_run(learner, run):

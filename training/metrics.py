@@ -40,8 +40,8 @@ class RunningSums:
 def summarize(sums):
     """(loss, top-1 %, top-5 %, n) from host-side sums."""
     loss, c1, c5, n = (float(v) for v in sums)
-    n = max(n, 1.0)
-    return loss / n, 100.0 * c1 / n, 100.0 * c5 / n, int(n)
+    divisor = max(n, 1.0)  # an empty window reports zeros and n = 0
+    return loss / divisor, 100.0 * c1 / divisor, 100.0 * c5 / divisor, int(n)
 
 
 def authors_log_line(epoch, i, n, batch_time, data_time, loss, top1, top5):
@@ -70,6 +70,7 @@ class EpochProgress:
         self.data_time = self.interval_data = 0.0
         self.interval_steps = 0
         self.lr = None  # of the last step taken
+        self.image_size = None  # of the last batch
 
     def __enter__(self):
         return self
@@ -81,8 +82,9 @@ class EpochProgress:
         """Called before the next batch is fetched: the time until step_done's batch arrives is data time."""
         self.fetch_start = time.perf_counter()
 
-    def batch_arrived(self):
+    def batch_arrived(self, image_size):
         self.interval_data += time.perf_counter() - self.fetch_start
+        self.image_size = image_size
 
     def step_done(self, step, global_step, lr, loss, logits, labels):
         """After train step number `step` (1-based within the epoch) of `global_step` (1-based)."""
@@ -112,7 +114,7 @@ class EpochProgress:
             self.bar.set_postfix(loss=f"{interval[0]:.3f}", img_s=f"{images_per_sec:.0f}")
         self.metrics.write(kind="train", epoch=self.epoch, step=global_step, lr=lr, loss=interval[0],
                            top1=interval[1], top5=interval[2], images_per_sec=images_per_sec,
-                           data_time=self.interval_data / self.interval_steps)
+                           data_time=self.interval_data / self.interval_steps, image_size=self.image_size)
         self.interval_start, self.interval_data, self.interval_steps = now, 0.0, 0
         self.train_end = now
 
@@ -125,36 +127,64 @@ class EpochProgress:
 
 
 class MetricsFile:
-    """Appends one JSON object per line to {output}/{prefix}_metrics.jsonl (rank 0 only; else a no-op)."""
+    """Appends one JSON object per line to {output}/{prefix}_metrics.jsonl (rank 0 only; else a no-op), each with
+    `elapsed_s`, the wall-clock seconds of training so far (over resumed runs too), and, with a TensorBoard
+    folder, the same numbers as TensorBoard scalars named {kind}/{key} at the row's step."""
 
-    def __init__(self, path, enabled, resumed_step=None):
+    def __init__(self, path, enabled, resumed_step=None, elapsed_before=0.0, tensorboard_dir=None):
         """resumed_step: the step of the checkpoint a run resumes from. Rows written after it (by a run killed
-        before its next checkpoint) describe steps that are trained again: they are dropped, not duplicated."""
+        before its next checkpoint) describe steps that are trained again: they are dropped, not duplicated.
+        elapsed_before: the seconds that checkpoint had trained for."""
         self.path = path if enabled else None
+        self._started, self._elapsed_before = time.monotonic(), elapsed_before
+        self._board = None
         if self.path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            if resumed_step is not None and os.path.exists(path):
+            if os.path.exists(path):
                 self._keep_until(resumed_step)
+            if tensorboard_dir:
+                from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked by config
+                self._board = SummaryWriter(tensorboard_dir, purge_step=resumed_step)
+
+    def elapsed_s(self):
+        return self._elapsed_before + time.monotonic() - self._started
 
     def _keep_until(self, step):
+        """Keeps the complete rows (of steps up to `step` unless it is None), each ending in a newline, so that
+        the next row never lands on a torn line."""
         with open(self.path) as f:
             lines = f.readlines()
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
-        if len(kept) < len(lines):
+        kept = [line.rstrip("\n") + "\n" for line in lines
+                if _step_of(line) is not None and (step is None or _step_of(line) <= step)]
+        if kept != lines:
             tmp = f"{self.path}.tmp.{os.getpid()}"
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)
 
     def write(self, **record):
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.path:
+            return
+        record.setdefault("elapsed_s", round(self.elapsed_s(), 3))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._board is not None:
+            for key, value in record.items():
+                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)) and value is not None:
+                    self._board.add_scalar(f"{record['kind']}/{key}", value, record.get("step", 0))
+            if record["kind"] != "train":  # an epoch's end: make it visible now
+                self._board.flush()
+
+    def close(self):
+        if self._board is not None:
+            self._board.close()
 
 
 def _step_of(line):
-    """The step of one metrics line; None for a torn line (a run killed while writing it)."""
+    """The step of one metrics line; None for a torn line (a run killed while writing it) or any other line that
+    is not a row."""
     try:
-        return json.loads(line).get("step", 0)
+        record = json.loads(line)
     except ValueError:
         return None
+    return record.get("step", 0) if isinstance(record, dict) else None

@@ -20,7 +20,8 @@ def make_optimizer(model, run):
 
 def set_learning_rate(optimizer, run, global_step, steps_per_epoch):
     """Sets and returns the learning rate of 0-based `global_step` (a pure function of it: resumes continue)."""
-    lr = learning_rate(global_step, steps_per_epoch, run.lr, run.epochs, run.lr_schedule, run.warmup_epochs)
+    lr = learning_rate(global_step, steps_per_epoch, run.lr, run.epochs, run.lr_schedule, run.warmup_epochs,
+                       run.lr_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
