@@ -151,7 +151,8 @@ def main():
 
     if run.evaluate:
         loss, top1, top5, n = evaluate(learner, val_loader, world)
-        log(f" * Prec@1 {top1:.3f} Prec@5 {top5:.3f}  (loss {loss:.4f}, {n} images, {run.eval_weights} weights)")
+        which = "EMA " if run.eval_weights == "ema" else ""
+        log(f" * {which}Prec@1 {top1:.3f} Prec@5 {top5:.3f}  (loss {loss:.4f}, {n} images)")
     elif run.benchmark:
         result = benchmark.run(learner.step, train_loader, run)
         log(benchmark.table(result))

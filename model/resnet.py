@@ -115,8 +115,8 @@ class ResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 # He et al. 2015 for ReLU nets; fan_out keeps the backward pass variance at 1.
-                # (The authors' code matched key names containing "conv", which also catches every conv here
-                # except the downsample shortcut convs; we initialise those the same way, as the issue asks.)
+                # (The authors' code matched key names containing "conv", which catches every conv here except
+                # the downsample shortcut convs; we initialise those the same way, as He et al. do every conv.)
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 # Identity affine transform at the start, the usual BN choice.

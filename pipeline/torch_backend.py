@@ -3,8 +3,8 @@
 Each worker reads only its contiguous share of the rank's sample range (shards.worker_plans) through
 pipeline/shard_read.py, shuffles raw JPEG bytes through a seeded buffer (train), decodes and resizes only the
 crop window (pipeline/jpeg_decode.py) and writes uint8 HWC batches into shared-memory slots
-(pipeline/batch_slots.py; DataLoader batch_size=None; train batches in halves, see _PARTS_PER_BATCH). The main
-process moves the parts to the device and converts, normalises, joins and lays them out there in one step
+(pipeline/batch_slots.py; DataLoader batch_size=None; train batches in halves, see _PIECES_PER_BATCH). The main
+process moves the pieces to the device and converts, normalises, joins and lays them out there in one step
 (pipeline/normalize.py, shared with the DALI backends), then hands the slots back.
 
 A damaged shard makes the worker yield a _Failure naming the file, which the main process raises as a
@@ -25,11 +25,11 @@ from .shard_format import ShardError, parse_label
 from .shard_read import read_samples
 from .shards import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
 
-# Train batches travel from the workers in this many equal parts, joined by the main process while it normalises
+# Train batches travel from the workers in this many equal pieces, joined by the main process while it normalises
 # (no extra copy). A worker's share is then counted in half batches, so the workers finish an epoch together
 # (with whole batches, a small epoch of 7 batches splits 4 + 3 over 2 workers and one core idles for the last
 # batch). It also halves the wait for the first batch.
-_PARTS_PER_BATCH = 2
+_PIECES_PER_BATCH = 2
 _PREFETCH = 2  # items each worker may have ready ahead (DataLoader's prefetch_factor, its default)
 
 
@@ -133,8 +133,9 @@ class TorchLoader(Loader):
         self._slots = None  # BatchSlots, made for the first epoch run with worker processes
 
     def _epoch_batches(self, plan):
-        parts = _PARTS_PER_BATCH if plan.train and self.workers > 1 and plan.batch_size % _PARTS_PER_BATCH == 0 else 1
-        worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // parts, batches=plan.batches * parts)
+        split = plan.train and self.workers > 1 and plan.batch_size % _PIECES_PER_BATCH == 0
+        pieces = _PIECES_PER_BATCH if split else 1
+        worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // pieces, batches=plan.batches * pieces)
         slots = self._batch_slots(worker_plan.batch_size)
         dataset = ShardStream(self.split, worker_plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
                               rank=self.rank, num_workers=self.workers, slots=slots)
@@ -149,7 +150,7 @@ class TorchLoader(Loader):
                 if isinstance(item, _Failure):
                     raise ShardError(item.message)
                 pending.append(item)
-                if len(pending) < parts:
+                if len(pending) < pieces:
                     continue
                 views = [handle if isinstance(handle, torch.Tensor) else slots.view(handle) for handle, _ in pending]
                 labels = torch.from_numpy(np.concatenate([labels for _, labels in pending]))
@@ -169,14 +170,14 @@ class TorchLoader(Loader):
             # (an exception's traceback would otherwise keep them alive).
             del batches
 
-    def _batch_slots(self, part_size):
+    def _batch_slots(self, piece_size):
         """This loader's BatchSlots (None without worker processes), renewed for the epoch."""
         if self.workers == 0:
             return None
-        if self._slots is None or self._slots.images.shape[2:4] != (part_size, self.image_size):
-            # Progress needs more slots per worker than the parts the main process holds while it assembles a
-            # batch (_PARTS_PER_BATCH - 1); the prefetched items on top keep the workers from waiting.
-            self._slots = BatchSlots(self.workers, _PREFETCH + _PARTS_PER_BATCH, part_size, self.image_size)
+        if self._slots is None or self._slots.images.shape[2:4] != (piece_size, self.image_size):
+            # Progress needs more slots per worker than the pieces the main process holds while it assembles a
+            # batch (_PIECES_PER_BATCH - 1); the prefetched items on top keep the workers from waiting.
+            self._slots = BatchSlots(self.workers, _PREFETCH + _PIECES_PER_BATCH, piece_size, self.image_size)
         # The DataLoader starts its workers with the default start method; the semaphores must match it.
         self._slots.new_epoch(multiprocessing.get_context())
         return self._slots

@@ -47,15 +47,6 @@ def sample_tree(tmp_path):
     return root
 
 
-@pytest.fixture
-def generated_tree(tmp_path):
-    """A generated learnable tree: 4 classes, 12 train + 5 val per class, varied sizes."""
-    from tools.make_demo_data import write_tree
-    root = tmp_path / "generated"
-    write_tree(str(root), classes=4, train_per_class=12, val_per_class=5, size=64, seed=1)
-    return root
-
-
 def run_make_shards(src, out, max_count, *extra):
     """Runs the real tools/make_shards.py as a user would; returns the shard directory as a str."""
     import subprocess

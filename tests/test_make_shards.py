@@ -102,7 +102,7 @@ def ycck_jpeg(size, color):
 
 
 def add_bad_files(root):
-    """The issue's nonstandard and broken inputs, plus valid grayscale and oddly named JPEGs. Returns (fixed,
+    """Nonstandard and broken inputs, plus valid grayscale and oddly named JPEGs. Returns (fixed,
     skipped): relpath -> expected part of the reason. Converted images get distinct non-square sizes so that a
     sample read back can be traced to its source."""
     def put(relpath, data):

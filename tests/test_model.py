@@ -142,7 +142,7 @@ def test_cbam_is_channel_then_spatial():
 
 
 def _to_original_names(state):
-    """Our state dict renamed as the authors' code names it (written independently of model/checkpoint.py)."""
+    """Our state dict renamed as the authors' code names it (written independently of model/authors_checkpoint.py)."""
     renames = {
         "attn.channel_gate.mlp.0.": "cbam.ChannelGate.mlp.1.",
         "attn.channel_gate.mlp.2.": "cbam.ChannelGate.mlp.3.",

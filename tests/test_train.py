@@ -74,7 +74,7 @@ def test_reference_run_logs_checkpoints_and_metrics(reference_run):
 def test_ngpu_launcher_then_resume_reproduce_the_uninterrupted_run(reference_run, shards, tmp_path):
     ref_out, _ = reference_run
     reference = {r["step"]: r["loss"] for r in metrics(ref_out)}
-    # The seed's way: python train.py --ngpu 2 relaunches itself through torch.distributed.run.
+    # The CBAM authors' way: python train.py --ngpu 2 relaunches itself through torch.distributed.run.
     first = run([PY, "train.py", *COMMON, "--ngpu", "2", "--epochs", "1", "--output-dir", str(tmp_path),
                  str(shards)])
     assert first.returncode == 0, first.stderr[-3000:]

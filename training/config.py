@@ -1,5 +1,5 @@
-"""train.py's configuration: the flags (the seed's, with their meaning and defaults, plus ours) and the RunConfig
-they resolve to on this machine, once, before anything else runs.
+"""train.py's configuration: the flags (the CBAM authors' train_imagenet.py flags, with their meaning and defaults,
+plus ours) and the RunConfig they resolve to on this machine, once, before anything else runs.
 
 Every default lives here, with its unit. An invalid value raises UsageError (one line; train.py exits 2).
 """
@@ -48,7 +48,7 @@ def build_parser():
     p = OneLineParser(prog="train.py", description="ImageNet training of ResNet + CBAM/BAM/SE with DDP.",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", metavar="DATA", help="shard folder written by tools/make_shards.py")
-    # The seed's flags (github.com/Jongchan/attention-module, train_imagenet.py).
+    # The CBAM authors' flags (github.com/Jongchan/attention-module, train_imagenet.py).
     p.add_argument("--arch", default="resnet", choices=["resnet"], help="architecture family")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
     p.add_argument("--att-type", default="none", type=str.lower, choices=["none", "se", "bam", "cbam"],

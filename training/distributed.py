@@ -30,7 +30,7 @@ def launched_by_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-STATUS_DIR_ENV = "CBAM_RANK_STATUS_DIR"  # set by the seed-style launcher: where each rank records its exit status
+STATUS_DIR_ENV = "CBAM_RANK_STATUS_DIR"  # set by the --ngpu launcher: where each rank records its exit status
 
 
 def relaunch_with_torchrun(nproc):
@@ -80,7 +80,7 @@ def _recorded_status(status_dir, nproc):
 
 
 def record_exit_status(code):
-    """Under the seed-style launcher, records this rank's exit status for it (see relaunch_with_torchrun)."""
+    """Under the --ngpu launcher, records this rank's exit status for it (see relaunch_with_torchrun)."""
     folder = os.environ.get(STATUS_DIR_ENV)
     if folder and "RANK" in os.environ and os.path.isdir(folder):
         with open(os.path.join(folder, f"rank{os.environ['RANK']}"), "w") as f:
