@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_suite.sh [WHEEL_DIR] [RESULTS] [STAGES]
 #
 # STAGES (comma list; default all, in this order):
+#   data    only builds the photograph tree and its shards (below), so a later stage finds them ready     photographs
 #   check   the GPU-only tests (tests/test_gpu.py: compiled Triton kernels against the authors' CBAM, CUDA batches,
 #           fp16 and bf16 epochs)                                                      project only
 #   model   benchmarks/model_speed.py: ResNet-50 none and each CBAM implementation, eager and compiled   project only
@@ -25,19 +26,20 @@
 #   (tools/link_photo_tree.py: 100 classes x GPU_SUITE_PER_CLASS=320 train + 10 val, so a batch-256 epoch holds
 #   125 batches and no epoch restart falls inside a benchmark), sharded once into GPU_SUITE_DATA
 #   (default /tmp/gpu_suite_data) and kept there for the later stages and calls.
+# GPU_SUITE_TIME_LIMIT (default 200): seconds after which benchmarks/model_speed.py starts no new case.
 # GPU_SUITE_TRAIN_FLAGS (default: ResNet-50 at batch 256, 20 + 40 steps) replaces the model and size flags of the
 #   train.py stages; the tests use it to run a stage on a CPU in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-.whl}
 RESULTS=${2:-${OUT:-bench_out}/gpu_suite.txt}
-STAGES=${3:-check,model,blocks,torch,dali,loader,shards}
+STAGES=${3:-data,check,model,blocks,torch,dali,loader,shards}
 PY=${PYTHON:-python3}
 DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
-KNOWN=",check,model,blocks,torch,dali,loader,shards,"
+KNOWN=",data,check,model,blocks,torch,dali,loader,shards,"
 TRAIN_FLAGS=${GPU_SUITE_TRAIN_FLAGS:---depth 50 --batch-size 256 --workers 12 --benchmark-warmup 20 --benchmark-steps 40}
-LIMIT=200  # seconds after which benchmarks/model_speed.py starts no new case: the stage stays within 4 minutes
+LIMIT=${GPU_SUITE_TIME_LIMIT:-200}  # model_speed.py starts no new case after it: the stage stays within 4 minutes
 
 for stage in ${STAGES//,/ }; do
   if [[ $KNOWN != *",$stage,"* ]]; then
@@ -107,7 +109,10 @@ train_benchmark() {  # train.py --benchmark with the default flags (compile, amp
   run $PY train.py --att-type "$1" --backend "$2" $TRAIN_FLAGS --benchmark "$DATA/shards"
 }
 
-wants check && run $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
+wants data && need_data
+# --show-capture=no: a failing compiled test captures thousands of DEBUG lines of torch's tracing that would hide
+# its assertion message.
+wants check && run $PY -m pytest -q -p no:cacheprovider --tb=short --show-capture=no -rf tests/test_gpu.py
 wants model && run $PY benchmarks/model_speed.py --variants none,CBAM,CBAM-torch,CBAM-ref --time-limit "$LIMIT"
 wants blocks && run $PY benchmarks/model_speed.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
   --profile --time-limit "$LIMIT"

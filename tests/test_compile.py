@@ -9,10 +9,14 @@ from model import build_model
 from training.compile import compile_model, default_cache_dir, resolve_compile, use_cache_dir
 
 
-def test_auto_compiles_blocks_on_cuda_only():
+def test_auto_compiles_blocks_on_cuda_unless_the_fused_cbam_runs_faster_eager():
     assert resolve_compile("auto", "cuda") == "blocks"
+    assert resolve_compile("auto", "cuda", "CBAM", "torch") == "blocks"
+    assert resolve_compile("auto", "cuda", "SE", None) == "blocks"
+    assert resolve_compile("auto", "cuda", "CBAM", "triton") == "off"
     assert resolve_compile("auto", "cpu") == "off"
     assert resolve_compile("model", "cpu") == "model" and resolve_compile("off", "cuda") == "off"
+    assert resolve_compile("blocks", "cuda", "CBAM", "triton") == "blocks"  # asked for: kept
 
 
 @pytest.mark.parametrize("how,expected_graphs", [("blocks", 7), ("model", 1)])

@@ -25,12 +25,16 @@ COMPILE_CHOICES = ("auto", "off", "blocks", "model")
 RECOMPILE_LIMIT = 64
 
 
-def resolve_compile(choice, device):
+def resolve_compile(choice, device, att_type="none", cbam_impl=None):
     """--compile auto -> "blocks" on CUDA, "off" elsewhere (CPU compile of a ResNet-50 takes minutes on few cores
-    and gains little there: BENCHMARKS.md)."""
-    if choice == "auto":
-        return "blocks" if torch.device(device).type == "cuda" else "off"
-    return choice
+    and gains little there), and "off" for CBAM with the fused Triton kernels: on an H100 the compiled
+    ResNet-50-CBAM step was slower than the eager one, after a minute of compiling (BENCHMARKS.md, "GPU
+    measurements"). An explicit choice is always kept."""
+    if choice != "auto":
+        return choice
+    if torch.device(device).type != "cuda" or (att_type == "CBAM" and cbam_impl == "triton"):
+        return "off"
+    return "blocks"
 
 
 def default_cache_dir():

@@ -89,7 +89,8 @@ def build_parser():
                    help="NHWC memory format for the model (the loader always delivers channels_last images)")
     p.add_argument("--compile", nargs="?", const="blocks", default="auto", choices=COMPILE_CHOICES,
                    help="torch.compile: blocks = each residual block (identical blocks share one compilation), "
-                        "model = the whole model as one graph, off; auto = blocks on CUDA, off elsewhere; "
+                        "model = the whole model as one graph, off; auto = blocks on CUDA, except CBAM with the fused "
+                        "Triton kernels (faster eager on an H100), off elsewhere; "
                         "a bare --compile means blocks")
     p.add_argument("--no-compile", action="store_const", const="off", dest="compile", help="same as --compile off")
     p.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
@@ -236,7 +237,7 @@ def resolve(args, world):
         backend = resolve_backend(args.backend, device)
     except (RuntimeError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
-    compile_how = resolve_compile(args.compile, device)
+    compile_how = resolve_compile(args.compile, device, args.att_type, cbam_impl)
     if compile_how != "off" and args.compile_cache != "none":
         try:
             use_cache_dir(args.compile_cache)  # before anything compiles
