@@ -10,8 +10,8 @@
 #           fp16 and bf16 epochs)                                                      project only
 #   model   benchmarks/model_speed.py: ResNet-50 none and each CBAM implementation, eager and compiled   project only
 #   blocks  benchmarks/model_speed.py --blocks --profile: the block tails per stage, in memory passes    project only
-#   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags, twice: a cold and a
-#           warm compile cache                                                          project + photographs
+#   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags, then with --compile blocks
+#           twice: a cold and a warm compile cache                                      project + photographs
 #   dali    train.py --benchmark, dali backend, ResNet-50-CBAM and ResNet-50 with the default flags     + DALI
 #   loader  benchmarks/loader.py (torch, dali-cpu, dali, stock torchvision)                            + DALI
 #   shards  benchmarks/shards.py                                                          + photographs
@@ -26,6 +26,7 @@
 #   (tools/link_photo_tree.py: 100 classes x GPU_SUITE_PER_CLASS=320 train + 10 val, so a batch-256 epoch holds
 #   125 batches and no epoch restart falls inside a benchmark), sharded once into GPU_SUITE_DATA
 #   (default /tmp/gpu_suite_data) and kept there for the later stages and calls.
+# GPU_SUITE_COMPILE (default blocks): the --compile choice the torch stage times from a cold and a warm cache.
 # GPU_SUITE_TIME_LIMIT (default 200): seconds after which benchmarks/model_speed.py starts no new case.
 # GPU_SUITE_TRAIN_FLAGS (default: ResNet-50 at batch 256, 20 + 40 steps) replaces the model and size flags of the
 #   train.py stages; the tests use it to run a stage on a CPU in seconds.
@@ -39,6 +40,7 @@ DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
 KNOWN=",data,check,model,blocks,torch,dali,loader,shards,"
 TRAIN_FLAGS=${GPU_SUITE_TRAIN_FLAGS:---depth 50 --batch-size 256 --workers 12 --benchmark-warmup 20 --benchmark-steps 40}
+COMPILE=${GPU_SUITE_COMPILE:-blocks}  # the compile measured cold and warm by the torch stage
 LIMIT=${GPU_SUITE_TIME_LIMIT:-200}  # model_speed.py starts no new case after it: the stage stays within 4 minutes
 
 for stage in ${STAGES//,/ }; do
@@ -105,8 +107,8 @@ need_data() {  # the photograph tree and its shards, made once and kept in $DATA
 }
 
 # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
-train_benchmark() {  # train.py --benchmark with the default flags (compile, amp, CBAM implementation: auto)
-  run $PY train.py --att-type "$1" --backend "$2" $TRAIN_FLAGS --benchmark "$DATA/shards"
+train_benchmark() {  # train.py --benchmark with the default flags (compile, amp, CBAM implementation: auto) + "$3"
+  run $PY train.py --att-type "$1" --backend "$2" $TRAIN_FLAGS ${3:-} --benchmark "$DATA/shards"
 }
 
 wants data && need_data
@@ -117,9 +119,10 @@ wants model && run $PY benchmarks/model_speed.py --variants none,CBAM,CBAM-torch
 wants blocks && run $PY benchmarks/model_speed.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
   --profile --time-limit "$LIMIT"
 if wants torch && need_data; then
-  note "CBAM, torch backend: first with the compile cache as it is, then again (warm cache)"
+  note "CBAM, torch backend: the default flags, then --compile blocks with the compile cache as it is, then warm"
   train_benchmark CBAM torch
-  train_benchmark CBAM torch
+  train_benchmark CBAM torch "--compile $COMPILE"
+  train_benchmark CBAM torch "--compile $COMPILE"
 fi
 if wants dali && need_dali dali && need_data; then
   train_benchmark CBAM dali

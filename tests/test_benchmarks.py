@@ -127,7 +127,7 @@ def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, GPU_SUITE_DATA=str(tmp_path / "data"), GPU_SUITE_PHOTOS=photos,
                GPU_SUITE_CLASSES="3", GPU_SUITE_PER_CLASS="8", GPU_SUITE_VAL_PER_CLASS="2",
                GPU_SUITE_TRAIN_FLAGS="--depth 18 --image-size 32 --batch-size 8 --workers 2 --benchmark-warmup 1 "
-                                     "--benchmark-steps 1 --compile-cache none")
+                                     "--benchmark-steps 1 --compile-cache none", GPU_SUITE_COMPILE="off")
     suite = [os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), str(tmp_path / "no-wheels")]
 
     def stage(name, results):
@@ -140,7 +140,8 @@ def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     first = stage("torch", tmp_path / "first.txt")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = [json.loads(line) for line in (tmp_path / "first.txt.json").read_text().splitlines()]
-    assert [(r["backend"], r["att_type"]) for r in runs] == [("torch", "CBAM")] * 2  # cold, then warm cache
+    # the default flags, then the compile choice from a cold and a warm cache
+    assert [(r["backend"], r["att_type"]) for r in runs] == [("torch", "CBAM")] * 3
     assert all(r["images_per_sec"] > 0 for r in runs)
     manifest = json.loads((tmp_path / "data" / "shards" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] == 3 * 8
