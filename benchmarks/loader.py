@@ -23,13 +23,20 @@ loading, it is what bounds images/s. Every figure is the median of
 --repeats; in every repeat each loader (the subprocess baseline included) runs once, in an order that rotates from
 repeat to repeat, so baselines and candidates share the machine state.
 
+With --src URL (s3://bucket/prefix or http(s)://host/path of a shard folder written by make_shards), the
+rows are instead our loaders reading that folder remotely against a local copy of the same shards (downloaded
+first), interleaved the same way, plus the torch backend through --cache-dir, and the per-request overhead:
+the median time of one 4 KiB ranged read remotely against one pread of the local copy.
+
     .venv/bin/python benchmarks/loader.py [--src DIR] [--copies 1] [--workers 2] [--image-size 224]
                                           [--batch-size 64] [--repeats 5] [--epochs 2] [--no-stock-pillow]
                                           [--record]
+    AWS_ENDPOINT_URL=http://127.0.0.1:5000 .venv/bin/python benchmarks/loader.py --src s3://bucket/shards
 """
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -42,14 +49,16 @@ import torch
 
 import pipeline
 from benchmarks.common import ROOT, machine, markdown_table, record
-from pipeline import augment
+from pipeline import augment, storage
 from pipeline.info import summary
+from pipeline.shards import read_manifest
 
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")
-TARGET_VS_STOCK = 2.0  # issue 6: torch and dali-cpu >= 2x the stock torchvision pipeline (CPU, 2 workers, 224 px)
+TARGET_VS_STOCK = 2.0  # torch and dali-cpu >= 2x the stock torchvision pipeline (CPU, 2 workers, 224 px)
 STOCK_PILLOW = "(a) stock torchvision + {pil}"       # row names; the targets are judged against the first
 STOCK_ACTIVE_PIL = "(b) stock torchvision + {pil}"   # baseline row present
+REQUESTS = 50  # small reads timed for the per-request overhead of --src URL
 
 
 def sample_files():
@@ -176,9 +185,9 @@ def serve_stock(src, args, device):
     return 0
 
 
-def our_loader(shard_dir, backend, args, device):
+def our_loader(shard_dir, backend, args, device, **options):
     loader = pipeline.build_loader(shard_dir, "train", args.batch_size, backend=backend, workers=args.workers,
-                                   device=device, image_size=args.image_size)
+                                   device=device, image_size=args.image_size, **options)
 
     def epoch(number):
         loader.set_epoch(number)
@@ -230,9 +239,84 @@ def interleaved_repeats(runners, args):
     return seconds
 
 
+def download_shard_folder(url, dest):
+    """Copies the shard folder at `url` (its manifest and every file it names) to the local folder `dest`."""
+    os.makedirs(dest)
+    manifest = read_manifest(url)
+    names = {"manifest.json"} | {entry[field] for split in manifest["splits"].values() for entry in split["shards"]
+                                 for field in ("tar", "index", "checksums") if entry.get(field)}
+    for name in sorted(names):
+        with open(os.path.join(dest, name), "wb") as handle:
+            if name.endswith(".tar"):
+                for chunk in storage.copy_chunks(f"{url}/{name}", storage.size(f"{url}/{name}")):
+                    handle.write(chunk)
+            else:
+                handle.write(storage.read_bytes(f"{url}/{name}"))
+    return dest
+
+
+def request_overhead(url, local, count=REQUESTS):
+    """Median seconds of one 4 KiB read at a random offset of the first train shard: remote (one ranged request)
+    and local (one pread), with the remote median per MiB of a 4 MiB read for the bandwidth."""
+    name = read_manifest(local)["splits"]["train"]["shards"][0]["tar"]
+    size = os.path.getsize(os.path.join(local, name))
+    rng = random.Random(0)
+    times = {"remote": [], "local": [], "remote_4mib": []}
+    for _ in range(count):
+        offset = rng.randrange(0, max(1, size - 4096))
+        for key, path in (("remote", f"{url}/{name}"), ("local", os.path.join(local, name))):
+            start = time.perf_counter()
+            storage.read_range(path, offset, min(size, offset + 4096))
+            times[key].append(time.perf_counter() - start)
+    for _ in range(max(3, count // 10)):
+        start = time.perf_counter()
+        storage.read_range(f"{url}/{name}", 0, min(size, 4 << 20))
+        times["remote_4mib"].append((time.perf_counter() - start) / (min(size, 4 << 20) / (1 << 20)))
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def remote_comparison(url, args, device):
+    """--src URL: the shards there read by our loaders against a local copy of the same shards, interleaved as in
+    the main benchmark; the torch backend also through --cache-dir (its first, warm-up epoch fills the cache)."""
+    backends = args.backends.split(",") if args.backends else ["torch"]
+    with tempfile.TemporaryDirectory(prefix="bench_loader_remote_") as tmp:
+        local = download_shard_folder(url, os.path.join(tmp, "local"))
+        runners = {}
+        for backend in backends:
+            runners[f"{backend} local"] = in_process(our_loader(local, backend, args, device), device)
+            runners[f"{backend} remote"] = in_process(our_loader(url, backend, args, device, verify="off"), device)
+            if backend == "torch":
+                runners["torch remote + cache"] = in_process(our_loader(
+                    url, backend, args, device, verify="off", cache_dir=os.path.join(tmp, "cache")), device)
+        seconds = interleaved_repeats(runners, args)
+        overhead = request_overhead(url, local)
+    batches = {name: b for name, (_, b) in runners.items()}
+    rates = {name: statistics.median(batches[name] * args.batch_size * args.epochs / s for s, _ in samples)
+             for name, samples in seconds.items()}
+    rows = [[name, f"{rates[name]:.0f}", f"{rates[name] / rates[name.split()[0] + ' local']:.2f}"] for name in runners]
+    table = markdown_table(["loader", "images/s (median)", "vs the same backend on local disk"], rows)
+    note = (f"{url}: {batches[next(iter(runners))] * args.batch_size} images per epoch, {args.image_size} px, batch "
+            f"{args.batch_size}, {args.workers} workers, {args.repeats} repeats of {args.epochs} epoch(s); one 4 KiB "
+            f"read: {overhead['remote'] * 1000:.2f} ms remote vs {overhead['local'] * 1000:.3f} ms local "
+            f"(per-request overhead {1000 * (overhead['remote'] - overhead['local']):.2f} ms); remote bulk read "
+            f"{overhead['remote_4mib'] * 1000:.1f} ms per MiB")
+    print(table)
+    print(note)
+    print(json.dumps({"benchmark": "loader-remote", "src": url, "device": str(device), "workers": args.workers,
+                      "batch_size": args.batch_size, "image_size": args.image_size, "repeats": args.repeats,
+                      "epochs": args.epochs, "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+                      "ratio_vs_local": {k: round(rates[k] / rates[k.split()[0] + " local"], 3) for k in rates},
+                      "request_seconds": {k: round(v, 6) for k, v in overhead.items()}, "machine": machine()}))
+    if args.record:
+        record("Loader throughput from object storage (benchmarks/loader.py --src URL)", table, note=note)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", help="ImageFolder tree whose train/ split is read (default: the shared samples)")
+    parser.add_argument("--src", help="ImageFolder tree whose train/ split is read (default: the shared samples), "
+                        "or the URL of a shard folder in object storage (s3://, http(s)://): then that folder is "
+                        "read remotely against a local copy of it, in the same run")
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes / DALI threads (default 2)")
     parser.add_argument("--image-size", type=int, default=224, help="output side in pixels (default 224)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
@@ -256,6 +340,8 @@ def main(argv=None):
     if args.serve_stock:
         return serve_stock(args.serve_stock, args, device)
     child_argv = [f"--workers={args.workers}", f"--image-size={args.image_size}", f"--batch-size={args.batch_size}"]
+    if args.src and storage.is_remote(args.src):
+        return remote_comparison(storage.normalize(args.src), args, device)
     backends = args.backends.split(",") if args.backends else (
         ["torch", "dali-cpu"] + (["dali"] if device.type == "cuda" else []))
 

@@ -12,19 +12,26 @@ DALI imports and CUDA is available, else 'torch'). They differ in speed, not in 
 ranks, same batch counts, same augmentation parameters (pipeline/augment.py). Importing this package is cheap:
 torch, Pillow and DALI are imported only when a loader is built.
 """
+import atexit
+import hashlib
 import logging
 import os
+import shutil
+import tempfile
 
+from . import storage
+from .shard_cache import ShardCache
 from .shard_format import ShardError
-from .shards import load_split
+from .shards import check_index_file, load_split
 from .verify import MODES as VERIFY_MODES
 from .verify import default_record_dir
 
-__all__ = ["BACKENDS", "VERIFY_MODES", "BackendUnavailable", "ShardError", "build_loader", "default_record_dir",
-           "default_workers", "resolve_backend"]
+__all__ = ["BACKENDS", "DEFAULT_CACHE_BYTES", "VERIFY_MODES", "BackendUnavailable", "ShardError", "build_loader",
+           "default_record_dir", "default_workers", "resolve_backend"]
 
 BACKENDS = ("auto", "dali", "dali-cpu", "torch")
 _DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_CACHE_BYTES = 100 << 30  # ImageNet's shards are about 150 GB: most of them, on a typical local disk
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +45,18 @@ def default_workers():
     return min(8, os.cpu_count() or 1)
 
 
-def resolve_backend(backend, device):
-    """The concrete backend name for `backend` on `device`, or BackendUnavailable naming the reason."""
+def resolve_backend(backend, device, data=None):
+    """The concrete backend name for `backend` on `device` reading `data` (a shard folder or URL), or
+    BackendUnavailable naming the reason."""
     import torch
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return backend
+    if backend == "auto" and storage.scheme_of(data or "") not in ("", "s3"):
+        log.info("loader backend auto -> torch (DALI reads neither http:// nor https://)")
+        return "torch"
     if backend == "auto":
         reason = _dali_gpu_problem(device)
         chosen = "torch" if reason else "dali"
@@ -84,7 +95,8 @@ def _dali_gpu_problem(device):
 
 
 def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_size=1, workers=None,
-                 device=None, image_size=224, seed=0, dtype=None, verify="background", verify_dir=None):
+                 device=None, image_size=224, seed=0, dtype=None, verify="background", verify_dir=None,
+                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES):
     """A loader over `split` of the shards in `shard_dir` (written by tools/make_shards.py).
 
     batch_size: samples per batch on this rank. workers: DataLoader worker processes (torch) or DALI threads;
@@ -94,6 +106,9 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     bfloat16. verify: 'background' (default) hashes the rank's shards against the manifest's sha256 while
     loading, 'before' waits for that at each epoch's start, 'off' skips it (see Loader and pipeline/verify.py);
     verify_dir: where shards found intact are recorded (default default_record_dir(); '' records nothing).
+    shard_dir may be a URL (s3://bucket/prefix, http(s)://host/path, file://; pipeline/storage.py). cache_dir:
+    where the torch backend keeps verified copies of remote shards, at most cache_bytes of them (None: remote
+    shards are read with ranged requests every epoch); the DALI backends keep only their index files there.
     Raises ShardError for a missing/damaged manifest or shard, BackendUnavailable for a backend that
     cannot run here, ValueError for bad arguments. A train split too small for one batch per rank logs a
     warning and yields no batches (len 0), so that evaluation-only runs still work."""
@@ -106,8 +121,13 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     verify_dir = default_record_dir() if verify_dir is None else verify_dir
-    name = resolve_backend(backend, device)
-    data = load_split(shard_dir, split, need_index=name != "torch")
+    name = resolve_backend(backend, device, data=shard_dir)
+    scheme = storage.scheme_of(shard_dir)
+    if name != "torch" and scheme not in ("", "s3"):
+        raise BackendUnavailable(f"backend {name!r} cannot read {scheme}:// ({shard_dir}): DALI reads local files "
+                                 "and s3:// only; use backend 'torch', which reads every scheme")
+    remote = scheme != ""
+    data = load_split(shard_dir, split, need_index=name != "torch" and not remote)
     if data.is_train and data.num_samples < world_size * batch_size:
         log.warning("split %r of %s has %d samples, fewer than world_size * batch_size = %d: the train loader "
                     "yields no batches", split, data.shard_dir, data.num_samples, world_size * batch_size)
@@ -115,9 +135,29 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
                   image_size=image_size, seed=seed, dtype=dtype, verify=verify, verify_dir=verify_dir)
     if name == "torch":
         from .torch_backend import TorchLoader
-        return TorchLoader(data, **common)
-    from .dali import DaliLoader
+        cache = ShardCache(cache_dir, cache_bytes) if cache_dir and remote else None
+        return TorchLoader(data, cache=cache, **common)
+    from .dali import DaliLoader, with_local_indexes
+    if remote:
+        data = with_local_indexes(data, _index_folder(cache_dir, data.shard_dir))
+        for shard in data.shards:
+            check_index_file(shard)
     return DaliLoader(data, gpu=name == "dali", **common)
+
+
+def _index_folder(cache_dir, location):
+    """Where the DALI backends keep the index files of remote shards: in the cache folder, else in a temporary
+    folder removed at exit."""
+    if cache_dir:
+        return os.path.join(cache_dir, "dali-index", hashlib.sha256(location.encode()).hexdigest()[:16])
+    if location not in _index_folders:
+        folder = tempfile.mkdtemp(prefix="cbam-dali-index-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _index_folders[location] = folder
+    return _index_folders[location]
+
+
+_index_folders = {}
 
 
 def _resolve_device(device):

@@ -20,12 +20,13 @@ CPU resize cost as much as the decode (see _resize_windows). Only the batches th
 
 DALI is imported lazily so that `import pipeline` works where DALI is not installed.
 """
+import dataclasses
 import os
 
 import numpy as np
 import torch
 
-from . import augment
+from . import augment, storage
 from .loader import Loader, host_work_threads
 from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, find_corrupt_shard, shard_segments
 
@@ -274,13 +275,30 @@ class DaliLoader(Loader):
         """DALI's decoder errors do not say which sample failed: find the shard that differs from the manifest."""
         reason = _dali_reason(exc)
         candidates = [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)]
-        bad = find_corrupt_shard(candidates)
+        # Hashing shards in object storage would download the rank's whole range: their sizes only, there.
+        bad = find_corrupt_shard(candidates, hash_remote=False)
         if bad is not None:
             return (f"shard {bad.path} differs from its manifest entry (size or sha256): damaged; "
                     f"re-run tools/make_shards.py (DALI: {reason})")
-        names = ", ".join(os.path.basename(s.path) for s in candidates)
+        names = ", ".join(storage.basename(s.path) for s in candidates)
         return (f"DALI failed reading shards {names} in {self.split.shard_dir} "
                 f"(all match their manifest checksums): {reason}")
+
+
+def with_local_indexes(split, folder):
+    """`split` with every shard's DALI index copied into `folder`: DALI reads s3:// shards itself (its readers
+    accept s3:// paths since NVIDIA/DALI#5415) but its index files from local paths."""
+    os.makedirs(folder, exist_ok=True)
+    shards = []
+    for shard in split.shards:
+        local = os.path.join(folder, storage.basename(shard.index_path))
+        if not os.path.exists(local):
+            data = storage.read_bytes(shard.index_path)
+            with open(local + ".part", "wb") as handle:
+                handle.write(data)
+            os.replace(local + ".part", local)
+        shards.append(dataclasses.replace(shard, index_path=local))
+    return dataclasses.replace(split, shards=tuple(shards))
 
 
 def _dali_reason(exc):

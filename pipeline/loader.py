@@ -95,7 +95,14 @@ class Loader:
         return self.plan().batches
 
     def _plan_shards(self, plan):
-        return [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)]
+        """The shards of the plan that the background check hashes."""
+        return [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)
+                if not self._checked_while_reading(shard)]
+
+    def _checked_while_reading(self, shard):
+        """True where the backend itself checks every byte it reads of `shard`, so hashing it would only read
+        it twice (for a shard in object storage: download it twice)."""
+        return False
 
     def shard_problem(self, wait=False):
         """The one-line description of a damaged shard in this epoch's range, else None. Without `wait` it only

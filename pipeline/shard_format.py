@@ -84,14 +84,15 @@ def member_header_ok(header, size):
     return info.size == size
 
 
-def read_member(shard, fd, offset, size):
-    """The `size` bytes at `offset` of the open shard, after checking the member's own tar header before them."""
-    header = os.pread(fd, BLOCK, offset - BLOCK) if offset >= BLOCK else b""
+def read_member(shard, reader, offset, size):
+    """The `size` bytes at `offset` of the shard open in `reader` (storage.RangeReader), after checking the
+    member's own tar header before them."""
+    header = reader.pread(BLOCK, offset - BLOCK) if offset >= BLOCK else b""
     if not member_header_ok(header, size):
         raise ShardError(f"shard {shard.path}: no intact tar header for the {size}-byte member at offset {offset} "
                          f"that {os.path.basename(shard.index_path)} lists: the file is damaged (overwritten); "
                          "re-run tools/make_shards.py")
-    data = os.pread(fd, size, offset)
+    data = reader.pread(size, offset)
     if len(data) != size:
         raise ShardError(f"shard {shard.path} ends inside the member at offset {offset}: the file is cut short; "
                          "re-run tools/make_shards.py")
@@ -111,9 +112,10 @@ def index_text(samples):
 def read_index(shard):
     """[{ext: (offset, size, member name)}] per sample from the shard's DALI index; ShardError naming the file
     unless it is well formed and holds the manifest's sample count."""
+    from .storage import read_bytes  # storage imports ShardError from here
+
     try:
-        with open(shard.index_path, "rb") as handle:
-            lines = handle.read().split(b"\n")
+        lines = read_bytes(shard.index_path).split(b"\n")
         header = lines[0].split()
         if len(header) != 2 or not header[1].isdigit():
             raise ValueError(f"its first line {lines[0][:40]!r} is not `{INDEX_VERSION} <samples>`")
@@ -145,11 +147,12 @@ def checksums_text(members):
 
 def read_checksums(path):
     """[(member name, crc32)] from a `.crc32` file; ValueError or OSError when it is unreadable or malformed."""
+    from .storage import read_bytes
+
     members = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if len(fields) != 2 or len(fields[1]) != 8:
-                raise ValueError(f"{path} line {number} is not `<member name> <crc32>`")
-            members.append((fields[0], int(fields[1], 16)))
+    for number, line in enumerate(read_bytes(path).decode("utf-8").splitlines(), 1):
+        fields = line.split()
+        if len(fields) != 2 or len(fields[1]) != 8:
+            raise ValueError(f"{path} line {number} is not `<member name> <crc32>`")
+        members.append((fields[0], int(fields[1], 16)))
     return members

@@ -3,47 +3,87 @@
 With the shard's DALI .idx (make_shards always writes one) each member is read at its offset behind an intact tar
 header; without it the tar is streamed with webdataset, counting samples against the manifest. Either way a
 damaged shard raises a ShardError naming the file.
+
+A shard in object storage (pipeline/storage.py) is read the indexed way, one ranged request per run of up to
+`run` consecutive samples (the loader passes its batch size) instead of one per member, and every member is
+checked against the shard's member checksums (.crc32) as it arrives: the bytes are checked where they are used,
+without downloading each shard a second time to hash it. With a ShardCache the shard is first copied whole to
+local disk (verified by its sha256) and read from there.
 """
 import os
 import tarfile
 
 from webdataset.tariterators import tar_file_iterator
 
-from .shard_format import SAMPLE_MEMBERS, ShardError, read_index, read_member
+from .shard_format import BLOCK, SAMPLE_MEMBERS, ShardError, member_checksum, read_checksums, read_index, read_member
+from .storage import RangeReader, StorageError, is_remote
 
 WANTED = SAMPLE_MEMBERS  # the only members ever decoded; anything else in a shard is skipped unread
 _READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls
+DEFAULT_RUN = 64  # samples per ranged request from object storage when the caller does not say
 
 
-def read_samples(shard, first, stop):
+def read_samples(shard, first, stop, *, run=DEFAULT_RUN, cache=None):
     """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`: through its DALI .idx when the
     manifest names one that exists (make_shards always writes it; only the DALI backends need it), else by
-    streaming the tar with webdataset."""
+    streaming the tar with webdataset. A remote shard goes through `cache` (a ShardCache) when given, else is
+    read in runs of `run` samples."""
+    if is_remote(shard.path):
+        if cache is not None:
+            return read_indexed_samples(cache.local_shard(shard), first, stop)
+        if not shard.index_path:
+            raise ShardError(f"shard {shard.path}: its manifest names no .idx index, which reading from object "
+                             "storage needs (tools/make_shards.py writes one per shard)")
+        return read_indexed_samples(shard, first, stop, run=run, checked=True)
     if shard.index_path and os.path.exists(shard.index_path):
         return read_indexed_samples(shard, first, stop)
     return read_streamed_samples(shard, first, stop)
 
 
-def read_indexed_samples(shard, first, stop):
+def read_indexed_samples(shard, first, stop, *, run=1, checked=False):
     """Reads each wanted member's bytes at the offset the .idx gives: no tar parsing in Python, a tenth of the
     loader's CPU time when streamed (BENCHMARKS.md). Every member's own tar header is read too and must
     be intact (checksum) and agree with the index on the size, so a shard overwritten in place, which keeps its
-    size, still fails naming the file."""
+    size, still fails naming the file. run > 1: the bytes of `run` consecutive samples are fetched in one read.
+    checked: every member is compared with the shard's member checksums (when its manifest names them)."""
     records = read_index(shard)
+    expected = _member_checksums(shard) if checked else {}
     try:
-        with open(shard.path, "rb", buffering=0) as stream:
-            fd = stream.fileno()
+        with RangeReader(shard.path) as reader:
             for number in range(first, stop):
+                if run > 1 and (number - first) % run == 0:
+                    reader.prefetch(*_span(records[number:min(stop, number + run)]))
                 parts = {}
                 for ext in WANTED:
                     if ext not in records[number]:
                         raise ShardError(f"shard {shard.path}: sample {number} has no .{ext} member in "
                                          f"{shard.index_path}")
                     offset, size, name = records[number][ext]
-                    parts[ext] = read_member(shard, fd, offset, size)
+                    parts[ext] = read_member(shard, reader, offset, size)
+                    if name in expected and member_checksum(parts[ext]) != expected[name]:
+                        raise ShardError(f"shard {shard.path}: member {name} differs from its checksum in "
+                                         f"{os.path.basename(shard.checksums_path)}: the object changed after "
+                                         "tools/make_shards.py wrote it; upload the shard folder again")
                 yield name.rsplit(".", 1)[0], parts["jpg"], parts["cls"]
+    except StorageError:
+        raise
     except OSError as exc:
         raise ShardError(f"shard {shard.path} is unreadable: {exc}") from exc
+
+
+def _span(records):
+    """(start, stop) byte range holding every member of `records` with its tar header."""
+    members = [(offset, size) for record in records for offset, size, _ in record.values()]
+    return min(offset for offset, _ in members) - BLOCK, max(offset + size for offset, size in members)
+
+
+def _member_checksums(shard):
+    if not shard.checksums_path:
+        return {}
+    try:
+        return dict(read_checksums(shard.checksums_path))
+    except ValueError as exc:
+        raise ShardError(f"member checksums {shard.checksums_path} are unusable: {exc}") from exc
 
 
 def read_streamed_samples(shard, first, stop):

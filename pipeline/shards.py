@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shard_format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, ShardError, sha256_file
+from . import storage
+from .shard_format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, ShardError
 
 # Samples held by one rank's shuffle buffer: enough to mix classes well when shards are already shuffled at
 # creation time, small enough to stay near 250 MB of ImageNet JPEG bytes (~110 kB each) per rank.
@@ -26,13 +27,13 @@ SHUFFLE_BUFFER = 2048
 
 @dataclass(frozen=True)
 class Shard:
-    path: str          # absolute path of the .tar
-    index_path: str    # absolute path of the DALI .idx ('' when the manifest names none)
+    path: str          # absolute path or URL of the .tar
+    index_path: str    # absolute path or URL of the DALI .idx ('' when the manifest names none)
     samples: int       # sample count according to the manifest
     bytes: int         # file size according to the manifest
     sha256: str        # checksum according to the manifest ('' when absent)
     offset: int        # global index of the shard's first sample within its split
-    checksums_path: str = ""  # absolute path of the member checksums ('' when the manifest names none)
+    checksums_path: str = ""  # absolute path or URL of the member checksums ('' when the manifest names none)
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,28 @@ class Split:
 
 
 def read_manifest(shard_dir):
-    """The parsed manifest.json of shard_dir; ShardError naming the file when it is missing or malformed."""
-    if not os.path.isdir(shard_dir):
-        raise ShardError(f"shard directory {shard_dir} does not exist")
-    path = os.path.join(shard_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise ShardError(f"{path} not found: not a shard directory, or tools/make_shards.py did not finish")
+    """The parsed manifest.json of shard_dir (a folder or URL, see pipeline/storage.py); ShardError naming the
+    file when it is missing or malformed."""
+    path = storage.join(shard_dir, MANIFEST)
+    if storage.is_remote(shard_dir):
+        try:
+            text = storage.read_bytes(path)
+        except storage.StorageError as exc:
+            if "not found (404)" in str(exc):
+                raise ShardError(f"{path} not found: not a shard folder, or it was not uploaded whole") from exc
+            raise
+    else:
+        if not os.path.isdir(shard_dir):
+            raise ShardError(f"shard directory {shard_dir} does not exist")
+        if not os.path.isfile(path):
+            raise ShardError(f"{path} not found: not a shard directory, or tools/make_shards.py did not finish")
+        try:
+            text = storage.read_bytes(path)
+        except OSError as exc:
+            raise ShardError(f"{path} is unreadable: {exc}") from exc
     try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError) as exc:
+        manifest = json.loads(text)
+    except ValueError as exc:
         raise ShardError(f"{path} is unreadable or not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
@@ -70,12 +83,12 @@ def read_manifest(shard_dir):
 def load_split(shard_dir, split, *, need_index=False):
     """The Split named `split`, after cheap checks of every shard file it lists.
 
-    Checks that each listed .tar exists with the size the manifest records (a shard cut short is caught here),
-    and with need_index (the DALI backends) that its .idx exists and describes the same number of samples
-    inside the file. Sample counts are checked again while reading."""
-    shard_dir = os.path.abspath(shard_dir)
+    Checks that each listed .tar exists with the size the manifest records (a shard cut short is caught here;
+    in object storage with one listing per folder), and with need_index (the DALI backends) that its .idx exists
+    and describes the same number of samples inside the file. Sample counts are checked again while reading."""
+    shard_dir = storage.normalize(shard_dir)
     manifest = read_manifest(shard_dir)
-    manifest_path = os.path.join(shard_dir, MANIFEST)
+    manifest_path = storage.join(shard_dir, MANIFEST)
     splits = manifest.get("splits") or {}
     if split not in splits:
         raise ShardError(f"{manifest_path} has no split {split!r}; it has: {', '.join(sorted(splits)) or 'none'}")
@@ -93,8 +106,9 @@ def load_split(shard_dir, split, *, need_index=False):
     total = sum(s.samples for s in shards)
     if total != num_samples:
         raise ShardError(f"{manifest_path}: split {split!r} says {num_samples} samples but its shards hold {total}")
+    sizes = storage.sizes([s.path for s in shards]) if storage.is_remote(shard_dir) else None
     for shard in shards:
-        check_shard_file(shard)
+        check_shard_file(shard, sizes[shard.path] if sizes is not None else -1)
         if need_index:
             check_index_file(shard)
     return Split(shard_dir, split, shards, num_samples, classes)
@@ -107,11 +121,11 @@ def _shards_of(shard_dir, entries):
         for name in (entry["tar"], index, checksums):
             if os.path.basename(name) != name:  # the contract names plain files inside the shard directory
                 raise ValueError(f"shard file name {name!r} is not a plain file name")
-        shard = Shard(path=os.path.join(shard_dir, entry["tar"]),
-                      index_path=os.path.join(shard_dir, index) if index else "",
+        shard = Shard(path=storage.join(shard_dir, entry["tar"]),
+                      index_path=storage.join(shard_dir, index) if index else "",
                       samples=int(entry["samples"]), bytes=int(entry["bytes"]),
                       sha256=entry.get("sha256") or "", offset=offset,
-                      checksums_path=os.path.join(shard_dir, checksums) if checksums else "")
+                      checksums_path=storage.join(shard_dir, checksums) if checksums else "")
         if shard.samples <= 0:
             raise ValueError(f"shard {entry['tar']} has {shard.samples} samples")
         shards.append(shard)
@@ -119,15 +133,23 @@ def _shards_of(shard_dir, entries):
     return tuple(shards)
 
 
-def check_shard_file(shard):
-    """ShardError naming the shard when it is missing or its size differs from the manifest."""
-    try:
-        size = os.path.getsize(shard.path)
-    except OSError as exc:
-        raise ShardError(f"shard {shard.path} listed in the manifest is missing or unreadable: {exc}") from exc
+def check_shard_file(shard, size=-1):
+    """ShardError naming the shard when it is missing or its size differs from the manifest. `size`: the size
+    already known (None: known to be missing), else it is asked for."""
+    if size == -1:
+        try:
+            size = storage.size(shard.path)
+        except storage.StorageError as exc:
+            if "not found (404)" not in str(exc):
+                raise
+            size = None
+        except OSError as exc:
+            raise ShardError(f"shard {shard.path} listed in the manifest is missing or unreadable: {exc}") from exc
+    if size is None:
+        raise ShardError(f"shard {shard.path} listed in the manifest is missing")
     if size != shard.bytes:
         raise ShardError(f"shard {shard.path} is {size} bytes but the manifest says {shard.bytes}: "
-                         "damaged or replaced; re-run tools/make_shards.py")
+                         "damaged or replaced; re-run tools/make_shards.py (and upload its folder again)")
 
 
 def check_index_file(shard):
@@ -135,13 +157,11 @@ def check_index_file(shard):
     if not shard.index_path:
         raise ShardError(f"the manifest names no DALI index for shard {shard.path}; the DALI backends need one")
     try:
-        with open(shard.index_path, "rb") as handle:
-            header = handle.readline().split()
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 4096))
-            last_line = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
-    except OSError as exc:
+        text = storage.read_bytes(shard.index_path)
+    except (OSError, storage.StorageError) as exc:
         raise ShardError(f"DALI index {shard.index_path} is missing or unreadable: {exc}") from exc
+    header = text.split(b"\n", 1)[0].split()
+    last_line = text.rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
     if len(header) != 2 or not header[1].isdigit() or int(header[1]) != shard.samples:
         raise ShardError(f"DALI index {shard.index_path} describes {header[1:] or 'no'} samples but the manifest "
                          f"says {shard.samples} for {os.path.basename(shard.path)}")
@@ -154,14 +174,19 @@ def check_index_file(shard):
         raise ShardError(f"DALI index {shard.index_path} points past the end of {shard.path}")
 
 
-def find_corrupt_shard(shards):
-    """The first shard whose size or sha256 differs from the manifest, or None (reads every file: slow path)."""
+def find_corrupt_shard(shards, hash_remote=True):
+    """The first shard whose size or sha256 differs from the manifest, or None (reads every file: slow path;
+    without hash_remote, shards in object storage are only checked for their size)."""
     for shard in shards:
         try:
             check_shard_file(shard)
+        except storage.StorageError:
+            raise
         except ShardError:
             return shard
-        if shard.sha256 and sha256_file(shard.path) != shard.sha256:
+        if not hash_remote and storage.is_remote(shard.path):
+            continue
+        if shard.sha256 and storage.sha256(shard.path, shard.bytes) != shard.sha256:
             return shard
     return None
 

@@ -24,6 +24,7 @@ from .loader import Loader, host_work_threads
 from .shard_format import ShardError, parse_label
 from .shard_read import read_samples
 from .shards import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
+from .storage import is_remote
 
 # Train batches travel from the workers in this many equal pieces, joined by the main process while it normalises
 # (no extra copy). A worker's share is then counted in half batches, so the workers finish an epoch together
@@ -43,8 +44,8 @@ class _Failure:
 class ShardStream(IterableDataset):
     """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure."""
 
-    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None):
-        self.split, self.plan = split, plan
+    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None, cache=None):
+        self.split, self.plan, self.cache = split, plan, cache
         self.image_size, self.seed, self.epoch, self.rank = image_size, seed, epoch, rank
         self.num_workers = max(1, num_workers)
         self.slots = slots  # BatchSlots shared with the main process, or None: a new tensor per batch
@@ -84,7 +85,7 @@ class ShardStream(IterableDataset):
         """Raw samples of the share: in order for val, through a seeded shuffle buffer for train."""
         stream = ((shard, key, jpeg, cls)
                   for shard, first, stop in shard_segments(self.split.shards, share.start, share.stop)
-                  for key, jpeg, cls in read_samples(shard, first, stop))
+                  for key, jpeg, cls in read_samples(shard, first, stop, run=self.plan.batch_size, cache=self.cache))
         if not self.plan.train:
             yield from stream
             return
@@ -126,11 +127,17 @@ def _pop_random(buffer, rng):
 
 
 class TorchLoader(Loader):
+    """cache: a ShardCache for shards in object storage, or None to read them with ranged requests."""
     backend = "torch"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, cache=None, **kwargs):
+        self.cache = cache
         super().__init__(*args, **kwargs)
         self._slots = None  # BatchSlots, made for the first epoch run with worker processes
+
+    def _checked_while_reading(self, shard):
+        # Remote shards: every member is compared with its checksum as read, or the cached copy with the sha256.
+        return is_remote(shard.path) and (self.cache is not None or bool(shard.checksums_path))
 
     def _epoch_batches(self, plan):
         split = plan.train and self.workers > 1 and plan.batch_size % _PIECES_PER_BATCH == 0
@@ -138,7 +145,7 @@ class TorchLoader(Loader):
         worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // pieces, batches=plan.batches * pieces)
         slots = self._batch_slots(worker_plan.batch_size)
         dataset = ShardStream(self.split, worker_plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
-                              rank=self.rank, num_workers=self.workers, slots=slots)
+                              rank=self.rank, num_workers=self.workers, slots=slots, cache=self.cache)
         # Fresh workers every epoch: they fork with this epoch's plan and seed (persistent workers would not).
         # No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.workers,

@@ -22,7 +22,8 @@ import io
 import os
 import threading
 
-from .shard_format import BLOCK, member_checksum, member_header_ok, read_checksums, read_index, sha256_file
+from . import storage
+from .shard_format import BLOCK, member_checksum, member_header_ok, read_checksums, read_index
 
 MODES = ("background", "before", "off")
 _LOW_PRIORITY = 10  # nice increment of the hashing thread: the loader's decoding comes first
@@ -101,7 +102,9 @@ class ShardVerifier:
             record = self._record_path(shard)
             if record and os.path.exists(record):
                 return None
-            digest = sha256_file(shard.path)
+            digest = storage.sha256(shard.path, shard.bytes)
+        except storage.StorageError as exc:
+            return str(exc)
         except OSError as exc:
             return f"shard {shard.path} is unreadable: {exc}"
         if digest != shard.sha256:
@@ -117,8 +120,7 @@ class ShardVerifier:
     def _record_path(self, shard):
         if not self.record_dir:
             return None
-        status = os.stat(shard.path)
-        identity = f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}:{shard.sha256}"
+        identity = f"{storage.identity(shard.path)}:{shard.sha256}"
         return os.path.join(self.record_dir, hashlib.sha256(identity.encode()).hexdigest())
 
 
@@ -138,15 +140,15 @@ def damage_report(shard):
 def _changed_member(shard):
     checksums = read_checksums(shard.checksums_path)
     places = {name: (offset, size) for sample in read_index(shard) for offset, size, name in sample.values()}
-    with open(shard.path, "rb", buffering=0) as handle:
+    with storage.RangeReader(shard.path) as reader:
         for name, expected in checksums:
             if name not in places:
-                return f"member {name} of {os.path.basename(shard.checksums_path)} is not in its index"
+                return f"member {name} of {storage.basename(shard.checksums_path)} is not in its index"
             offset, size = places[name]
-            data = os.pread(handle.fileno(), size, offset)
+            data = reader.pread(size, offset)
             if member_checksum(data) != expected:
                 return f"sample {name.split('.', 1)[0]}: member {name} changed"
-            header = os.pread(handle.fileno(), BLOCK, offset - BLOCK)
+            header = reader.pread(BLOCK, offset - BLOCK)
             if not member_header_ok(header, size):
                 return f"sample {name.split('.', 1)[0]}: the tar header of member {name} changed"
     return "every member's data and header is intact: the damage is in the tar's padding"

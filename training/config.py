@@ -14,7 +14,16 @@ import torch
 
 from model import CBAM_IMPLS
 from model.cbam import resolve_impl
-from pipeline import BACKENDS, VERIFY_MODES, BackendUnavailable, default_record_dir, resolve_backend
+from pipeline import (
+    BACKENDS,
+    DEFAULT_CACHE_BYTES,
+    VERIFY_MODES,
+    BackendUnavailable,
+    ShardError,
+    default_record_dir,
+    resolve_backend,
+)
+from pipeline.storage import is_remote, normalize
 from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile, use_cache_dir
 from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
@@ -47,7 +56,9 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser():
     p = OneLineParser(prog="train.py", description="ImageNet training of ResNet + CBAM/BAM/SE with DDP.",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("data", metavar="DATA", help="shard folder written by tools/make_shards.py")
+    p.add_argument("data", metavar="DATA", help="shard folder written by tools/make_shards.py, or where it was "
+                   "uploaded: s3://bucket/prefix (AWS environment, AWS_ENDPOINT_URL for S3-compatible stores), "
+                   "http(s)://host/path, file://path")
     # The CBAM authors' flags (github.com/Jongchan/attention-module, train_imagenet.py).
     p.add_argument("--arch", default="resnet", choices=["resnet"], help="architecture family")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
@@ -79,6 +90,12 @@ def build_parser():
     p.add_argument("--verify-record", default=default_record_dir(), metavar="DIR",
                    help="folder recording shards found intact (by inode, size, mtime), so each is hashed once per "
                         "machine; 'none' records nothing")
+    p.add_argument("--cache-dir", default="", metavar="DIR",
+                   help="with DATA in object storage: keep verified local copies of the shards the torch backend "
+                        "reads here (shared by the ranks and runs of a machine), so later epochs read local disk; "
+                        "default: ranged requests every epoch. The DALI backends keep their index files here")
+    p.add_argument("--cache-size", type=float, default=DEFAULT_CACHE_BYTES / 2**30, metavar="GIB",
+                   help="--cache-dir holds at most this many GiB of shards; the least recently used go first")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
     p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
@@ -165,9 +182,8 @@ def parse_args(argv=None):
         (args.benchmark_steps >= 1, f"--benchmark-steps must be >= 1, got {args.benchmark_steps}"),
         (not (args.evaluate and not args.resume), "--evaluate needs --resume PATH (the checkpoint to evaluate)"),
         (args.resume in ("", "auto") or os.path.isfile(args.resume), f"--resume checkpoint not found: {args.resume}"),
-        (os.path.isdir(args.data), f"DATA folder not found: {args.data}"),
-        (not os.path.isdir(args.data) or os.path.isfile(os.path.join(args.data, "manifest.json")),
-         f"DATA has no manifest.json (write it with tools/make_shards.py): {args.data}"),
+        (args.cache_size > 0, f"--cache-size must be > 0 GiB, got {args.cache_size}"),
+        (_data_problem(args.data) is None, _data_problem(args.data)),
     ]
     for ok, message in checks:
         if not ok:
@@ -185,6 +201,22 @@ def check_world(args, world_size):
     if args.batch_size % world_size:
         raise UsageError(f"--batch-size {args.batch_size} is the global batch and must divide by the "
                          f"world size {world_size}")
+
+
+def _data_problem(data):
+    """Why DATA cannot be a shard folder (checked before any process starts), or None. A URL is checked when its
+    manifest is read."""
+    try:
+        location = normalize(data)
+    except ShardError as exc:
+        return str(exc)
+    if is_remote(location):
+        return None
+    if not os.path.isdir(location):
+        return f"DATA folder not found: {data}"
+    if not os.path.isfile(os.path.join(location, "manifest.json")):
+        return f"DATA has no manifest.json (write it with tools/make_shards.py): {data}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -234,7 +266,7 @@ def resolve(args, world):
         amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
     try:
         cbam_impl = resolve_impl(args.cbam_impl, device)
-        backend = resolve_backend(args.backend, device)
+        backend = resolve_backend(args.backend, device, data=args.data)
     except (RuntimeError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
     compile_how = resolve_compile(args.compile, device, args.att_type, cbam_impl)

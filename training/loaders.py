@@ -12,7 +12,8 @@ def build_loaders(run):
     cannot be used is found here, before any training: a UsageError naming it."""
     common = dict(rank=run.world.rank, world_size=run.world.size, workers=run.loader_workers,
                   device=run.world.device, seed=run.seed, dtype=run.amp_dtype or torch.float32, backend=run.backend,
-                  verify=run.verify_shards, verify_dir="" if run.verify_record == "none" else run.verify_record)
+                  verify=run.verify_shards, verify_dir="" if run.verify_record == "none" else run.verify_record,
+                  cache_dir=run.cache_dir or None, cache_bytes=int(run.cache_size * 2**30))
     try:
         splits = read_manifest(run.data)["splits"]
         train = None if run.evaluate else build_loader(run.data, "train", run.per_rank_batch,

@@ -1,0 +1,153 @@
+"""A bounded local copy of shards read from object storage (`--cache-dir`, `--cache-size`).
+
+The first reader of a shard copies it whole to the cache folder in ranged chunks (pipeline/storage.py), hashing
+as it goes; only a copy whose sha256 equals the manifest's is renamed into place, so whatever the cache holds was
+verified once, and later epochs read it from local disk at local speed. Its index and member checksums are copied
+beside it.
+
+Every rank and loader worker of a machine may share one folder: a shard is copied under an exclusive lock on its
+own lock file, so it is downloaded once however many processes want it at the same time; the others wait and then
+read the copy. After each new copy the least recently used shards (modification time, renewed at every use) are
+deleted until the folder holds at most `max_bytes` of shards, skipping any whose lock another process holds; a
+reader that already opened a deleted shard keeps reading it (the file lives until it is closed).
+"""
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import tempfile
+
+from . import storage
+from .shard_format import ShardError
+
+LOCK_SUFFIX = ".lock"
+
+
+class ShardCache:
+    def __init__(self, folder, max_bytes):
+        if max_bytes <= 0:
+            raise ValueError(f"the cache size must be > 0 bytes, got {max_bytes}")
+        self.folder = os.path.abspath(folder)
+        self.max_bytes = int(max_bytes)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as exc:
+            raise ShardError(f"cache folder {self.folder} cannot be created: {exc.strerror}") from exc
+
+    def __repr__(self):
+        return f"ShardCache({self.folder!r}, max_bytes={self.max_bytes})"
+
+    def local_shard(self, shard):
+        """`shard` with its files replaced by verified local copies (downloaded now if the cache lacks them)."""
+        if shard.bytes > self.max_bytes:
+            raise ShardError(f"shard {shard.path} ({shard.bytes:,} bytes) is larger than the whole cache "
+                             f"({self.max_bytes:,} bytes): raise --cache-size")
+        home = self._home(shard.path)
+        local = os.path.join(home, storage.basename(shard.path))
+        with _locked(local + LOCK_SUFFIX):
+            if not _has_size(local, shard.bytes):
+                self._download(shard, local)
+            os.utime(local)  # most recently used
+            sidecars = {}
+            for field in ("index_path", "checksums_path"):
+                remote = getattr(shard, field)
+                if remote:
+                    sidecars[field] = os.path.join(home, storage.basename(remote))
+                    if not os.path.exists(sidecars[field]):
+                        _write_atomically(sidecars[field], [storage.read_bytes(remote)])
+        self._evict(keep=local)
+        return dataclasses.replace(shard, path=local, **sidecars)
+
+    def _home(self, url):
+        """One sub-folder per remote folder, so that equal file names of different data sets never meet."""
+        folder = url.rsplit("/", 1)[0]
+        home = os.path.join(self.folder, hashlib.sha256(folder.encode()).hexdigest()[:16])
+        os.makedirs(home, exist_ok=True)
+        return home
+
+    def _download(self, shard, local):
+        digest = hashlib.sha256()
+
+        def chunks():
+            for chunk in storage.copy_chunks(shard.path, shard.bytes):
+                digest.update(chunk)
+                yield chunk
+        self._evict(keep=None, room=shard.bytes)
+        _write_atomically(local, chunks(), check=lambda: self._check(shard, digest.hexdigest()))
+
+    @staticmethod
+    def _check(shard, digest):
+        if shard.sha256 and digest != shard.sha256:
+            raise ShardError(f"shard {shard.path} does not match the sha256 in its manifest: the object changed "
+                             "after tools/make_shards.py wrote it; upload the shard folder again")
+
+    def _evict(self, keep, room=0):
+        """Deletes least recently used shards until the cache holds at most max_bytes - room bytes of them."""
+        shards = []
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                if name.endswith(".tar"):
+                    path = os.path.join(root, name)
+                    with contextlib.suppress(OSError):
+                        status = os.stat(path)
+                        shards.append((status.st_mtime, status.st_size, path))
+        total = sum(size for _, size, _ in shards)
+        for _, size, path in sorted(shards):
+            if total + room <= self.max_bytes:
+                return
+            if path == keep or not _try_delete(path):
+                continue
+            total -= size
+
+
+@contextlib.contextmanager
+def _locked(path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _try_delete(path):
+    """Deletes a cached shard and its side files unless another process holds its lock; True if deleted."""
+    with open(path + LOCK_SUFFIX, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        stem = path[:-len(".tar")]
+        for victim in (path, stem + ".idx", stem + ".crc32"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(victim)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return True
+
+
+def _has_size(path, size):
+    try:
+        return os.path.getsize(path) == size
+    except OSError:
+        return False
+
+
+def _write_atomically(path, chunks, check=None):
+    """Writes the chunks to a temporary file beside `path`, runs check(), then renames it into place; the
+    temporary file is removed on any failure (a disk that fills up is named with the folder)."""
+    handle = tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".part-", delete=False)
+    try:
+        with handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        if check is not None:
+            check()
+        os.replace(handle.name, path)
+    except OSError as exc:
+        os.unlink(handle.name)
+        raise ShardError(f"cache folder {os.path.dirname(path)}: cannot write {os.path.basename(path)}: "
+                         f"{exc.strerror or exc}") from exc
+    except BaseException:
+        os.unlink(handle.name)
+        raise

@@ -1,0 +1,320 @@
+"""Where shard files live and how their bytes are fetched: a local folder (or file://), s3:// or http(s)://.
+
+Remote reads go through fsspec (s3fs for s3://, fsspec's aiohttp-based HTTP filesystem for http(s)://), the
+file-system layer that pandas, Dask and Hugging Face datasets read object storage with: one well-kept library
+for both schemes, with ranged reads, the standard AWS configuration (credentials, region, AWS_ENDPOINT_URL for
+S3-compatible stores) through botocore, and instances that survive the fork of DataLoader workers. boto3 alone
+would cover S3 only; AWS's s3torchconnector S3 only, and through its own dataset classes.
+
+Every remote request is retried with exponential back-off on errors that may pass (connection refused or reset,
+time-outs, HTTP 5xx, 429); a missing object (404), a refusal (401/403) or a request that still fails after
+ATTEMPTS tries raises StorageError: one line naming the URL. The clients' own retries are turned off so that this
+module alone decides how long a dead server is waited for: at most about BACKOFF_CAP * ATTEMPTS seconds per read.
+"""
+import concurrent.futures
+import hashlib
+import os
+import random
+import threading
+import time
+import urllib.parse
+
+from .shard_format import ShardError
+
+REMOTE_SCHEMES = ("s3", "http", "https")
+ATTEMPTS = 6            # tries per request before a transient error is given up on
+BACKOFF_FIRST = 0.25    # seconds before the second try; doubled each time, with +-25% jitter
+BACKOFF_CAP = 4.0
+CONNECT_TIMEOUT = 10    # seconds
+READ_TIMEOUT = 60       # seconds without a byte from the server
+CHUNK = 16 << 20        # bytes per request when a whole object is copied or hashed
+_SIZE_QUERIES = 16      # concurrent size requests where a store cannot list (HTTP)
+
+
+class StorageError(ShardError):
+    """A remote object that cannot be read; the message names its URL."""
+
+
+def scheme_of(path):
+    """'s3', 'http', 'https' for a URL, '' for a local path (file:// URLs are local)."""
+    scheme = urllib.parse.urlsplit(str(path)).scheme.lower()
+    return scheme if scheme in REMOTE_SCHEMES else ""
+
+
+def is_remote(path):
+    return scheme_of(path) != ""
+
+
+def normalize(data):
+    """A shard location as the readers use it: an absolute local path, or a URL without a trailing slash.
+    ShardError naming the value for a scheme that no reader supports."""
+    data = str(data)
+    parts = urllib.parse.urlsplit(data)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return os.path.abspath(urllib.parse.unquote(parts.path))
+    if scheme in REMOTE_SCHEMES:
+        if not parts.netloc:
+            raise ShardError(f"shard location {data} has no {'bucket' if scheme == 's3' else 'host'}")
+        return data.rstrip("/")
+    if "://" in data:
+        raise ShardError(f"shard location {data}: scheme {scheme!r} is not supported (use a local folder, file://, "
+                         f"s3:// or http(s)://)")
+    return os.path.abspath(data)
+
+
+def join(base, name):
+    return f"{base}/{name}" if is_remote(base) else os.path.join(base, name)
+
+
+def basename(path):
+    return path.rsplit("/", 1)[-1] if is_remote(path) else os.path.basename(path)
+
+
+# ----------------------------------------------------------------------------------------------- the clients
+
+_clients = {}
+_clients_lock = threading.Lock()
+
+
+def _filesystem(scheme):
+    """This process's fsspec file system for `scheme` (made after a fork, never inherited)."""
+    key = (os.getpid(), scheme)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = _make_filesystem(scheme)
+        return _clients[key]
+
+
+def _make_filesystem(scheme):
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise StorageError(f"reading {scheme}:// needs fsspec: pip install 'fsspec[http]' s3fs") from exc
+    if scheme == "s3":
+        try:
+            import s3fs  # noqa: F401  (fsspec finds it by name; imported here for a clear message)
+        except ImportError as exc:
+            raise StorageError("reading s3:// needs s3fs: pip install s3fs") from exc
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, config_kwargs={
+            "retries": {"max_attempts": 1, "mode": "standard"},
+            "connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT})
+        fs.retries = 1  # s3fs's own retry loop: off, see the module docstring
+        return fs
+    import aiohttp
+    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+    return fsspec.filesystem(scheme, skip_instance_cache=True, client_kwargs={"timeout": timeout})
+
+
+def _key(path):
+    """The path as the file system names it (s3fs drops the scheme)."""
+    return path[len("s3://"):] if scheme_of(path) == "s3" else path
+
+
+# ------------------------------------------------------------------------------------------ retries, errors
+
+def _status(exc):
+    for name in ("status", "status_code"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+def _causes(exc):
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def classify(exc):
+    """'missing', 'denied', 'refused (<HTTP status>)' or 'transient': what an exception of a remote read means."""
+    chain = _causes(exc)
+    for cause in chain:
+        status = _status(cause)
+        if status in (401, 403):
+            return "denied"
+        if status == 404:
+            return "missing"
+        if status is not None and (status >= 500 or status in (408, 429)):
+            return "transient"
+        if status is not None and 400 <= status < 500:
+            return f"refused ({status})"
+    # fsspec's HTTP size query reports any failure as FileNotFoundError: a refused connection inside it is not
+    # a missing object.
+    if any(isinstance(c, (ConnectionError, TimeoutError)) or type(c).__name__.startswith(("ClientConnector",
+           "ServerDisconnected", "EndpointConnection", "ConnectTimeout", "ReadTimeout")) for c in chain[1:]):
+        return "transient"
+    if isinstance(exc, PermissionError):
+        return "denied"
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    return "transient"
+
+
+def retrying(path, what, request):
+    """request() with retries and back-off on transient errors; StorageError naming `path` otherwise."""
+    delay = BACKOFF_FIRST
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return request()
+        except StorageError:
+            raise
+        except Exception as exc:  # the clients raise many types; classify() sorts them
+            kind = classify(exc)
+            detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+            if kind == "missing":
+                raise StorageError(f"{path} not found (404) while {what}") from exc
+            if kind == "denied":
+                raise StorageError(f"{path}: access denied (403) while {what}; check the credentials "
+                                   f"(AWS_ACCESS_KEY_ID/AWS_PROFILE) and the bucket policy") from exc
+            if kind.startswith("refused"):
+                raise StorageError(f"{path}: the server {kind} while {what}: {detail[:300]}") from exc
+            if attempt == ATTEMPTS:
+                raise StorageError(f"{path} could not be read while {what}: {ATTEMPTS} tries failed, the last "
+                                   f"with {detail[:300]}") from exc
+        time.sleep(delay * random.uniform(0.75, 1.25))
+        delay = min(delay * 2, BACKOFF_CAP)
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def read_bytes(path):
+    """The whole file (manifest, index, checksums: small files)."""
+    if not is_remote(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+    fs = _filesystem(scheme_of(path))
+    return retrying(path, "reading it", lambda: fs.cat_file(_key(path)))
+
+
+def read_range(path, start, stop):
+    """Bytes [start, stop) of the file; StorageError when fewer arrive (the object is shorter than expected)."""
+    if stop <= start:
+        return b""
+    if not is_remote(path):
+        with open(path, "rb", buffering=0) as handle:
+            return os.pread(handle.fileno(), stop - start, start)
+    fs = _filesystem(scheme_of(path))
+    data = retrying(path, f"reading bytes {start}-{stop - 1}", lambda: fs.cat_file(_key(path), start=start, end=stop))
+    if len(data) != stop - start:
+        raise StorageError(f"{path}: asked for bytes {start}-{stop - 1}, received {len(data)} bytes: the object is "
+                           "shorter than its manifest says, or the server ignores ranged requests")
+    return data
+
+
+def _info(path):
+    """fsspec's info of a remote file, never from s3fs's listing cache (the object may have changed since)."""
+    scheme = scheme_of(path)
+    fs = _filesystem(scheme)
+    extra = {"refresh": True} if scheme == "s3" else {}
+    return retrying(path, "asking its size", lambda: fs.info(_key(path), **extra))
+
+
+def size(path):
+    if not is_remote(path):
+        return os.path.getsize(path)
+    info = _info(path)
+    if info.get("size") is None:
+        raise StorageError(f"{path}: the server does not say the object's size (no Content-Length)")
+    return int(info["size"])
+
+
+def sizes(paths):
+    """{path: size, or None when missing} for many files: one listing per S3 prefix, concurrent size requests over
+    HTTP, os.stat locally. Other errors raise StorageError."""
+    result = {}
+    by_folder = {}
+    for path in paths:
+        by_folder.setdefault((scheme_of(path), path.rsplit("/", 1)[0] if is_remote(path) else ""), []).append(path)
+    for (scheme, folder), members in by_folder.items():
+        if scheme == "s3":
+            listing = retrying(folder, "listing it", lambda folder=folder: _filesystem("s3").ls(
+                _key(folder), detail=True, refresh=True))
+            found = {"s3://" + entry["name"]: int(entry["size"])
+                     for entry in listing if entry.get("type") == "file"}
+            result.update({path: found.get(path) for path in members})
+        elif scheme:
+            with concurrent.futures.ThreadPoolExecutor(_SIZE_QUERIES) as pool:
+                result.update(zip(members, pool.map(_size_or_none, members)))
+        else:
+            result.update({path: os.path.getsize(path) if os.path.isfile(path) else None for path in members})
+    return result
+
+
+def _size_or_none(path):
+    try:
+        return size(path)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError) or "not found (404)" in str(exc):
+            return None
+        raise
+
+
+def identity(path):
+    """A string that changes when the file is replaced: (device, inode, size, mtime) locally; (size, ETag or
+    last-modified) remotely."""
+    if not is_remote(path):
+        status = os.stat(path)
+        return f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
+    info = _info(path)
+    tag = next((str(info[k]) for k in ("ETag", "etag", "LastModified", "last_modified") if info.get(k)), "")
+    return f"{path}:{info.get('size')}:{tag}"
+
+
+def copy_chunks(path, total):
+    """Yields the file's bytes in CHUNK-sized ranged reads (each retried on its own), `total` bytes in all."""
+    for start in range(0, total, CHUNK):
+        yield read_range(path, start, min(total, start + CHUNK))
+
+
+def sha256(path, total=None):
+    """Hex sha256 of the file; a remote one is read in ranged chunks of its `total` (default: its size) bytes."""
+    digest = hashlib.sha256()
+    if not is_remote(path):
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+    for chunk in copy_chunks(path, size(path) if total is None else total):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RangeReader:
+    """pread() of one shard file. Remote: prefetch(start, stop) fetches a run of members in one request, and
+    pread() inside that run costs nothing; outside it, one request per call."""
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = None if is_remote(path) else os.open(path, os.O_RDONLY)
+        self._start, self._data = 0, b""
+
+    def prefetch(self, start, stop):
+        if self._fd is None:
+            self._start, self._data = start, read_range(self.path, start, stop)
+
+    def pread(self, count, offset):
+        if self._fd is not None:
+            return os.pread(self._fd, count, offset)
+        if self._start <= offset and offset + count <= self._start + len(self._data):
+            return self._data[offset - self._start:offset - self._start + count]
+        return read_range(self.path, offset, offset + count)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._data = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
