@@ -13,9 +13,9 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT, dali_importable, epoch_batches, labels_of
 from object_stores import HttpServer, S3Server
+
 from pipeline import BackendUnavailable, ShardError, build_loader, storage
 
 PY = sys.executable
