@@ -99,6 +99,14 @@ class CBAM(nn.Module):
             out = self.spatial_gate(self.channel_gate(x))
         return out if identity is None else torch.relu(out + identity)
 
+    def block_tail(self, z, bn, identity):
+        """relu(CBAM(bn(z)) + identity) for the block's last BatchNorm `bn`: under torch.compile the "torch"
+        implementation folds bn into its pools (model/cbam_folded.py), so that inductor fuses the whole tail."""
+        if torch.compiler.is_compiling() and resolve_impl(self.impl, z.device) == "torch":
+            from .cbam_folded import folded_block_tail
+            return folded_block_tail(self, bn, z, identity)
+        return self(bn(z), identity)
+
     def extra_repr(self):
         return f"impl={self.impl!r}"
 

@@ -267,5 +267,5 @@ def _update_running_stats(bn, bn_stats, count):
         bn.num_batches_tracked.add_(1)
         momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
         # lerp_: (1 - momentum) * running + momentum * batch in one kernel per statistic.
-        bn.running_mean.lerp_(bn_stats[0:1].to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_((bn_stats[1:2] * (count / (count - 1))).to(bn.running_var.dtype), momentum)
+        bn.running_mean.lerp_(bn_stats[0].to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_((bn_stats[1] * (count / (count - 1))).to(bn.running_var.dtype), momentum)

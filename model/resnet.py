@@ -23,11 +23,13 @@ def conv3x3(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
-def residual_tail(block, out, identity):
-    """relu(attention(out) + identity): the attention module takes the add and the ReLU, to fuse them where it can."""
+def residual_tail(block, bn, z, identity):
+    """relu(attention(bn(z)) + identity): the block's last BatchNorm, its attention, the add and the ReLU. The
+    attention module takes all of them (its block_tail), to fuse what it can: the compiled CBAM folds the
+    BatchNorm into its pools (model/cbam_folded.py)."""
     if block.attn is None:
-        return block.relu(out + identity)
-    return block.attn(out, identity)
+        return block.relu(bn(z) + identity)
+    return block.attn.block_tail(z, bn, identity)
 
 
 class BasicBlock(nn.Module):
@@ -46,8 +48,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return residual_tail(self, out, identity)
+        return residual_tail(self, self.bn2, self.conv2(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -69,8 +70,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return residual_tail(self, out, identity)
+        return residual_tail(self, self.bn3, self.conv3(out), identity)
 
 
 class ResNet(nn.Module):

@@ -22,3 +22,7 @@ class SqueezeExcite(nn.Module):
         """SE(x); given the block's shortcut `identity`, the block tail relu(SE(x) + identity)."""
         out = x * self.mlp(x.mean(dim=(2, 3)))[:, :, None, None]
         return out if identity is None else torch.relu(out + identity)
+
+    def block_tail(self, z, bn, identity):
+        """relu(SE(bn(z)) + identity): the residual block's tail (model/resnet.py residual_tail)."""
+        return self(bn(z), identity)
