@@ -8,10 +8,12 @@
 #   data    only builds the photograph tree and its shards (below), so a later stage finds them ready     photographs
 #   check   the GPU-only tests (tests/test_gpu.py: compiled Triton kernels against the authors' CBAM, CUDA batches,
 #           fp16 and bf16 epochs)                                                      project only
-#   model   benchmarks/model_speed.py: ResNet-50 none and each CBAM implementation, eager and compiled   project only
-#   blocks  benchmarks/model_speed.py --blocks --profile: the block tails per stage, in memory passes    project only
-#   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags, then with --compile blocks
-#           twice: a cold and a warm compile cache                                      project + photographs
+#   model   benchmarks/model_speed.py --profile: ResNet-50 none and each CBAM implementation, compiled, eager, and
+#           both replayed from a CUDA graph; top kernels, kernels per step, GPU busy %      project only
+#   blocks  benchmarks/model_speed.py --blocks --profile: the block tails (BN included) per stage, in memory
+#           passes, eager, compiled and CUDA-graphed                                        project only
+#   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags twice (a cold and a warm
+#           compile cache), then with GPU_SUITE_BASELINE_FLAGS                              project + photographs
 #   dali    train.py --benchmark, dali backend, ResNet-50-CBAM and ResNet-50 with the default flags     + DALI
 #   loader  benchmarks/loader.py (torch, dali-cpu, dali, stock torchvision)                            + DALI
 #   shards  benchmarks/shards.py                                                          + photographs
@@ -26,7 +28,7 @@
 #   (tools/link_photo_tree.py: 100 classes x GPU_SUITE_PER_CLASS=320 train + 10 val, so a batch-256 epoch holds
 #   125 batches and no epoch restart falls inside a benchmark), sharded once into GPU_SUITE_DATA
 #   (default /tmp/gpu_suite_data) and kept there for the later stages and calls.
-# GPU_SUITE_COMPILE (default blocks): the --compile choice the torch stage times from a cold and a warm cache.
+# GPU_SUITE_BASELINE_FLAGS (default "--cbam-impl triton": the fused op, eager): the torch stage's third run.
 # GPU_SUITE_TIME_LIMIT (default 200): seconds after which benchmarks/model_speed.py starts no new case.
 # GPU_SUITE_TRAIN_FLAGS (default: ResNet-50 at batch 256, 20 + 40 steps) replaces the model and size flags of the
 #   train.py stages; the tests use it to run a stage on a CPU in seconds.
@@ -40,7 +42,7 @@ DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
 KNOWN=",data,check,model,blocks,torch,dali,loader,shards,"
 TRAIN_FLAGS=${GPU_SUITE_TRAIN_FLAGS:---depth 50 --batch-size 256 --workers 12 --benchmark-warmup 20 --benchmark-steps 40}
-COMPILE=${GPU_SUITE_COMPILE:-blocks}  # the compile measured cold and warm by the torch stage
+BASELINE_FLAGS=${GPU_SUITE_BASELINE_FLAGS:---cbam-impl triton}  # the torch stage's third run
 LIMIT=${GPU_SUITE_TIME_LIMIT:-200}  # model_speed.py starts no new case after it: the stage stays within 4 minutes
 
 for stage in ${STAGES//,/ }; do
@@ -115,14 +117,15 @@ wants data && need_data
 # --show-capture=no: a failing compiled test captures thousands of DEBUG lines of torch's tracing that would hide
 # its assertion message.
 wants check && run $PY -m pytest -q -p no:cacheprovider --tb=short --show-capture=no -rf tests/test_gpu.py
-wants model && run $PY benchmarks/model_speed.py --variants none,CBAM,CBAM-torch,CBAM-ref --time-limit "$LIMIT"
-wants blocks && run $PY benchmarks/model_speed.py --blocks --variants none,CBAM,CBAM-torch,CBAM-ref --modes eager \
-  --profile --time-limit "$LIMIT"
+wants model && run $PY benchmarks/model_speed.py --variants none,CBAM-torch,CBAM-triton \
+  --modes compiled,eager,compiled+graph,eager+graph --profile --time-limit "$LIMIT"
+wants blocks && run $PY benchmarks/model_speed.py --blocks --stage-shapes 256x56,1024x14,2048x7 \
+  --variants none,CBAM-torch,CBAM-triton --modes eager,compiled,eager+graph --profile --time-limit "$LIMIT"
 if wants torch && need_data; then
-  note "CBAM, torch backend: the default flags, then --compile blocks with the compile cache as it is, then warm"
+  note "CBAM, torch backend: the default flags from the compile cache as it is, again (warm), then $BASELINE_FLAGS"
   train_benchmark CBAM torch
-  train_benchmark CBAM torch "--compile $COMPILE"
-  train_benchmark CBAM torch "--compile $COMPILE"
+  train_benchmark CBAM torch
+  train_benchmark CBAM torch "$BASELINE_FLAGS"
 fi
 if wants dali && need_dali dali && need_data; then
   train_benchmark CBAM dali

@@ -10,8 +10,8 @@ CBAM-ref. SE is left out of the default (add it with --variants): the fused-CBAM
 every further case costs a compilation in the 4 minutes that a cold-cache default run on one H100 is meant to
 take.
 
-Block benchmark (--blocks): forward + backward of one block tail, relu(x + identity) (`none`) or
-relu(attention(x) + identity), with gradients for x, identity and the gate's parameters, at ResNet-50's stage
+Block benchmark (--blocks): forward + backward of one block tail with its last BatchNorm, relu(bn(z) + identity)
+(`none`) or relu(attention(bn(z)) + identity), with gradients for z, identity and the parameters, at ResNet-50's stage
 shapes (channels x side) 256x56, 512x28, 1024x14 and 2048x7, batch 256 on a GPU (bf16 activations, autocast as
 in training) and 8 on the CPU (fp32), channels_last. Each stage first times a device copy of one such tensor
 (one read + one write = 2 passes); every tail is reported in ms and in passes = time / (copy time / 2), the
@@ -39,14 +39,15 @@ from torch.autograd import DeviceType
 
 from benchmarks.common import markdown_row, markdown_table, median_time, record
 from model import build_model
-from model.cbam import CBAM, resolve_impl
+from model.cbam import CBAM
 from model.se import SqueezeExcite
+from training.compile import compile_model, resolve_cbam
 from training.config import OneLineParser, UsageError
 
 # variant -> (att_type, CBAM implementation of model/cbam.py)
 VARIANTS = {"none": ("none", None), "SE": ("SE", None), "CBAM": ("CBAM", "auto"),
             "CBAM-triton": ("CBAM", "triton"), "CBAM-torch": ("CBAM", "torch"), "CBAM-ref": ("CBAM", "reference")}
-MODES = ("eager", "compiled")
+MODES = ("eager", "compiled", "eager+graph", "compiled+graph")
 # Where ResNet-50's block tails run at 224 px: (channels, side) of conv2_x..conv5_x (He et al. 2016, table 1).
 RESNET50_STAGES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
 PROFILE_STEPS = 3  # enough to see every kernel of a step; the times that count come from the timed loops
@@ -69,7 +70,7 @@ def default_variants(device):
     """none and the CBAM implementations that run on `device` (why SE is not here: the module docstring)."""
     if device.type == "cuda":
         try:
-            resolve_impl("triton", device)
+            resolve_cbam("triton", device, "off")
             return ["none", "CBAM-triton", "CBAM-torch", "CBAM-ref"]
         except RuntimeError as exc:
             print(f"note: CBAM-triton left out of the default variants: {exc}", flush=True)
@@ -92,7 +93,13 @@ def parse_args(argv):
     p.add_argument("--variants", default=None,
                    help=f"comma list from {','.join(VARIANTS)} (default: none,CBAM-triton,CBAM-torch,CBAM-ref on "
                         "CUDA when the Triton kernels run there, else none,CBAM-torch,CBAM-ref)")
-    p.add_argument("--modes", default="eager,compiled", help=f"comma list from {','.join(MODES)} (default: both)")
+    p.add_argument("--modes", default="eager,compiled",
+                   help=f"comma list from {','.join(MODES)}; +graph = the same call captured once in a CUDA graph "
+                        "and replayed (no host work, no launch overhead: what CUDA graphs could gain; CUDA only) "
+                        "(default: eager,compiled)")
+    p.add_argument("--compile-how", default="blocks", choices=("blocks", "model"),
+                   help="compiled modes of the model benchmark: each residual block (train.py's --compile blocks, "
+                        "the default) or the whole model as one graph")
     p.add_argument("--repeats", type=int, default=3, help="timed loops per case, the median reported (default: 3)")
     p.add_argument("--steps", type=int, default=20 if cuda else 2,
                    help="calls per timed loop (default: 20 GPU, 2 CPU)")
@@ -114,9 +121,12 @@ def parse_args(argv):
         p.error(f"unknown variant or mode: {', '.join(bad)}")
     for variant in args.variants:
         try:
-            cbam_impl(variant, args.device)
+            cbam_impl(variant, args.device, "off")
         except RuntimeError as exc:  # e.g. CBAM-triton on a CPU: refused before anything is measured
             p.error(f"variant {variant}: {exc}")
+    graphed = [m for m in args.modes if m.endswith("+graph")]
+    if graphed and not cuda:
+        p.error(f"modes {', '.join(graphed)} capture CUDA graphs and need a CUDA GPU")
     for flag, lowest in (("batch_size", 1), ("repeats", 1), ("steps", 1), ("warmup", 0)):
         if getattr(args, flag) < lowest:
             p.error(f"--{flag.replace('_', '-')} must be >= {lowest}, got {getattr(args, flag)}")
@@ -130,14 +140,35 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def compiled(fn, mode):
-    """fn itself (eager) or compiled afresh. Each case is compiled after a reset of dynamo's caches, so it never
-    reuses another case's code nor runs into the recompile limit (a case is never called again once timed);
-    static shapes, as train.py's fixed batches get."""
-    if mode == "eager":
-        return fn
+def compiled(module, mode, how="model"):
+    """module itself (eager modes) or compiled afresh, in place, as training/compile.py does (`how`: "blocks" or
+    "model"). Each case is compiled after a reset of dynamo's caches, so it never reuses another case's code nor
+    runs into the recompile limit (a case is never called again once timed); static shapes, as train.py's fixed
+    batches get."""
+    if not mode.startswith("compiled"):
+        return module
     torch.compiler.reset()
-    return torch.compile(fn, dynamic=False)
+    return compile_model(module, how)
+
+
+def cuda_graph_replay(fn, device, warmup=3):
+    """fn captured once in a CUDA graph after `warmup` calls on a side stream (autotuning and cuDNN's algorithm
+    search happen there, outside the capture): the graph's replay, which reruns every kernel of fn with no host
+    work. Raises RuntimeError naming the reason when fn cannot be captured."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as exc:  # capture refuses host syncs, CPU tensors, unsupported ops: report and skip the case
+        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise RuntimeError(f"CUDA graph capture failed: {type(exc).__name__}: {reason}") from exc
+    return graph.replay
 
 
 def out_of_time(args, name):
@@ -148,27 +179,35 @@ def out_of_time(args, name):
     return True
 
 
-def measure(name, fn, args):
-    """Warm-up (its time printed when it ends), then --repeats loops of --steps calls of fn() between device
-    synchronizations: {seconds: median per call, spread: (min, max) per call, warmup_s}."""
+def measure(name, fn, args, mode="eager"):
+    """Warm-up (its time printed when it ends; a +graph mode captures fn in a CUDA graph there and times its
+    replay), then --repeats loops of --steps calls between device synchronizations: {seconds: median per call,
+    spread: (min, max) per call, warmup_s, host_s: median host time to issue one call, fn: what was timed}."""
     start = time.perf_counter()
     for _ in range(args.warmup):
         fn()
+    if mode.endswith("+graph"):
+        fn = cuda_graph_replay(fn, args.device)
     synchronize(args.device)
     warmup_s = time.perf_counter() - start
     print(f"warm-up {name}: {warmup_s:.1f} s for {args.warmup} calls", flush=True)
 
+    issue = []
+
     def timed_loop():
+        begin = time.perf_counter()
         for _ in range(args.steps):
             fn()
+        issue.append(time.perf_counter() - begin)
         synchronize(args.device)
     median, samples = median_time(timed_loop, args.repeats)
     return {"seconds": median / args.steps, "spread": (min(samples) / args.steps, max(samples) / args.steps),
-            "warmup_s": warmup_s}
+            "warmup_s": warmup_s, "host_s": sorted(issue)[len(issue) // 2] / args.steps, "fn": fn}
 
 
-def profile(name, fn, device):
-    """Prints the top kernels (GPU: by self CUDA time) or ops (CPU: by self CPU time) of PROFILE_STEPS calls."""
+def profile(name, fn, device, seconds_per_call):
+    """Prints the top kernels (GPU: by self CUDA time) or ops (CPU: by self CPU time) of PROFILE_STEPS calls and,
+    on a GPU, the kernels per call and how busy they kept the GPU: kernel time / the timed wall time per call."""
     cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
@@ -185,29 +224,40 @@ def profile(name, fn, device):
     rows = [(e.key[:100], e.count, f"{self_us(e) / 1000 / PROFILE_STEPS:.3f}", f"{100 * self_us(e) / total:.1f}%")
             for e in top]
     print(f"profile {name}: top {len(top)} {what}s by self {clock} time over {PROFILE_STEPS} calls", flush=True)
+    if cuda:
+        kernel_ms = total / 1000 / PROFILE_STEPS
+        launches = sum(e.count for e in events) / PROFILE_STEPS
+        print(f"profile {name}: {launches:.0f} kernels per call, {kernel_ms:.2f} ms of kernel time per call = GPU "
+              f"busy {100 * kernel_ms / (seconds_per_call * 1000):.0f}% of the timed {seconds_per_call * 1000:.2f} ms",
+              flush=True)
     print(markdown_table((what, "calls", f"self {clock} ms per call", "share"), rows), flush=True)
 
 
-def variant_label(variant, device):
-    """The variant's name; CBAM's says what auto resolved to."""
+def compile_how(mode, args):
+    return args.compile_how if mode.startswith("compiled") else "off"
+
+
+def variant_label(variant, device, how="off"):
+    """The variant's name; CBAM's says what auto resolved to (train.py's choice for the same compile setting)."""
     if variant == "CBAM":
-        return f"CBAM (auto: {resolve_impl('auto', device)})"
+        return f"CBAM (auto: {resolve_cbam('auto', device, how)})"
     return variant
 
 
-def cbam_impl(variant, device):
-    """The CBAM implementation the variant runs on `device` (None without CBAM)."""
+def cbam_impl(variant, device, how="off"):
+    """The CBAM implementation the variant runs on `device` compiled `how` (None without CBAM)."""
     att_type, impl = VARIANTS[variant]
-    return resolve_impl(impl, device) if att_type == "CBAM" else None
+    return resolve_cbam(impl, device, how) if att_type == "CBAM" else None
 
 
 def make_train_step(variant, mode, args):
     """One train step (forward, backward, SGD step) of ResNet-`depth` with `variant`, on a fixed random batch."""
     torch.manual_seed(0)
-    att_type, impl = VARIANTS[variant]
-    model = build_model(args.depth, att_type, cbam_impl=impl or "auto")
+    att_type = VARIANTS[variant][0]
+    how = compile_how(mode, args)
+    model = build_model(args.depth, att_type, cbam_impl=cbam_impl(variant, args.device, how) or "auto")
     model = model.to(args.device, memory_format=torch.channels_last)
-    net = compiled(model, mode)
+    net = compiled(model, mode, args.compile_how)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     images = torch.randn(shape, device=args.device).contiguous(memory_format=torch.channels_last)
@@ -224,31 +274,38 @@ def make_train_step(variant, mode, args):
 
 def run_models(args):
     """Times every (mode, variant) train step, printing each row as it is measured; returns the table."""
-    header = ("model", "mode", "ms/step (median)", "images/s", "time / none", "warm-up s")
+    header = ("model", "mode", "ms/step (median)", "images/s", "time / none", "host ms/step", "warm-up s")
     print(markdown_table(header, []), flush=True)
     rows, results, none_seconds = [], [], {}
     for mode in args.modes:
         for variant in args.variants:
-            name = f"ResNet-{args.depth} {variant_label(variant, args.device)}"
+            how = compile_how(mode, args)
+            name = f"ResNet-{args.depth} {variant_label(variant, args.device, how)}"
             if out_of_time(args, f"{name} ({mode})"):
                 continue
             step = make_train_step(variant, mode, args)
-            timing = measure(f"{name} ({mode})", step, args)
+            try:
+                timing = measure(f"{name} ({mode})", step, args, mode)
+            except RuntimeError as exc:
+                print(f"skipped {name} ({mode}): {exc}", flush=True)
+                continue
             seconds = timing["seconds"]
             if variant == "none":
                 none_seconds[mode] = seconds
             ratio = seconds / none_seconds[mode] if mode in none_seconds else None
             rows.append((name, mode, f"{seconds * 1000:.1f}", f"{args.batch_size / seconds:.1f}",
-                         f"{ratio:.3f}x" if ratio else "-", f"{timing['warmup_s']:.1f}"))
+                         f"{ratio:.3f}x" if ratio else "-", f"{timing['host_s'] * 1000:.1f}",
+                         f"{timing['warmup_s']:.1f}"))
             print(markdown_row(rows[-1]), flush=True)
-            results.append({"variant": variant, "cbam_impl": cbam_impl(variant, args.device), "mode": mode,
+            results.append({"variant": variant, "cbam_impl": cbam_impl(variant, args.device, how), "mode": mode,
                             "ms_per_step": round(seconds * 1000, 2),
                             "images_per_sec": round(args.batch_size / seconds, 2),
                             "time_ratio_vs_none": ratio and round(ratio, 3),
                             "spread_ms": [round(s * 1000, 2) for s in timing["spread"]],
+                            "host_ms_per_step": round(timing["host_s"] * 1000, 2),
                             "warmup_s": round(timing["warmup_s"], 1)})
             if args.profile:
-                profile(f"{name} ({mode})", step, args.device)
+                profile(f"{name} ({mode})", timing["fn"], args.device, seconds)
     table = markdown_table(header, rows)
     print(table)
     print(json.dumps({"benchmark": "model", "device": str(args.device), "amp": "bf16" if args.amp_dtype else "off",
@@ -256,7 +313,8 @@ def run_models(args):
                       "steps": args.steps, "warmup": args.warmup, "channels_last": True, "results": results}))
     return (f"ResNet-{args.depth} train step, batch {args.batch_size}, {args.image_size} px", table,
             f"Median of {args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up steps, each case "
-            "in turn; time / none against `none` of the same mode.")
+            "in turn; time / none against `none` of the same mode; host ms/step = the time to issue a step's work "
+            f"(compiled modes: --compile {args.compile_how}).")
 
 
 def block_tensor(channels, side, args):
@@ -274,27 +332,41 @@ def make_copy(channels, side, args):
     return (lambda: dst.copy_(src)), src.numel() * src.element_size()
 
 
-def plain_tail(x, identity):
-    return torch.relu(x + identity)
+class BlockTail(torch.nn.Module):
+    """The end of a residual block: relu(attention(bn(z)) + identity), as model/resnet.py's residual_tail runs it
+    (the attention module gets the BatchNorm too, so that the compiled CBAM can fold it in)."""
+
+    def __init__(self, channels, attention=None):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.attn = attention
+
+    def forward(self, z, identity):
+        if self.attn is None:
+            return torch.relu(self.bn(z) + identity)
+        return self.attn.block_tail(z, self.bn, identity)
 
 
 def make_tail_step(variant, channels, side, mode, args):
-    """Forward + backward of one block tail with a random grad_output. torch.autograd.grad returns the gradients of
-    x, identity and the gate's parameters without accumulating them, so every call moves the same bytes."""
+    """Forward + backward of one block tail (its BatchNorm included) with a random grad_output.
+    torch.autograd.grad returns the gradients of z, identity and the parameters without accumulating them, so
+    every call moves the same bytes."""
     torch.manual_seed(0)
-    att_type, impl = VARIANTS[variant]
-    tail, parameters = plain_tail, []
-    if att_type != "none":
-        tail = SqueezeExcite(channels) if att_type == "SE" else CBAM(channels, impl=impl)
-        tail = tail.to(args.device, memory_format=torch.channels_last)
-        parameters = list(tail.parameters())
+    att_type = VARIANTS[variant][0]
+    attention = None
+    if att_type == "SE":
+        attention = SqueezeExcite(channels)
+    elif att_type == "CBAM":
+        attention = CBAM(channels, impl=cbam_impl(variant, args.device, compile_how(mode, args)))
+    tail = BlockTail(channels, attention).to(args.device, memory_format=torch.channels_last)
+    parameters = list(tail.parameters())
     net = compiled(tail, mode)
-    x, identity, grad_out = (block_tensor(channels, side, args) for _ in range(3))
-    inputs = (x.requires_grad_(), identity.requires_grad_(), *parameters)
+    z, identity, grad_out = (block_tensor(channels, side, args) for _ in range(3))
+    inputs = (z.requires_grad_(), identity.requires_grad_(), *parameters)
 
     def step():
         with torch.autocast(args.device.type, dtype=args.amp_dtype, enabled=args.amp_dtype is not None):
-            out = net(x, identity)
+            out = net(z, identity)
         torch.autograd.grad(out, inputs, grad_out)
     return step
 
@@ -317,22 +389,28 @@ def run_blocks(args):
         print(markdown_row(rows[-1]), flush=True)
         results.append(block_result(channels, side, "copy", None, None, timing, copy_seconds))
         if args.profile:
-            profile(f"stage {stage}: copy", copy, args.device)
+            profile(f"stage {stage}: copy", copy, args.device, copy_seconds)
         for mode in args.modes:
             for variant in args.variants:
-                name = f"stage {stage}: {variant_label(variant, args.device)} ({mode})"
+                how = "model" if mode.startswith("compiled") else "off"
+                label = variant_label(variant, args.device, how)
+                name = f"stage {stage}: {label} ({mode})"
                 if out_of_time(args, name):
                     continue
                 step = make_tail_step(variant, channels, side, mode, args)
-                timing = measure(name, step, args)
-                results.append(block_result(channels, side, variant, cbam_impl(variant, args.device), mode, timing,
-                                            copy_seconds))
-                rows.append((stage, f"{variant_label(variant, args.device)} tail", mode,
+                try:
+                    timing = measure(name, step, args, mode)
+                except RuntimeError as exc:
+                    print(f"skipped {name}: {exc}", flush=True)
+                    continue
+                results.append(block_result(channels, side, variant, cbam_impl(variant, args.device, how), mode,
+                                            timing, copy_seconds))
+                rows.append((stage, f"{label} tail", mode,
                              f"{timing['seconds'] * 1000:.3f}", f"{results[-1]['pass_equivalents']:.2f}",
                              f"{timing['warmup_s']:.1f}"))
                 print(markdown_row(rows[-1]), flush=True)
                 if args.profile:
-                    profile(name, step, args.device)
+                    profile(name, timing["fn"], args.device, timing["seconds"])
     table = markdown_table(header, rows)
     print(table)
     print(json.dumps({"benchmark": "model-blocks", "device": str(args.device),

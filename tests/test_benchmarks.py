@@ -55,6 +55,7 @@ def test_model_benchmark_reports_the_cbam_over_none_ratio():
     assert data["channels_last"] is True
     assert rows["none"]["time_ratio_vs_none"] == 1.0
     assert rows["CBAM"]["time_ratio_vs_none"] > 0 and rows["CBAM"]["images_per_sec"] > 0
+    assert all(0 < row["host_ms_per_step"] <= row["ms_per_step"] * 1.05 for row in rows.values())
     assert (rows["CBAM"]["cbam_impl"], rows["CBAM-ref"]["cbam_impl"]) == ("torch", "reference")  # auto on a CPU
     assert "ResNet-18 CBAM-ref" in stdout and "ResNet-18 CBAM (auto: torch)" in stdout
     # Each row printed the moment it was measured, after its warm-up time, and before the final table.
@@ -103,6 +104,14 @@ def test_model_benchmark_refuses_a_variant_that_cannot_run_here_in_one_line():
     assert len(lines) == 1 and "variant CBAM-triton" in lines[0] and "'triton'" in lines[0], lines
 
 
+def test_cuda_graph_modes_are_refused_without_a_gpu_in_one_line():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "model_speed.py"), "--modes",
+                             "eager,compiled+graph"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "compiled+graph" in lines[0] and "CUDA" in lines[0], lines
+
+
 def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path):
     write_tree(str(tmp_path / "src"), classes=2, train_per_class=8, val_per_class=0, size=48, seed=6)
     backends = "torch,dali-cpu" if dali_importable() else "torch"
@@ -127,7 +136,8 @@ def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, GPU_SUITE_DATA=str(tmp_path / "data"), GPU_SUITE_PHOTOS=photos,
                GPU_SUITE_CLASSES="3", GPU_SUITE_PER_CLASS="8", GPU_SUITE_VAL_PER_CLASS="2",
                GPU_SUITE_TRAIN_FLAGS="--depth 18 --image-size 32 --batch-size 8 --workers 2 --benchmark-warmup 1 "
-                                     "--benchmark-steps 1 --compile-cache none", GPU_SUITE_COMPILE="off")
+                                     "--benchmark-steps 1 --compile-cache none",
+               GPU_SUITE_BASELINE_FLAGS="--compile off")
     suite = [os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), str(tmp_path / "no-wheels")]
 
     def stage(name, results):
@@ -140,7 +150,7 @@ def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     first = stage("torch", tmp_path / "first.txt")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = [json.loads(line) for line in (tmp_path / "first.txt.json").read_text().splitlines()]
-    # the default flags, then the compile choice from a cold and a warm cache
+    # the default flags from a cold and a warm cache, then the baseline flags
     assert [(r["backend"], r["att_type"]) for r in runs] == [("torch", "CBAM")] * 3
     assert all(r["images_per_sec"] > 0 for r in runs)
     manifest = json.loads((tmp_path / "data" / "shards" / "manifest.json").read_text())

@@ -6,17 +6,30 @@ import pytest
 import torch
 
 from model import build_model
-from training.compile import compile_model, default_cache_dir, resolve_compile, use_cache_dir
+from training.compile import compile_model, default_cache_dir, resolve_cbam, resolve_compile, use_cache_dir
 
 
-def test_auto_compiles_blocks_on_cuda_unless_the_fused_cbam_runs_faster_eager():
-    assert resolve_compile("auto", "cuda") == "blocks"
-    assert resolve_compile("auto", "cuda", "CBAM", "torch") == "blocks"
-    assert resolve_compile("auto", "cuda", "SE", None) == "blocks"
+def test_auto_compiles_blocks_on_cuda_unless_the_fused_cbam_op_is_asked_for():
+    from model.cbam_fused import triton_unavailable_reason
+    cuda_compiles = "off" if triton_unavailable_reason(torch.device("cuda")) else "blocks"
+    assert resolve_compile("auto", "cuda") == cuda_compiles
+    assert resolve_compile("auto", "cuda", "CBAM", "auto") == cuda_compiles
+    assert resolve_compile("auto", "cuda", "CBAM", "torch") == cuda_compiles
+    assert resolve_compile("auto", "cuda", "SE", "auto") == cuda_compiles
     assert resolve_compile("auto", "cuda", "CBAM", "triton") == "off"
     assert resolve_compile("auto", "cpu") == "off"
     assert resolve_compile("model", "cpu") == "model" and resolve_compile("off", "cuda") == "off"
     assert resolve_compile("blocks", "cuda", "CBAM", "triton") == "blocks"  # asked for: kept
+
+
+def test_auto_cbam_is_the_compiled_torch_formulation_when_compiled_on_cuda():
+    assert resolve_cbam("auto", "cuda", "blocks") == "torch"
+    assert resolve_cbam("auto", "cuda", "model") == "torch"
+    assert resolve_cbam("auto", "cpu", "blocks") == "torch"
+    assert resolve_cbam("auto", "cpu", "off") == "torch"
+    assert resolve_cbam("reference", "cuda", "blocks") == "reference"
+    with pytest.raises(RuntimeError, match="'triton' cannot run on cpu"):
+        resolve_cbam("triton", "cpu", "off")
 
 
 @pytest.mark.parametrize("how,expected_graphs", [("blocks", 7), ("model", 1)])

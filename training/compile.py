@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from model.cbam import resolve_impl
+from model.cbam_fused import triton_unavailable_reason
 from model.resnet import BasicBlock, Bottleneck
 
 COMPILE_CHOICES = ("auto", "off", "blocks", "model")
@@ -25,16 +27,27 @@ COMPILE_CHOICES = ("auto", "off", "blocks", "model")
 RECOMPILE_LIMIT = 64
 
 
-def resolve_compile(choice, device, att_type="none", cbam_impl=None):
-    """--compile auto -> "blocks" on CUDA, "off" elsewhere (CPU compile of a ResNet-50 takes minutes on few cores
-    and gains little there), and "off" for CBAM with the fused Triton kernels: on an H100 the compiled
-    ResNet-50-CBAM step was slower than the eager one, after a minute of compiling (BENCHMARKS.md, "GPU
-    measurements"). An explicit choice is always kept."""
+def resolve_compile(choice, device, att_type="none", cbam_choice="auto"):
+    """--compile auto -> "blocks" on CUDA when Triton (inductor's GPU code generator) imports, else "off" (a CPU
+    compile of a ResNet-50 takes minutes on few cores and gains little there). With --cbam-impl triton it is "off":
+    the opaque fused op ran slower compiled than eager on an H100 (BENCHMARKS.md, GPU run of 2026-11-27). An
+    explicit choice is always kept."""
     if choice != "auto":
         return choice
-    if torch.device(device).type != "cuda" or (att_type == "CBAM" and cbam_impl == "triton"):
+    device = torch.device(device)
+    if device.type != "cuda" or triton_unavailable_reason(device) or (att_type == "CBAM" and cbam_choice == "triton"):
         return "off"
     return "blocks"
+
+
+def resolve_cbam(choice, device, compile_how):
+    """--cbam-impl auto -> the CBAM implementation measured fastest for how the model runs: compiled on CUDA,
+    "torch" (inductor fuses it with BatchNorm folded in, model/cbam_folded.py: on an H100 the compiled plain
+    PyTorch gates ran 81.3 ms per ResNet-50-CBAM step against 95.5 ms for the fused Triton op eager, BENCHMARKS.md);
+    eager on CUDA, "triton"; elsewhere "torch". RuntimeError when an explicit choice cannot run on `device`."""
+    if choice == "auto" and torch.device(device).type == "cuda" and compile_how != "off":
+        return "torch"
+    return resolve_impl(choice, device)
 
 
 def default_cache_dir():

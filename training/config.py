@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from model import CBAM_IMPLS
-from model.cbam import resolve_impl
 from pipeline import (
     BACKENDS,
     DEFAULT_CACHE_BYTES,
@@ -24,7 +23,7 @@ from pipeline import (
     resolve_backend,
 )
 from pipeline.storage import is_remote, normalize
-from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile, use_cache_dir
+from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_cbam, resolve_compile, use_cache_dir
 from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -99,16 +98,16 @@ def build_parser():
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
     p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
-                   help="how CBAM is computed (same parameters and numbers for all): auto = fused Triton kernels "
-                        "on CUDA when Triton imports, else plain PyTorch; triton; torch; reference = the authors' "
-                        "formulation")
+                   help="how CBAM is computed (same parameters and numbers for all): triton = fused Triton "
+                        "kernels (CUDA); torch = plain PyTorch ops, with the block's last BatchNorm folded into the "
+                        "gates when compiled; reference = the authors' formulation; auto = torch when the model is "
+                        "compiled on CUDA, triton when it runs eager there, torch elsewhere")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model (the loader always delivers channels_last images)")
     p.add_argument("--compile", nargs="?", const="blocks", default="auto", choices=COMPILE_CHOICES,
                    help="torch.compile: blocks = each residual block (identical blocks share one compilation), "
-                        "model = the whole model as one graph, off; auto = blocks on CUDA, except CBAM with the fused "
-                        "Triton kernels (faster eager on an H100), off elsewhere; "
-                        "a bare --compile means blocks")
+                        "model = the whole model as one graph, off; auto = blocks on CUDA (off with --cbam-impl "
+                        "triton, whose opaque op runs faster eager), off elsewhere; a bare --compile means blocks")
     p.add_argument("--no-compile", action="store_const", const="off", dest="compile", help="same as --compile off")
     p.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
                    help="folder of the compiled-code cache kept between runs (inductor graphs, Triton binaries); "
@@ -264,12 +263,12 @@ def resolve(args, world):
     amp = args.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    compile_how = resolve_compile(args.compile, device, args.att_type, args.cbam_impl)
     try:
-        cbam_impl = resolve_impl(args.cbam_impl, device)
+        cbam_impl = resolve_cbam(args.cbam_impl, device, compile_how)
         backend = resolve_backend(args.backend, device, data=args.data)
     except (RuntimeError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
-    compile_how = resolve_compile(args.compile, device, args.att_type, cbam_impl)
     if compile_how != "off" and args.compile_cache != "none":
         try:
             use_cache_dir(args.compile_cache)  # before anything compiles

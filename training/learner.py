@@ -53,7 +53,7 @@ def build_learner(run, num_classes, log=print):
     """The Learner of a training.config.RunConfig. Compile and DDP come last, after a resume may have loaded
     weights into the plain model (compiling in place keeps the state-dict names)."""
     device = run.world.device
-    fell_back = run.cbam_impl == "torch" and run.flags["cbam_impl"] == "auto"
+    fell_back = run.cbam_impl == "torch" and run.flags["cbam_impl"] == "auto" and run.compile == "off"
     if run.att_type == "CBAM" and device.type == "cuda" and fell_back:
         log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(device)}")
     model = build_model(run.depth, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
