@@ -9,7 +9,7 @@ BatchNorm in training mode is a per-channel affine map x = a_c * z + b_c once it
   the per-map variances plus the variance of the per-map means, as stable as a single Welford pass), and so do
   the channel gate's pools of x: mean_x = a*mean_z + b, max_x = a*max_z + b when a >= 0, else a*min_z + b;
 - the spatial gate pools x*cs = z*(a*cs) + b*cs over C, computed on the fly from z (x is never written);
-- the output relu(z*(a*cs*ss) + b*cs*ss + identity) is one pointwise pass.
+- the output relu((z*(a*cs) + b*cs)*ss + identity) is one pointwise pass.
 Forward: 3 reads of z, 1 of the identity, 1 write of the output. The max pools are amax/amin: their gradient is
 an equality mask that fuses into the neighbouring kernels, where torch.max's index-based backward is a scatter.
 The 7x7 conv (2->1 channels) and the MLP act on (N, 2, H, W) and (2N, C) tensors; they stay library calls.
@@ -39,7 +39,9 @@ def folded_block_tail(cbam, bn, z, identity):
         cs = torch.sigmoid(logits[:batch] + logits[batch:])
         scale, shift = (a * cs)[:, :, None, None], (b * cs)[:, :, None, None]  # x*cs = z*scale + shift
         gated = zf * scale + shift
-        pooled = torch.cat((gated.amax(dim=1, keepdim=True), gated.mean(dim=1, keepdim=True)), dim=1)
+        # (N, 2, H, W) in the contiguous layout, which the fused op's 7x7 conv also gets (cuDNN's choice of
+        # algorithm for 2 input channels depends on it); the tensor is C/2 times smaller than z.
+        pooled = torch.cat((gated.amax(dim=1, keepdim=True), gated.mean(dim=1, keepdim=True)), dim=1).contiguous()
         ss = _spatial_scale(cbam.spatial_gate, pooled, acc)
         out = gated * ss
         if identity is not None:
