@@ -39,7 +39,7 @@ def evaluate(learner, loader, world, weights="raw"):
     net.eval()
     sums = RunningSums(world.device)
     amp = learner.amp_dtype
-    with torch.no_grad(), torch.autocast(world.device.type, dtype=amp, enabled=amp is not None):
+    with torch.no_grad(), torch.autocast(world.device.type, dtype=amp, enabled=amp is not None), learner.evaluation():
         for images, labels in loader:
             logits = net(images)
             sums.add(torch.nn.functional.cross_entropy(logits.float(), labels), logits, labels)

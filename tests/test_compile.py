@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from model import build_model
-from training.compile import compile_model, default_cache_dir, resolve_cbam, resolve_compile, use_cache_dir
+from training.compile import (
+    compile_model,
+    default_cache_dir,
+    resolve_cbam,
+    resolve_compile,
+    resolve_cuda_graphs,
+    use_cache_dir,
+)
 
 
 def test_auto_compiles_blocks_on_cuda_unless_the_fused_cbam_op_is_asked_for():
@@ -30,6 +37,17 @@ def test_auto_cbam_is_the_compiled_torch_formulation_when_compiled_on_cuda():
     assert resolve_cbam("reference", "cuda", "blocks") == "reference"
     with pytest.raises(RuntimeError, match="'triton' cannot run on cpu"):
         resolve_cbam("triton", "cpu", "off")
+
+
+def test_cuda_graphs_need_a_compiled_model_on_cuda_and_one_backward_per_step():
+    assert resolve_cuda_graphs("auto", "cuda", "blocks") is False  # not yet measured faster on a GPU
+    assert resolve_cuda_graphs("on", "cuda", "blocks") is True and resolve_cuda_graphs("off", "cuda", "model") is False
+    with pytest.raises(ValueError, match="needs --compile blocks or model"):
+        resolve_cuda_graphs("on", "cuda", "off")
+    with pytest.raises(ValueError, match="needs --accum-steps 1 \\(got 4\\)"):
+        resolve_cuda_graphs("on", "cuda", "blocks", accum_steps=4)
+    with pytest.raises(ValueError, match="needs a CUDA device, this run is on cpu"):
+        resolve_cuda_graphs("on", "cpu", "blocks")
 
 
 @pytest.mark.parametrize("how,expected_graphs", [("blocks", 7), ("model", 1)])

@@ -462,6 +462,15 @@ def test_flags_are_normalised_and_the_config_resolves_for_cpu(data_dir):
         run.no_such_flag  # noqa: B018
 
 
+def test_cuda_graphs_are_off_by_default_and_on_is_refused_where_it_cannot_run(data_dir):
+    assert make_run(data_dir).cuda_graphs is False
+    assert make_run(data_dir).as_dict()["cuda_graphs_resolved"] is False
+    with pytest.raises(config.UsageError, match="--cuda-graphs on needs a CUDA device, this run is on cpu"):
+        make_run(data_dir, "--cuda-graphs", "on")
+    with pytest.raises(config.UsageError, match="invalid choice: 'maybe'"):
+        make_run(data_dir, "--cuda-graphs", "maybe")
+
+
 def test_run_config_is_frozen(data_dir):
     run = make_run(data_dir)
     with pytest.raises(dataclasses.FrozenInstanceError):

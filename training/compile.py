@@ -22,6 +22,10 @@ from model.cbam_fused import triton_unavailable_reason
 from model.resnet import BasicBlock, Bottleneck
 
 COMPILE_CHOICES = ("auto", "off", "blocks", "model")
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
+# --cuda-graphs auto: whether CUDA graphs win has not been measured on a GPU yet (BENCHMARKS.md, "CBAM the compiler
+# can see"); benchmarks/model_speed.py's +graph modes measure what they can gain.
+CUDA_GRAPHS_BY_DEFAULT = False
 # Distinct compiled variants one code object may hold: 8 block kinds x train/eval x a second image size for val,
 # with room to spare (dynamo's default of 8 would send the rest to eager, with a warning).
 RECOMPILE_LIMIT = 64
@@ -50,6 +54,25 @@ def resolve_cbam(choice, device, compile_how):
     return resolve_impl(choice, device)
 
 
+def resolve_cuda_graphs(choice, device, compile_how, accum_steps=1):
+    """--cuda-graphs -> True or False. "on" needs a compiled model on CUDA (inductor's CUDA graph trees), and one
+    backward per optimizer step: accumulated gradients would live in graph memory that the next replay
+    overwrites. ValueError naming the flag otherwise."""
+    if choice == "auto":
+        return CUDA_GRAPHS_BY_DEFAULT and torch.device(device).type == "cuda" and compile_how != "off" \
+            and accum_steps == 1
+    if choice == "off":
+        return False
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"--cuda-graphs on needs a CUDA device, this run is on {torch.device(device).type}")
+    if compile_how == "off":
+        raise ValueError("--cuda-graphs on replays the compiled model: it needs --compile blocks or model")
+    if accum_steps != 1:
+        raise ValueError(f"--cuda-graphs on needs --accum-steps 1 (got {accum_steps}): accumulated gradients "
+                         "would live in memory that each graph replay overwrites")
+    return True
+
+
 def default_cache_dir():
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "cbam-imagenet", "torch-compile")
@@ -67,17 +90,19 @@ def use_cache_dir(path):
     torch._inductor.config.fx_graph_cache = True  # on by default in recent torch; stated, not assumed
 
 
-def compile_model(model, how, backend="inductor"):
-    """Compiles `model` in place as `how` says ("off", "blocks" or "model") and returns it."""
+def compile_model(model, how, backend="inductor", cuda_graphs=False):
+    """Compiles `model` in place as `how` says ("off", "blocks" or "model") and returns it; with `cuda_graphs`,
+    in inductor's reduce-overhead mode (each compiled graph recorded once in a CUDA graph, then replayed)."""
     if how == "off":
         return model
     _raise_recompile_limit(RECOMPILE_LIMIT)
+    options = dict(dynamic=False, backend=backend, mode="reduce-overhead" if cuda_graphs else None)
     if how == "model":
-        model.compile(dynamic=False, backend=backend)
+        model.compile(**options)
     elif how == "blocks":
         for module in model.modules():
             if isinstance(module, (BasicBlock, Bottleneck)):
-                module.compile(dynamic=False, backend=backend)
+                module.compile(**options)
     else:
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {how!r}")
     return model

@@ -23,7 +23,15 @@ from pipeline import (
     resolve_backend,
 )
 from pipeline.storage import is_remote, normalize
-from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_cbam, resolve_compile, use_cache_dir
+from training.compile import (
+    COMPILE_CHOICES,
+    CUDA_GRAPH_CHOICES,
+    default_cache_dir,
+    resolve_cbam,
+    resolve_compile,
+    resolve_cuda_graphs,
+    use_cache_dir,
+)
 from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -109,6 +117,10 @@ def build_parser():
                         "model = the whole model as one graph, off; auto = blocks on CUDA (off with --cbam-impl "
                         "triton, whose opaque op runs faster eager), off elsewhere; a bare --compile means blocks")
     p.add_argument("--no-compile", action="store_const", const="off", dest="compile", help="same as --compile off")
+    p.add_argument("--cuda-graphs", default="auto", choices=CUDA_GRAPH_CHOICES,
+                   help="replay the compiled model's forward and backward from CUDA graphs (torch.compile's "
+                        "reduce-overhead mode: no per-kernel launch cost); on needs CUDA, --compile and "
+                        "--accum-steps 1; auto = off until a GPU measurement shows them faster (BENCHMARKS.md)")
     p.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
                    help="folder of the compiled-code cache kept between runs (inductor graphs, Triton binaries); "
                         "'none' leaves torch's own default")
@@ -227,6 +239,7 @@ class RunConfig:
     amp: str                  # 'bf16' | 'fp16' | 'off'
     cbam_impl: str            # model.cbam.CBAM_IMPLS without 'auto'
     compile: str              # 'blocks' | 'model' | 'off'
+    cuda_graphs: bool         # the compiled model replayed from CUDA graphs
     cudnn_benchmark: bool
     backend: str              # the loader backend that runs: 'dali' | 'dali-cpu' | 'torch'
     per_rank_batch: int
@@ -248,7 +261,8 @@ class RunConfig:
 
     def as_dict(self):
         resolved = {"amp_resolved": self.amp, "cbam_impl_resolved": self.cbam_impl,
-                    "compile_resolved": self.compile, "cudnn_benchmark_resolved": self.cudnn_benchmark,
+                    "compile_resolved": self.compile, "cuda_graphs_resolved": self.cuda_graphs,
+                    "cudnn_benchmark_resolved": self.cudnn_benchmark,
                     "backend_resolved": self.backend, "world_size": self.world.size, "device": str(self.world.device)}
         return json.loads(json.dumps({**self.flags, **resolved}, default=str))
 
@@ -267,7 +281,8 @@ def resolve(args, world):
     try:
         cbam_impl = resolve_cbam(args.cbam_impl, device, compile_how)
         backend = resolve_backend(args.backend, device, data=args.data)
-    except (RuntimeError, BackendUnavailable) as exc:
+        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, device, compile_how, args.accum_steps)
+    except (RuntimeError, ValueError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
     if compile_how != "off" and args.compile_cache != "none":
         try:
@@ -276,7 +291,7 @@ def resolve(args, world):
             raise UsageError(str(exc)) from None
     return RunConfig(
         flags=types.MappingProxyType(dict(vars(args))), world=world, amp=amp, cbam_impl=cbam_impl,
-        compile=compile_how,
+        compile=compile_how, cuda_graphs=cuda_graphs,
         # Fixed input shapes: cuDNN may time its convolution algorithms once and keep the fastest.
         cudnn_benchmark=args.cudnn_benchmark and device.type == "cuda", backend=backend,
         per_rank_batch=args.batch_size // world.size,

@@ -26,12 +26,23 @@ class Learner:
     amp_dtype: torch.dtype
     mixer: BatchMixer = None     # mixup/cutmix, or None
     ema: WeightAverage = None    # the weight average, or None; made by checkpoint.restore after the weights load
+    cuda_graphs: bool = False    # the compiled model replays CUDA graphs (set by prepare_to_run)
+
+    def evaluation(self):
+        """The context evaluation runs in: without CUDA graphs, whose replays would reuse the memory of one block's
+        output for the next block's under no_grad (each compiled block is its own graph), the model runs eagerly
+        there; a few batches of evaluation per epoch do not need the launch savings."""
+        if self.cuda_graphs:
+            return torch.compiler.set_stance("force_eager")
+        return contextlib.nullcontext()
 
     def step(self, images, labels, step=0, share=1.0, last=True):
         """One batch's forward and backward, its loss weighted by `share` of the optimizer step that follows
         when `last` (gradient accumulation: DDP synchronises gradients only then). Returns (logits, loss, the
         labels the logits are scored against: each sample's dominant label under mixup/cutmix)."""
         targets = labels
+        if self.cuda_graphs:  # one training iteration: the previous step's graph outputs may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         if self.mixer is not None:
             images, targets, labels = self.mixer(images, labels, step)
         no_sync = getattr(self.train_net, "no_sync", None)
@@ -68,7 +79,8 @@ def build_learner(run, num_classes, log=print):
 
 def prepare_to_run(learner, run):
     """Compiles the model and wraps it in DDP for several ranks (in place on `learner`)."""
-    learner.net = compile_model(learner.model, run.compile)
+    learner.net = compile_model(learner.model, run.compile, cuda_graphs=run.cuda_graphs)
+    learner.cuda_graphs = run.cuda_graphs
     learner.train_net = learner.net
     if run.world.size > 1:
         device = run.world.device
