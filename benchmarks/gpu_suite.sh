@@ -8,10 +8,11 @@
 #   data    only builds the photograph tree and its shards (below), so a later stage finds them ready     photographs
 #   check   the GPU-only tests (tests/test_gpu.py: compiled Triton kernels against the authors' CBAM, CUDA batches,
 #           fp16 and bf16 epochs)                                                      project only
-#   model   benchmarks/model_speed.py --profile: ResNet-50 none and each CBAM implementation, compiled, eager, and
-#           both replayed from a CUDA graph; top kernels, kernels per step, GPU busy %      project only
-#   blocks  benchmarks/model_speed.py --blocks --profile: the block tails (BN included) per stage, in memory
-#           passes, eager, compiled and CUDA-graphed                                        project only
+#   model   benchmarks/model_speed.py --profile: ResNet-50 none and each CBAM implementation, compiled and
+#           eager; top kernels, kernels per step, GPU busy %                                project only
+#   graphs  the same for none and the compiled-path CBAM, each step replayed from a CUDA graph     project only
+#   blocks  benchmarks/model_speed.py --blocks --profile: the block tails (BN included) of the first and last
+#           ResNet-50 stage, in memory passes, eager and compiled                           project only
 #   torch   train.py --benchmark, torch backend, ResNet-50-CBAM with the default flags twice (a cold and a warm
 #           compile cache), then with GPU_SUITE_BASELINE_FLAGS                              project + photographs
 #   dali    train.py --benchmark, dali backend, ResNet-50-CBAM and ResNet-50 with the default flags     + DALI
@@ -36,11 +37,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-.whl}
 RESULTS=${2:-${OUT:-bench_out}/gpu_suite.txt}
-STAGES=${3:-data,check,model,blocks,torch,dali,loader,shards}
+STAGES=${3:-data,check,model,graphs,blocks,torch,dali,loader,shards}
 PY=${PYTHON:-python3}
 DATA=${GPU_SUITE_DATA:-/tmp/gpu_suite_data}
 SITE=/tmp/gpu_suite_site
-KNOWN=",data,check,model,blocks,torch,dali,loader,shards,"
+KNOWN=",data,check,model,graphs,blocks,torch,dali,loader,shards,"
 TRAIN_FLAGS=${GPU_SUITE_TRAIN_FLAGS:---depth 50 --batch-size 256 --workers 12 --benchmark-warmup 20 --benchmark-steps 40}
 BASELINE_FLAGS=${GPU_SUITE_BASELINE_FLAGS:---cbam-impl triton}  # the torch stage's third run
 LIMIT=${GPU_SUITE_TIME_LIMIT:-200}  # model_speed.py starts no new case after it: the stage stays within 4 minutes
@@ -117,10 +118,12 @@ wants data && need_data
 # --show-capture=no: a failing compiled test captures thousands of DEBUG lines of torch's tracing that would hide
 # its assertion message.
 wants check && run $PY -m pytest -q -p no:cacheprovider --tb=short --show-capture=no -rf tests/test_gpu.py
-wants model && run $PY benchmarks/model_speed.py --variants none,CBAM-torch,CBAM-triton \
-  --modes compiled,eager,compiled+graph,eager+graph --profile --time-limit "$LIMIT"
-wants blocks && run $PY benchmarks/model_speed.py --blocks --stage-shapes 256x56,1024x14,2048x7 \
-  --variants none,CBAM-torch,CBAM-triton --modes eager,compiled,eager+graph --profile --time-limit "$LIMIT"
+wants model && run $PY benchmarks/model_speed.py --variants none,CBAM-torch,CBAM-triton --modes compiled,eager \
+  --profile --time-limit "$LIMIT"
+wants graphs && run $PY benchmarks/model_speed.py --variants none,CBAM-torch --modes compiled+graph,eager+graph \
+  --profile --time-limit "$LIMIT"
+wants blocks && run $PY benchmarks/model_speed.py --blocks --stage-shapes 256x56,2048x7 \
+  --variants none,CBAM-torch,CBAM-triton --modes eager,compiled --profile --time-limit "$LIMIT"
 if wants torch && need_data; then
   note "CBAM, torch backend: the default flags from the compile cache as it is, again (warm), then $BASELINE_FLAGS"
   train_benchmark CBAM torch
