@@ -20,7 +20,7 @@ float64 inputs) whatever the autocast dtype; the output has the dtype `bn(z) + i
 """
 import torch
 
-from .cbam_fused import _update_running_stats
+from .batchnorm import update_running_stats
 
 
 def folded_block_tail(cbam, bn, z, identity):
@@ -70,7 +70,7 @@ def _affine(bn, t, batch_mean, batch_var):
                              f"{tuple(t.shape)}")
         mean, var = batch_mean, batch_var
         if bn.training and bn.track_running_stats:
-            _update_running_stats(bn, torch.stack((mean, var)).detach(), count)
+            update_running_stats(bn, mean.detach(), var.detach(), count)
     else:
         mean, var = bn.running_mean.to(t.dtype), bn.running_var.to(t.dtype)
     a = torch.rsqrt(var + bn.eps)

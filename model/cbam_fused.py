@@ -29,12 +29,14 @@ is functional: BatchNorm's running statistics are updated by fused_cbam() from t
 returns, so torch.compile(fullgraph=True) keeps the op whole.
 """
 import functools
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .batchnorm import update_running_stats
+from .triton_env import interpreting
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,11 +46,6 @@ def _triton_import_error():
     except Exception as exc:  # ImportError, or a Triton without a usable backend
         return f"Triton does not import ({type(exc).__name__}: {exc})"
     return ""
-
-
-def interpreting():
-    """True when Triton's interpreter runs kernels on CPU tensors (TRITON_INTERPRET=1, set before import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @torch.compiler.assume_constant_result  # fixed for a process: torch.compile evaluates it once, never traces it
@@ -257,15 +254,5 @@ def fused_cbam(cbam, x, identity=None):
         x, identity, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, gate.conv.weight, bn.weight, bn.bias,
         running_mean, running_var, batch_stats, bn.eps)
     if bn.training and bn.track_running_stats:
-        _update_running_stats(bn, bn_stats.detach(), x.shape[0] * x.shape[2] * x.shape[3])
+        update_running_stats(bn, bn_stats[0].detach(), bn_stats[1].detach(), x.shape[0] * x.shape[2] * x.shape[3])
     return out
-
-
-def _update_running_stats(bn, bn_stats, count):
-    """nn.BatchNorm2d's update: exponential average with `momentum` (cumulative when None), unbiased variance."""
-    with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
-        # lerp_: (1 - momentum) * running + momentum * batch in one kernel per statistic.
-        bn.running_mean.lerp_(bn_stats[0].to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_((bn_stats[1] * (count / (count - 1))).to(bn.running_var.dtype), momentum)

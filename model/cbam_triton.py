@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .cbam_fused import interpreting
+from .triton_env import interpreting
 
 
 def _configs(shapes):

@@ -19,9 +19,3 @@ def reference_cbam(cbam, x):
     gate = cbam.spatial_gate
     pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
     return x * torch.sigmoid(gate.bn(gate.conv(pooled)))
-
-
-def use_reference_cbam(model):
-    """Switches every CBAM module of `model` to the reference forward, in place (weights untouched)."""
-    from .cbam import set_cbam_impl
-    return set_cbam_impl(model, "reference")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model, load_original_checkpoint
+from model import build_model, load_original_checkpoint, set_cbam_impl
 from model.cbam import CBAM, ChannelGate, SpatialGate
 
 DEPTHS = (18, 34, 50, 101)
@@ -238,10 +238,9 @@ def test_fast_cbam_matches_reference_formulation(channels_last):
     """Our CBAM forward (adaptive/indexed pooling, one MLP call) vs the authors' straightforward formulation:
     logits within fp32 tolerance; gradients equal in float64 (in fp32 the BN-bias gradients of the spatial
     gates are sums that nearly cancel, so their rounding differs by up to ~1e-2 relative)."""
-    from model.reference import use_reference_cbam
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     fast = _randomised(build_model(50, "CBAM", num_classes=10)).train().to(memory_format=fmt)
-    ref = use_reference_cbam(build_model(50, "CBAM", num_classes=10)).train().to(memory_format=fmt)
+    ref = set_cbam_impl(build_model(50, "CBAM", num_classes=10), "reference").train().to(memory_format=fmt)
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(2, 3, 64, 80).to(memory_format=fmt)
     torch.testing.assert_close(fast(x), ref(x), rtol=1e-4, atol=1e-4)
