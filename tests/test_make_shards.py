@@ -690,6 +690,79 @@ def test_a_full_disk_names_the_file_on_its_own_line_and_leaves_no_temporary(tmp_
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
 
 
+# ---------------------------------------------------------------------------------------------------- names
+
+@pytest.mark.parametrize("split, name, shown, problem", [
+    ("train", b"n0\xc3(bad", "n0\\xc3(bad", "is not valid UTF-8 (byte 0xc3)"),
+    ("val", b"n01\r", "n01\\r", "holds the control character \\r"),
+    ("train", "n7\u2029".encode(), "n7\\u2029", "holds the control character \\u2029")],
+    ids=["undecodable", "carriage-return", "paragraph-separator"])
+def test_a_class_folder_name_that_cannot_be_stored_is_refused_before_any_work(tmp_path, split, name, shown,
+                                                                              problem):
+    """A class name is a label in manifest.json and a line of classes.txt: refused at once, naming the folder."""
+    src = small_tree(tmp_path / "s")
+    folder = os.path.join(os.fsencode(src / split), name)
+    os.mkdir(folder)
+    shutil.copy(next((src / "train").rglob("*.JPEG")), os.path.join(folder, b"x.JPEG"))
+    result = run_tool(src, tmp_path / "out")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == (f"make_shards.py: error: class folder '{src / split}/{shown}': its name {problem}; a "
+                             "class name is stored in manifest.json and classes.txt, rename the folder\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_names_that_cannot_be_stored_are_skipped_with_their_reason(tmp_path):
+    """Each such file is one input: listed as skipped under its escaped name, exit 1; the manifest is strict UTF-8
+    JSON and every other file is stored; a list file naming one does the same."""
+    src = small_tree(tmp_path / "s")
+    photo = next((src / "train").rglob("*.JPEG")).read_bytes()
+    wnid = sorted(os.listdir(src / "train"))[1]
+    names = {b"ok \xe2\x82\xac.JPEG": None,  # valid UTF-8 (a euro sign): stored
+             b"lat\xe9n.JPEG": "train/%s/lat\\xe9n.JPEG", b"two\nlines.JPEG": "train/%s/two\\nlines.JPEG",
+             b"sub\x1bdir/deep.JPEG": "train/%s/sub\\x1bdir/deep.JPEG", b"del\x7f.jpg": "train/%s/del\\x7f.jpg"}
+    for name in names:
+        path = os.path.join(os.fsencode(src / "train" / wnid), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(photo)
+    out = tmp_path / "out"
+    result = run_tool(src, out, "--workers", 2)
+    assert result.returncode == 1, result.stderr[-2000:]
+    raw = (out / "manifest.json").read_bytes()
+    manifest = json.loads(raw.decode("utf-8", "strict"))
+    assert b"\\ud" not in raw  # no lone surrogate escapes: strict JSON parsers read it
+    skipped = {item["path"]: item["reason"] for item in manifest["splits"]["train"]["skipped"]}
+    assert set(skipped) == {shown % wnid for shown in names.values() if shown}
+    assert all("which the manifest cannot store; rename it" in reason for reason in skipped.values())
+    assert skipped[f"train/{wnid}/lat\\xe9n.JPEG"].startswith("its name is not valid UTF-8 (byte 0xe9)")
+    assert skipped[f"train/{wnid}/two\\nlines.JPEG"].startswith("its name holds the control character \\n")
+    assert manifest["splits"]["train"]["samples"] == 4 + 1
+    assert f"skipped train/{wnid}/two\\nlines.JPEG: its name" in result.stderr  # on one line
+    (src / "train_list.txt").write_text(f"train/{wnid}/tab\tin name.JPEG 0\ntrain/{wnid}/ok \u20ac.JPEG 1\n")
+    (src / "train" / wnid / "tab\tin name.JPEG").write_bytes(photo)
+    listed = run_tool(src, tmp_path / "listed", "--splits", "train")
+    assert listed.returncode == 1, listed.stderr[-2000:]
+    train = json.loads((tmp_path / "listed" / "manifest.json").read_text())["splits"]["train"]
+    assert [item["path"] for item in train["skipped"]] == [f"train/{wnid}/tab\\tin name.JPEG"]
+    assert train["samples"] == 1
+
+
+def test_a_list_file_that_is_not_utf8_names_its_line(tmp_path, capsys):
+    src = small_tree(tmp_path / "s")
+    shutil.rmtree(src / "val")  # val comes from the list file alone
+    (src / "val_list.txt").write_bytes(b"val/a.JPEG 0\n\nval/caf\xe9.JPEG 1\n")
+    assert make_shards.main([str(src), str(tmp_path / "out"), "--workers", "1"]) == 2
+    assert capsys.readouterr().err == (f"make_shards.py: error: {src / 'val_list.txt'}:3: not valid UTF-8 "
+                                       "(byte 0xe9); list files are UTF-8 text\n")
+
+
+@pytest.mark.parametrize("key, ext", [("a\nb", "jpg"), ("caf\u00e9", "jpg"), ("k", "j pg"), ("k" * 98, "jpg")])
+def test_the_shard_writer_refuses_member_names_its_files_cannot_hold(key, ext):
+    from tools.shardwriter import ShardWriter
+    with pytest.raises(ValueError, match="key and extension must be ASCII letters, digits"):
+        ShardWriter(io.BytesIO()).add_sample(key, {ext: b"x"})
+
+
 # ---------------------------------------------------------------------------------------------------- huge and 12-bit
 
 def big_photograph(size):

@@ -10,12 +10,18 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 from collections import namedtuple
 
 from pipeline.shard_format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
 from tools.imagecheck import encode_jpeg
 
 WRITEBACK_STEP = 8 << 20  # bytes between two start_writeback calls while a shard is written
+# Member names are `<key>.<ext>`. The .idx and .crc32 are lines of space-separated fields, webdataset splits the
+# key from the extension at the first dot, and a ustar header holds a 100-byte name without a folder: so plain
+# ASCII without dots, slashes or white space, and at most 100 characters.
+MEMBER_PART = re.compile(r"[A-Za-z0-9_-]+")
+MEMBER_NAME_MAX = 100
 
 # One sample of a shard plan: its key, its source file (relpath for people, path to read, size and mtime_ns as
 # checked), its label, and whether its bytes must be re-encoded (converted or downscaled) instead of copied.
@@ -59,12 +65,13 @@ class ShardWriter:
         return offset
 
     def add_sample(self, key, components):
-        """Writes `<key>.<ext>` members in the given order; `key` must not contain dots, slashes or spaces."""
-        if any(c in key for c in "./ \t\n"):
-            raise ValueError(f"sample key {key!r} must not contain '.', '/' or white space")
+        """Writes `<key>.<ext>` members in the given order; key and ext: MEMBER_PART characters only."""
         entries = []
         for ext, data in components.items():
             name = f"{key}.{ext}"
+            if not (MEMBER_PART.fullmatch(key) and MEMBER_PART.fullmatch(ext)) or len(name) > MEMBER_NAME_MAX:
+                raise ValueError(f"member name {name!r}: key and extension must be ASCII letters, digits, '_' or "
+                                 f"'-', at most {MEMBER_NAME_MAX} characters in all")
             entries.append((ext, self._add_member(name, data), len(data), name))
         self._samples.append(entries)
 
