@@ -763,6 +763,65 @@ def test_the_shard_writer_refuses_member_names_its_files_cannot_hold(key, ext):
         ShardWriter(io.BytesIO()).add_sample(key, {ext: b"x"})
 
 
+def limited_to(size):
+    """preexec_fn: writes past `size` bytes fail as on a full disk (EFBIG instead of ENOSPC)."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+def long_names_in_journal(src):
+    """Checked files with long names: the check journal outgrows every other file."""
+    photo = next((src / "train").rglob("*.JPEG")).read_bytes()
+    for i in range(70):
+        (src / "train" / sorted(os.listdir(src / "train"))[0] / f"{i:03d}{'j' * 200}.JPEG").write_bytes(photo)
+    return ".make_shards/check-train.jsonl"
+
+
+def long_class_names(src):
+    """Many (empty) classes with long names: classes.txt outgrows the shards and the journal."""
+    for i in range(70):
+        (src / "train" / f"n{i:03d}{'c' * 200}").mkdir()
+    return "classes.txt"
+
+
+def many_skipped_files(src):
+    """Files outside any class folder are listed in the manifest only (never checked): it outgrows the rest."""
+    for i in range(70):
+        (src / "train" / f"loose-{i:03d}{'m' * 200}.txt").write_bytes(b"not a sample")
+    return "manifest.json"
+
+
+@pytest.mark.parametrize("grow", [long_names_in_journal, long_class_names, many_skipped_files],
+                         ids=lambda grow: grow.__name__)
+def test_a_full_disk_on_a_small_file_names_it_and_leaves_no_temporary(tmp_path, grow):
+    src = tmp_path / "src"
+    write_tree(str(src), classes=2, train_per_class=2, val_per_class=1, size=16, seed=6)
+    name = grow(src)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, TOOL, str(src), str(out), "--workers", "2", "--max-count", "2"],
+                            capture_output=True, text=True, timeout=120, preexec_fn=limited_to(13_000))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == f"make_shards.py: error: [Errno 27] File too large: '{out / name}'"
+    leftovers = [f for _, _, files in os.walk(out) for f in files if f.endswith(".tmp")]
+    assert not leftovers and not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("durable", [False, True])  # the side files (.idx, .crc32, records), the manifest
+def test_an_atomic_write_that_fails_names_its_file_and_removes_its_temporary(tmp_path, durable):
+    target = tmp_path / "train-000003.idx"
+    code = (f"from tools.shardwriter import write_atomic\n"
+            f"write_atomic({str(target)!r}, b'v1.2 9\\n' * 3000, durable={durable})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            preexec_fn=limited_to(5_000))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"OSError: [Errno 27] File too large: '{target}'"
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------------- huge and 12-bit
 
 def big_photograph(size):

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
 from tools.imagecheck import Check, check_file, target_side
-from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic, write_shard
+from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, named, write_atomic, write_shard
 
 SPLITS = ("train", "val")
 STATE_DIR = ".make_shards"  # run identity, check journal and shard completion records (kept after the run)
@@ -392,7 +392,7 @@ def lock_out(out):
         os.makedirs(out, exist_ok=True)
         lock = open(os.path.join(out, LOCK_FILE), "a+")
     except OSError as exc:
-        raise ToolError(f"cannot write to OUT {out}: {exc.strerror or exc}") from None
+        raise ToolError(f"cannot write to OUT {out}: {exc}") from None
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -442,7 +442,7 @@ def prepare_out(out, identity, overwrite):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, "manifest.json"))
     except OSError as exc:
-        raise ToolError(f"cannot write to OUT {out}: {exc.strerror or exc}") from None
+        raise ToolError(f"cannot write to OUT {out}: {exc}") from None
     return state
 
 
@@ -462,6 +462,7 @@ class CheckJournal:
                     except ValueError:
                         continue  # the line a killed run was writing: that file is simply checked again
                     self.known[relpath] = (size, mtime_ns, Check(*check))
+        self.path = path
         self.file = open(path, "a", encoding="utf-8")
         self.file.write("\n")  # ends a torn last line, so it cannot swallow the first new record
 
@@ -472,10 +473,16 @@ class CheckJournal:
         return None
 
     def record(self, source, check):
-        self.file.write(json.dumps([source.relpath, source.size, source.mtime_ns, *check]) + "\n")
+        try:
+            self.file.write(json.dumps([source.relpath, source.size, source.mtime_ns, *check]) + "\n")
+        except OSError as exc:  # a full disk: name the journal, whose buffered write names no file
+            raise named(exc, self.path) from None
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as exc:
+            raise named(exc, self.path) from None
 
 
 class Progress:

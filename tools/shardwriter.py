@@ -116,11 +116,19 @@ def start_writeback(fd, offset, length):
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def named(exc, path):
+    """`exc` with `path` as its file name when it names none (a failed write or fsync of an open file names no
+    file; a worker's error would reach the user as a bare `[Errno 28] No space left on device`)."""
+    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, path)
+
+
 def fsync_path(path):
     """fsync of a file or a directory by name (a directory: makes the renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise named(exc, path) from None
     finally:
         os.close(fd)
 
@@ -136,14 +144,22 @@ def temporary_name(path):
 
 def write_atomic(path, data, durable=True):
     """Writes bytes to `path` via a temporary file and a rename, so readers never see a torn file; with `durable`,
-    the data is fsynced before the rename (a crash then leaves the old file or the complete new one)."""
+    the data is fsynced before the rename (a crash then leaves the old file or the complete new one). A failure
+    (full disk, quota, file-size limit) removes the temporary file and raises an OSError naming `path`."""
     tmp = temporary_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise named(exc, path) from None
+        raise
 
 
 def verified_record(task):
@@ -195,9 +211,7 @@ def write_shard(task):
     except OSError as exc:  # a full disk, a quota: name the file (the worker's error alone names none) and free it
         with contextlib.suppress(OSError):
             os.remove(tar_tmp)
-        if exc.filename is not None:
-            raise
-        raise OSError(exc.errno, exc.strerror, tar_tmp) from None
+        raise named(exc, tar_tmp) from None
     index = writer.index_text().encode("ascii")
     checksums = writer.checksums_text().encode("ascii")
     checksums_path = os.path.join(task.out, f"{task.name}.crc32")
