@@ -216,6 +216,14 @@ def test_manifest_counts_add_up_and_shards_are_balanced(bad_tree):
             assert shard["index"] == shard["tar"][:-4] + ".idx"
 
 
+def test_the_manifest_records_size_and_sha256_of_every_shard_file(bad_tree):
+    for split in bad_tree.manifest["splits"].values():
+        for entry in split["shards"]:
+            for name, prefix in ((entry["tar"], ""), (entry["index"], "index_"), (entry["checksums"], "checksums_")):
+                data = (bad_tree.out / name).read_bytes()
+                assert (len(data), sha(data)) == (entry[f"{prefix}bytes"], entry[f"{prefix}sha256"]), name
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_webdataset_reads_every_image_once_with_its_label(bad_tree, split):
     samples = read_webdataset(bad_tree.out, split)

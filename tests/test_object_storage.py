@@ -168,6 +168,20 @@ def test_changed_bytes_of_a_shard_are_named_with_or_without_the_cache(real_shard
         build_loader(url, "train", 4, backend="torch", device="cpu")
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_checksum_file_of_another_shard_is_named_not_its_shard(real_shards, tmp_path, cache):
+    """Shards 0 and 1 hold 10 samples each; shard 1's .crc32 replaced by shard 0's is named as such, where the
+    member checks would blame an intact shard."""
+    with HttpServer(real_shards, tmp_path) as server:
+        folder = server.folder
+        shutil.copy(os.path.join(folder, "train-000000.crc32"), os.path.join(folder, "train-000001.crc32"))
+        loader = build_loader(server.url, "train", 4, backend="torch", workers=0, device="cpu", image_size=16,
+                              verify="off", cache_dir=str(tmp_path / "cache") if cache else None)
+        with pytest.raises(ShardError, match=f"member checksums {server.url}/train-000001.crc32 is not the file "
+                                             "tools/make_shards.py wrote for train-000001.tar"):
+            list(loader)
+
+
 @pytest.mark.skipif(not dali_importable(), reason="no DALI")
 def test_dali_cpu_over_s3_finds_changed_bytes_by_their_sha256(real_shards, s3, s3_env):
     url = s3.upload(real_shards, "changed-dali")

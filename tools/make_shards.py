@@ -45,7 +45,7 @@ from collections import namedtuple
 
 from tqdm import tqdm
 
-from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
+from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, SHARD_ENTRY, shard_name
 from tools.imagecheck import Check, check_file, target_side
 from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, named, write_atomic, write_shard
 
@@ -673,7 +673,7 @@ def split_summary(sources, checks, records, num_classes):
         class_counts[source.label] += 1
         if check.status == "fixed":
             fixed.append({"path": source.relpath, "reason": check.reason})
-    shards = [{key: r[key] for key in ("tar", "index", "checksums", "samples", "bytes", "sha256")} for r in records]
+    shards = [{key: r[key] for key in SHARD_ENTRY} for r in records]
     summary = {"found": len(sources), "samples": sum(r["samples"] for r in records), "class_counts": class_counts,
                "shards": shards, "fixed": fixed, "skipped": skipped}
     # Counts must add up: every file found is either stored or listed as skipped.
