@@ -818,6 +818,45 @@ def test_a_full_disk_on_a_small_file_names_it_and_leaves_no_temporary(tmp_path, 
     assert not leftovers and not (out / "manifest.json").exists()
 
 
+# Run in a mount namespace of its own (unshare -m): converts SRC into a roomy tmpfs to learn how many bytes (tmpfs
+# counts whole pages) the files written before FILE take, then again into a tmpfs of exactly that size, so that the
+# disk is full when FILE is written. Prints the second run's exit status, last stderr line and the files it left.
+_FULL_AT = """
+import json, os, subprocess, sys
+tool, src, mnt, before = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+def convert(size, measure=False):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt], check=True)
+    result = subprocess.run([sys.executable, tool, src, mnt + "/out", "--splits", "train", "--workers", "1",
+                             "--max-count", "100"], capture_output=True, text=True)
+    files = sorted(os.path.relpath(os.path.join(r, f), mnt) for r, _, fs in os.walk(mnt) for f in fs)
+    used = measure and sum(os.stat(os.path.join(mnt, "out", name)).st_blocks * 512 for name in before)
+    subprocess.run(["umount", mnt], check=True)
+    return result, files, used
+_, _, used = convert(1 << 20, measure=True)
+result, files, _ = convert(used)
+print(json.dumps([result.returncode, result.stderr.strip().splitlines()[-1], files]))
+"""
+
+
+@pytest.mark.parametrize("name, before", [("train-000000.idx", "train-000000.tar"),
+                                          ("train-000000.crc32", "train-000000.tar,train-000000.idx")])
+def test_a_full_disk_at_a_side_file_names_it_and_leaves_no_temporary(tmp_path, name, before):
+    """A real full disk (ENOSPC on a tmpfs) when the tar is written and the side file is not."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (util-linux) to mount a small tmpfs in a namespace of its own")
+    src = tmp_path / "src"
+    write_tree(str(src), classes=2, train_per_class=4, val_per_class=1, size=56, seed=11)
+    (tmp_path / "mnt").mkdir()
+    before = ",".join([".make_shards.lock", ".make_shards/run.json", ".make_shards/check-train.jsonl", before])
+    result = subprocess.run(["unshare", "-m", sys.executable, "-c", _FULL_AT, TOOL, str(src), str(tmp_path / "mnt"),
+                             before], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    code, last, files = json.loads(result.stdout)
+    assert code == 2
+    assert last == f"make_shards.py: error: [Errno 28] No space left on device: '{tmp_path / 'mnt' / 'out' / name}'"
+    assert not [f for f in files if f.endswith(".tmp")] and "out/manifest.json" not in files, files
+
+
 @pytest.mark.parametrize("durable", [False, True])  # the side files (.idx, .crc32, records), the manifest
 def test_an_atomic_write_that_fails_names_its_file_and_removes_its_temporary(tmp_path, durable):
     target = tmp_path / "train-000003.idx"

@@ -221,9 +221,14 @@ def write_shard(task):
     # workers, the check phase 1.86x). A power loss can then lose a shard's data or its renames, which only costs
     # a rewrite: a rerun re-hashes the tar and the side files against the record. make_durable() flushes
     # everything once, before the manifest is written.
-    write_atomic(index_path, index, durable=False)
-    write_atomic(checksums_path, checksums, durable=False)
-    os.replace(tar_tmp, tar_path)
+    try:
+        write_atomic(index_path, index, durable=False)
+        write_atomic(checksums_path, checksums, durable=False)
+        os.replace(tar_tmp, tar_path)
+    except BaseException:  # a full disk here too: the tar's temporary file goes with the failed side file's
+        with contextlib.suppress(OSError):
+            os.remove(tar_tmp)
+        raise
     record = {"tar": f"{task.name}.tar", "index": f"{task.name}.idx", "checksums": f"{task.name}.crc32",
               "samples": writer.num_samples, "bytes": writer.size, "sha256": writer.sha256,
               "index_bytes": len(index), "index_sha256": hashlib.sha256(index).hexdigest(),
