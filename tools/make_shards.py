@@ -401,10 +401,13 @@ def lock_out(out):
         lock.close()
         raise ToolError(f"OUT {out} is being written by another make_shards run (pid {holder}); wait for it to "
                         "finish or choose another OUT") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    except OSError as exc:  # a full disk: name the file, whose write names none
+        raise named(exc, lock.name) from None
     return lock
 
 
