@@ -13,11 +13,12 @@ A shard directory holds:
                          sha256 in the manifest it says which sample of a damaged shard changed
 
 A manifest shard entry is SHARD_ENTRY: the three file names, the sample count, and the size and sha256 of each
-file. Readers check the .idx and .crc32 against their size and sha256 whenever they read them (read_side_file: a
-hash of a few kB), so a side file of another shard, or one changed, is named instead of misleading DALI or the
-member checks. Directories written before those fields existed lack them (their side files are read unchecked),
-and may lack "checksums" (the damaged sample is then found by decoding, see pipeline/verify.py). A file is listed
-once in the whole manifest: a shard listed twice would be read twice per epoch.
+file. Readers check the .idx and .crc32 against their size and sha256 whenever they read them (read_side_file;
+about 55 and 45 bytes per sample: a hash of some 100 kB per 1,000-sample shard), so a side file of another
+shard, or one changed, is named instead of misleading DALI or the member checks. Directories written before
+those fields existed lack them (their side files are read unchecked), and may lack "checksums" (the damaged
+sample is then found by decoding, see pipeline/verify.py). A file is listed once in the whole manifest: a shard
+listed twice would be read twice per epoch.
 """
 import hashlib
 import os
