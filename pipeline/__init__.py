@@ -128,6 +128,8 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
                                  "and s3:// only; use backend 'torch', which reads every scheme")
     remote = scheme != ""
     data = load_split(shard_dir, split, need_index=name != "torch" and not remote)
+    if remote:  # before the workers fork, so that they know too; the note comes from rank 0 alone
+        storage.probe_ranges(storage.join(data.shard_dir, "manifest.json"), note=rank == 0)
     if data.is_train and data.num_samples < world_size * batch_size:
         log.warning("split %r of %s has %d samples, fewer than world_size * batch_size = %d: the train loader "
                     "yields no batches", split, data.shard_dir, data.num_samples, world_size * batch_size)

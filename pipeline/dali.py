@@ -28,6 +28,7 @@ import torch
 
 from . import augment, storage
 from .loader import Loader, host_work_threads
+from .shard_format import local_side_file_ok, read_side_file
 from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, find_corrupt_shard, shard_segments
 
 # Host/device buffer sizes for the GPU decoder, from NVIDIA's ResNet-50 example: large enough for nearly every
@@ -287,13 +288,14 @@ class DaliLoader(Loader):
 
 def with_local_indexes(split, folder):
     """`split` with every shard's DALI index copied into `folder`: DALI reads s3:// shards itself (its readers
-    accept s3:// paths since NVIDIA/DALI#5415) but its index files from local paths."""
+    accept s3:// paths since NVIDIA/DALI#5415) but its index files from local paths. A copy is kept only when it
+    matches the manifest, and one that no longer does (the folder was made again) is fetched again."""
     os.makedirs(folder, exist_ok=True)
     shards = []
     for shard in split.shards:
         local = os.path.join(folder, storage.basename(shard.index_path))
-        if not os.path.exists(local):
-            data = storage.read_bytes(shard.index_path)
+        if not local_side_file_ok(shard, "index", local):
+            data = read_side_file(shard, "index")
             with open(local + ".part", "wb") as handle:
                 handle.write(data)
             os.replace(local + ".part", local)

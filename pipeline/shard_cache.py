@@ -3,7 +3,7 @@
 The first reader of a shard copies it whole to the cache folder in ranged chunks (pipeline/storage.py), hashing
 as it goes; only a copy whose sha256 equals the manifest's is renamed into place, so whatever the cache holds was
 verified once, and later epochs read it from local disk at local speed. Its index and member checksums are copied
-beside it.
+beside it, kept only while they match the manifest's size and sha256 (shard_format.check_side_file).
 
 Every rank and loader worker of a machine may share one folder: a shard is copied under an exclusive lock on its
 own lock file, so it is downloaded once however many processes want it at the same time; the others wait and then
@@ -19,7 +19,7 @@ import os
 import tempfile
 
 from . import storage
-from .shard_format import ShardError
+from .shard_format import ShardError, local_side_file_ok, read_side_file
 
 LOCK_SUFFIX = ".lock"
 
@@ -50,12 +50,12 @@ class ShardCache:
                 self._download(shard, local)
             os.utime(local)  # most recently used
             sidecars = {}
-            for field in ("index_path", "checksums_path"):
-                remote = getattr(shard, field)
+            for kind in ("index", "checksums"):
+                remote = getattr(shard, f"{kind}_path")
                 if remote:
-                    sidecars[field] = os.path.join(home, storage.basename(remote))
-                    if not os.path.exists(sidecars[field]):
-                        _write_atomically(sidecars[field], [storage.read_bytes(remote)])
+                    sidecars[f"{kind}_path"] = os.path.join(home, storage.basename(remote))
+                    if not local_side_file_ok(shard, kind, sidecars[f"{kind}_path"]):
+                        _write_atomically(sidecars[f"{kind}_path"], [read_side_file(shard, kind)])
         self._evict(keep=local)
         return dataclasses.replace(shard, path=local, **sidecars)
 

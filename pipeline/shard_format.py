@@ -12,8 +12,13 @@ A shard directory holds:
     <split>-NNNNNN.crc32 one line `<member name> <crc32 as 8 hex digits>` per member, in tar order: with the shard's
                          sha256 in the manifest it says which sample of a damaged shard changed
 
-A manifest shard entry is {"tar", "index", "checksums", "samples", "bytes", "sha256"}; "checksums" may be absent
-in directories written before it existed (the damaged sample is then found by decoding, see pipeline/verify.py).
+A manifest shard entry is SHARD_ENTRY: the three file names, the sample count, and the size and sha256 of each
+file. Readers check the .idx and .crc32 against their size and sha256 whenever they read them (read_side_file;
+about 55 and 45 bytes per sample: a hash of some 100 kB per 1,000-sample shard), so a side file of another
+shard, or one changed, is named instead of misleading DALI or the member checks. Directories written before
+those fields existed lack them (their side files are read unchecked), and may lack "checksums" (the damaged
+sample is then found by decoding, see pipeline/verify.py). A file is listed once in the whole manifest: a shard
+listed twice would be read twice per epoch.
 """
 import hashlib
 import os
@@ -29,6 +34,8 @@ BLOCK = 512  # tar block size
 RECORD = 20 * BLOCK  # tar record size: GNU tar and Python's tarfile pad archives to whole records
 INDEX_VERSION = "v1.2"
 LABEL_DIGITS_MAX = 9  # a `.cls` member longer than this is not a label
+SHARD_ENTRY = ("tar", "index", "checksums", "samples", "bytes", "sha256", "index_bytes", "index_sha256",
+               "checksums_bytes", "checksums_sha256")
 
 
 class ShardError(RuntimeError):
@@ -99,6 +106,44 @@ def read_member(shard, reader, offset, size):
     return data
 
 
+# ---------------------------------------------------------------------------------------------------- side files
+
+def read_side_file(shard, kind):
+    """The bytes of the shard's DALI index (kind "index") or member checksums ("checksums"), checked against the
+    manifest (check_side_file)."""
+    from .storage import read_bytes  # storage imports ShardError from here
+
+    path = getattr(shard, f"{kind}_path")
+    data = read_bytes(path)
+    check_side_file(shard, kind, path, data)
+    return data
+
+
+def check_side_file(shard, kind, path, data):
+    """ShardError naming `path` and its shard unless `data` has the size and sha256 the manifest records for the
+    shard's `kind` file (nothing to check when the manifest predates those fields)."""
+    size, digest = getattr(shard, f"{kind}_bytes"), getattr(shard, f"{kind}_sha256")
+    if not digest:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if len(data) != size or actual != digest:
+        what = "DALI index" if kind == "index" else "member checksums"
+        raise ShardError(f"{what} {path} is not the file tools/make_shards.py wrote for "
+                         f"{shard.path.rsplit('/', 1)[-1]}: {len(data)} bytes, sha256 "
+                         f"{actual[:12]}..., where the manifest records {size} bytes, sha256 {digest[:12]}...: "
+                         "another shard's or changed; re-run tools/make_shards.py (or copy its folder again)")
+
+
+def local_side_file_ok(shard, kind, local):
+    """True when `local` (a copy of the shard's `kind` file) exists and matches the manifest."""
+    try:
+        with open(local, "rb") as handle:
+            check_side_file(shard, kind, local, handle.read())
+    except (OSError, ShardError):
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------- DALI index
 
 def index_text(samples):
@@ -111,11 +156,9 @@ def index_text(samples):
 
 def read_index(shard):
     """[{ext: (offset, size, member name)}] per sample from the shard's DALI index; ShardError naming the file
-    unless it is well formed and holds the manifest's sample count."""
-    from .storage import read_bytes  # storage imports ShardError from here
-
+    unless it matches the manifest (check_side_file), is well formed and holds the manifest's sample count."""
     try:
-        lines = read_bytes(shard.index_path).split(b"\n")
+        lines = read_side_file(shard, "index").split(b"\n")
         header = lines[0].split()
         if len(header) != 2 or not header[1].isdigit():
             raise ValueError(f"its first line {lines[0][:40]!r} is not `{INDEX_VERSION} <samples>`")
@@ -145,12 +188,12 @@ def checksums_text(members):
     return "".join(f"{name} {crc:08x}\n" for name, crc in members)
 
 
-def read_checksums(path):
-    """[(member name, crc32)] from a `.crc32` file; ValueError or OSError when it is unreadable or malformed."""
-    from .storage import read_bytes
-
+def read_checksums(shard):
+    """[(member name, crc32)] from the shard's `.crc32` file; ShardError when it does not match the manifest
+    (check_side_file), ValueError or OSError when it is unreadable or malformed."""
+    path = shard.checksums_path
     members = []
-    for number, line in enumerate(read_bytes(path).decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(read_side_file(shard, "checksums").decode("utf-8").splitlines(), 1):
         fields = line.split()
         if len(fields) != 2 or len(fields[1]) != 8:
             raise ValueError(f"{path} line {number} is not `<member name> <crc32>`")

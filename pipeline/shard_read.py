@@ -81,7 +81,7 @@ def _member_checksums(shard):
     if not shard.checksums_path:
         return {}
     try:
-        return dict(read_checksums(shard.checksums_path))
+        return dict(read_checksums(shard))
     except ValueError as exc:
         raise ShardError(f"member checksums {shard.checksums_path} are unusable: {exc}") from exc
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import storage
-from .shard_format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, ShardError
+from .shard_format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, ShardError, read_side_file
 
 # Samples held by one rank's shuffle buffer: enough to mix classes well when shards are already shuffled at
 # creation time, small enough to stay near 250 MB of ImageNet JPEG bytes (~110 kB each) per rank.
@@ -34,6 +34,11 @@ class Shard:
     sha256: str        # checksum according to the manifest ('' when absent)
     offset: int        # global index of the shard's first sample within its split
     checksums_path: str = ""  # absolute path or URL of the member checksums ('' when the manifest names none)
+    # Size and sha256 of the .idx and .crc32 per the manifest (-1 and '' in manifests written before they were).
+    index_bytes: int = -1
+    index_sha256: str = ""
+    checksums_bytes: int = -1
+    checksums_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,10 @@ def read_manifest(shard_dir):
 def load_split(shard_dir, split, *, need_index=False):
     """The Split named `split`, after cheap checks of every shard file it lists.
 
-    Checks that each listed .tar exists with the size the manifest records (a shard cut short is caught here;
-    in object storage with one listing per folder), and with need_index (the DALI backends) that its .idx exists
-    and describes the same number of samples inside the file. Sample counts are checked again while reading."""
+    Checks that no file is listed twice in the manifest, that each listed .tar exists with the size the manifest
+    records (a shard cut short is caught here; in object storage with one listing per folder), and with
+    need_index (the DALI backends) that its .idx is the one the manifest records (size, sha256) and describes the
+    same number of samples inside the file. Sample counts are checked again while reading."""
     shard_dir = storage.normalize(shard_dir)
     manifest = read_manifest(shard_dir)
     manifest_path = storage.join(shard_dir, MANIFEST)
@@ -94,6 +100,7 @@ def load_split(shard_dir, split, *, need_index=False):
         raise ShardError(f"{manifest_path} has no split {split!r}; it has: {', '.join(sorted(splits)) or 'none'}")
     entry = splits[split]
     try:
+        _refuse_files_listed_twice(manifest_path, splits)
         shards = _shards_of(shard_dir, entry["shards"])
         classes = tuple(manifest["classes"])
         num_samples = int(entry["samples"])
@@ -114,6 +121,23 @@ def load_split(shard_dir, split, *, need_index=False):
     return Split(shard_dir, split, shards, num_samples, classes)
 
 
+def _refuse_files_listed_twice(manifest_path, splits):
+    """ShardError naming the manifest and the file when a shard, index or checksum file is listed twice anywhere
+    in the manifest: a shard listed twice would be read twice per epoch (in two splits: val samples trained on)."""
+    first_place = {}
+    for split_name, split_entry in splits.items():
+        entries = split_entry.get("shards") if isinstance(split_entry, dict) else None
+        for number, entry in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(entry, dict):
+                continue  # malformed: named when its split is loaded
+            for name in filter(None, (entry.get("tar"), entry.get("index"), entry.get("checksums"))):
+                place = f"split {split_name!r} shard entry {number}"
+                if name in first_place:
+                    raise ShardError(f"{manifest_path}: {name} is listed twice ({first_place[name]} and {place}): "
+                                     "each shard is read once per epoch; re-run tools/make_shards.py")
+                first_place[name] = place
+
+
 def _shards_of(shard_dir, entries):
     shards, offset = [], 0
     for entry in entries:
@@ -125,7 +149,10 @@ def _shards_of(shard_dir, entries):
                       index_path=storage.join(shard_dir, index) if index else "",
                       samples=int(entry["samples"]), bytes=int(entry["bytes"]),
                       sha256=entry.get("sha256") or "", offset=offset,
-                      checksums_path=storage.join(shard_dir, checksums) if checksums else "")
+                      checksums_path=storage.join(shard_dir, checksums) if checksums else "",
+                      index_bytes=int(entry.get("index_bytes", -1)), index_sha256=entry.get("index_sha256") or "",
+                      checksums_bytes=int(entry.get("checksums_bytes", -1)),
+                      checksums_sha256=entry.get("checksums_sha256") or "")
         if shard.samples <= 0:
             raise ValueError(f"shard {entry['tar']} has {shard.samples} samples")
         shards.append(shard)
@@ -153,11 +180,13 @@ def check_shard_file(shard, size=-1):
 
 
 def check_index_file(shard):
-    """ShardError naming the .idx when it is missing, disagrees with the manifest's count, or points past the tar."""
+    """ShardError naming the .idx when it is missing, is not the file the manifest records (size, sha256: an index
+    of another shard would make DALI decode the wrong bytes), disagrees with the manifest's count, or points past
+    the tar."""
     if not shard.index_path:
         raise ShardError(f"the manifest names no DALI index for shard {shard.path}; the DALI backends need one")
     try:
-        text = storage.read_bytes(shard.index_path)
+        text = read_side_file(shard, "index")
     except (OSError, storage.StorageError) as exc:
         raise ShardError(f"DALI index {shard.index_path} is missing or unreadable: {exc}") from exc
     header = text.split(b"\n", 1)[0].split()

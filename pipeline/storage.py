@@ -10,9 +10,15 @@ Every remote request is retried with exponential back-off on errors that may pas
 time-outs, HTTP 5xx, 429); a missing object (404), a refusal (401/403) or a request that still fails after
 ATTEMPTS tries raises StorageError: one line naming the URL. The clients' own retries are turned off so that this
 module alone decides how long a dead server is waited for: at most about BACKOFF_CAP * ATTEMPTS seconds per read.
+
+Servers that ignore HTTP Range (they answer a ranged GET with 200 and the whole object, as `python -m http.server`
+and many simple static servers do) are detected by the length of the answer, once per server and process (and
+probed up front by probe_ranges): their objects are then read whole, in one request, and the readers take every
+range they need from that copy (fetch, RangeReader), so any static file server works.
 """
 import concurrent.futures
 import hashlib
+import logging
 import os
 import random
 import threading
@@ -29,6 +35,10 @@ CONNECT_TIMEOUT = 10    # seconds
 READ_TIMEOUT = 60       # seconds without a byte from the server
 CHUNK = 16 << 20        # bytes per request when a whole object is copied or hashed
 _SIZE_QUERIES = 16      # concurrent size requests where a store cannot list (HTTP)
+
+log = logging.getLogger(__name__)
+_whole_object_servers = set()  # scheme://host:port of servers found to ignore Range in this process
+_probed_servers = set()
 
 
 class StorageError(ShardError):
@@ -195,18 +205,59 @@ def read_bytes(path):
 
 
 def read_range(path, start, stop):
-    """Bytes [start, stop) of the file; StorageError when fewer arrive (the object is shorter than expected)."""
+    """Bytes [start, stop) of the file; StorageError when the object ends before `stop`."""
     if stop <= start:
         return b""
     if not is_remote(path):
         with open(path, "rb", buffering=0) as handle:
             return os.pread(handle.fileno(), stop - start, start)
+    offset, data = fetch(path, start, stop)
+    return data[start - offset:stop - offset]
+
+
+def _server(path):
+    parts = urllib.parse.urlsplit(path)
+    return f"{parts.scheme.lower()}://{parts.netloc}"
+
+
+def fetch(path, start, stop):
+    """(offset, data) of a remote file such that data holds its bytes [start, stop) from data[start - offset]: the
+    range itself (offset = start), or from a server that ignores Range the whole object (offset 0), fetched
+    without a Range header once the server is known to ignore it. StorageError when the object ends before
+    `stop`."""
     fs = _filesystem(scheme_of(path))
+    if _server(path) in _whole_object_servers:
+        data = retrying(path, "reading it whole (its server ignores Range requests)", lambda: fs.cat_file(_key(path)))
+        return 0, _whole_object(path, data, start, stop)
     data = retrying(path, f"reading bytes {start}-{stop - 1}", lambda: fs.cat_file(_key(path), start=start, end=stop))
-    if len(data) != stop - start:
-        raise StorageError(f"{path}: asked for bytes {start}-{stop - 1}, received {len(data)} bytes: the object is "
-                           "shorter than its manifest says, or the server ignores ranged requests")
+    if len(data) == stop - start:
+        return start, data
+    if len(data) < stop - start:
+        raise StorageError(f"{path}: asked for bytes {start}-{stop - 1}, received {len(data)} bytes: the object "
+                           "ends early, it is shorter than its manifest says")
+    # More than asked for: a 200 with the whole object instead of a 206 with the range.
+    _whole_object_servers.add(_server(path))
+    return 0, _whole_object(path, data, start, stop)
+
+
+def _whole_object(path, data, start, stop):
+    if len(data) < stop:
+        raise StorageError(f"{path}: asked for bytes {start}-{stop - 1}, the server sent the whole object "
+                           f"(it ignores Range requests), {len(data)} bytes: shorter than its manifest says")
     return data
+
+
+def probe_ranges(path, note=True):
+    """Whether the server of `path` (a small object, such as a manifest) ignores Range; asked once per server and
+    process with a 1-byte ranged request. `note`: log a warning the first time a server is found to ignore it."""
+    server = _server(path)
+    if scheme_of(path) in ("http", "https") and server not in _probed_servers:
+        _probed_servers.add(server)
+        fetch(path, 0, 1)
+        if note and server in _whole_object_servers:
+            log.warning("note: %s ignores HTTP Range requests (it answers a ranged GET with the whole object): "
+                        "each shard is read whole, in one request per reader, instead of in ranged runs", server)
+    return server in _whole_object_servers
 
 
 def _info(path):
@@ -269,9 +320,20 @@ def identity(path):
 
 
 def copy_chunks(path, total):
-    """Yields the file's bytes in CHUNK-sized ranged reads (each retried on its own), `total` bytes in all."""
-    for start in range(0, total, CHUNK):
-        yield read_range(path, start, min(total, start + CHUNK))
+    """Yields the file's first `total` bytes in CHUNK-sized pieces: ranged reads, each retried on its own, or
+    slices of the whole object from a server that ignores Range."""
+    if not is_remote(path):
+        for start in range(0, total, CHUNK):
+            yield read_range(path, start, min(total, start + CHUNK))
+        return
+    start, whole = 0, None
+    while start < total:
+        stop = min(total, start + CHUNK)
+        offset, data = (0, whole) if whole is not None else fetch(path, start, stop)
+        if offset == 0 and len(data) >= total:
+            whole = data  # the whole object: the remaining pieces come from it
+        yield data[start - offset:stop - offset]
+        start = stop
 
 
 def sha256(path, total=None):
@@ -289,7 +351,8 @@ def sha256(path, total=None):
 
 class RangeReader:
     """pread() of one shard file. Remote: prefetch(start, stop) fetches a run of members in one request, and
-    pread() inside that run costs nothing; outside it, one request per call."""
+    pread() inside that run costs nothing; outside it, one request per call. From a server that ignores Range the
+    first request brings the whole object, and every later read is served from it."""
 
     def __init__(self, path):
         self.path = path
@@ -297,15 +360,18 @@ class RangeReader:
         self._start, self._data = 0, b""
 
     def prefetch(self, start, stop):
-        if self._fd is None:
-            self._start, self._data = start, read_range(self.path, start, stop)
+        if self._fd is None and not self._holds(start, stop):
+            self._start, self._data = fetch(self.path, start, stop)
 
     def pread(self, count, offset):
         if self._fd is not None:
             return os.pread(self._fd, count, offset)
-        if self._start <= offset and offset + count <= self._start + len(self._data):
-            return self._data[offset - self._start:offset - self._start + count]
-        return read_range(self.path, offset, offset + count)
+        self.prefetch(offset, offset + count)
+        return self._data[offset - self._start:offset - self._start + count]
+
+    def _holds(self, start, stop):
+        """Whether the bytes in hand (a run, or the whole object from a server that ignores Range) cover these."""
+        return self._start <= start and stop <= self._start + len(self._data)
 
     def close(self):
         if self._fd is not None:

@@ -138,7 +138,7 @@ def damage_report(shard):
 
 
 def _changed_member(shard):
-    checksums = read_checksums(shard.checksums_path)
+    checksums = read_checksums(shard)
     places = {name: (offset, size) for sample in read_index(shard) for offset, size, name in sample.values()}
     with storage.RangeReader(shard.path) as reader:
         for name, expected in checksums:

@@ -1,5 +1,6 @@
-"""Real object stores on loopback for the tests, each in a process of its own: moto's standalone S3 server and
-tests/range_http_server.py (static files with HTTP Range support and optional faults)."""
+"""Real object stores on loopback for the tests, each in a process of its own: moto's standalone S3 server,
+tests/range_http_server.py (static files with HTTP Range support and optional faults) and Python's own
+`python -m http.server` (a ThreadingHTTPServer with SimpleHTTPRequestHandler, which ignores Range)."""
 import contextlib
 import os
 import shutil
@@ -67,7 +68,21 @@ class S3Server:
         self.proc.wait()
 
 
-class HttpServer:
+class _ServerProcess:
+    """A server in a process of its own, ended with the test (a context manager)."""
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class HttpServer(_ServerProcess):
     """tests/range_http_server.py serving a copy of `folder`; url is where the copy is served."""
 
     def __init__(self, folder, work_dir, *flags):
@@ -94,12 +109,19 @@ class HttpServer:
         except FileNotFoundError:
             return 0
 
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
 
-    def __enter__(self):
-        return self
+class StaticHttpServer(_ServerProcess):
+    """`python -m http.server` serving a copy of `folder`: every GET answers 200 with the whole file, Range or
+    not, as many simple static servers do."""
 
-    def __exit__(self, *exc):
-        self.close()
+    def __init__(self, folder, work_dir):
+        self.root = os.path.join(work_dir, "served-static")
+        self.folder = os.path.join(self.root, "shards")
+        if not os.path.exists(self.root):
+            shutil.copytree(folder, self.folder)
+        self.port = _free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+                                      self.root, str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        _wait_for_port(self.port, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}/shards"

@@ -216,6 +216,14 @@ def test_manifest_counts_add_up_and_shards_are_balanced(bad_tree):
             assert shard["index"] == shard["tar"][:-4] + ".idx"
 
 
+def test_the_manifest_records_size_and_sha256_of_every_shard_file(bad_tree):
+    for split in bad_tree.manifest["splits"].values():
+        for entry in split["shards"]:
+            for name, prefix in ((entry["tar"], ""), (entry["index"], "index_"), (entry["checksums"], "checksums_")):
+                data = (bad_tree.out / name).read_bytes()
+                assert (len(data), sha(data)) == (entry[f"{prefix}bytes"], entry[f"{prefix}sha256"]), name
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_webdataset_reads_every_image_once_with_its_label(bad_tree, split):
     samples = read_webdataset(bad_tree.out, split)
@@ -688,6 +696,177 @@ def test_a_full_disk_names_the_file_on_its_own_line_and_leaves_no_temporary(tmp_
     last = result.stderr.splitlines()[-1]
     assert last.startswith("make_shards.py: error: [Errno 27] File too large: ") and str(out) in last, last
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------------- names
+
+@pytest.mark.parametrize("split, name, shown, problem", [
+    ("train", b"n0\xc3(bad", "n0\\xc3(bad", "is not valid UTF-8 (byte 0xc3)"),
+    ("val", b"n01\r", "n01\\r", "holds the control character \\r"),
+    ("train", "n7\u2029".encode(), "n7\\u2029", "holds the control character \\u2029")],
+    ids=["undecodable", "carriage-return", "paragraph-separator"])
+def test_a_class_folder_name_that_cannot_be_stored_is_refused_before_any_work(tmp_path, split, name, shown,
+                                                                              problem):
+    """A class name is a label in manifest.json and a line of classes.txt: refused at once, naming the folder."""
+    src = small_tree(tmp_path / "s")
+    folder = os.path.join(os.fsencode(src / split), name)
+    os.mkdir(folder)
+    shutil.copy(next((src / "train").rglob("*.JPEG")), os.path.join(folder, b"x.JPEG"))
+    result = run_tool(src, tmp_path / "out")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == (f"make_shards.py: error: class folder '{src / split}/{shown}': its name {problem}; a "
+                             "class name is stored in manifest.json and classes.txt, rename the folder\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_names_that_cannot_be_stored_are_skipped_with_their_reason(tmp_path):
+    """Each such file is one input: listed as skipped under its escaped name, exit 1; the manifest is strict UTF-8
+    JSON and every other file is stored; a list file naming one does the same."""
+    src = small_tree(tmp_path / "s")
+    photo = next((src / "train").rglob("*.JPEG")).read_bytes()
+    wnid = sorted(os.listdir(src / "train"))[1]
+    names = {b"ok \xe2\x82\xac.JPEG": None,  # valid UTF-8 (a euro sign): stored
+             b"lat\xe9n.JPEG": "train/%s/lat\\xe9n.JPEG", b"two\nlines.JPEG": "train/%s/two\\nlines.JPEG",
+             b"sub\x1bdir/deep.JPEG": "train/%s/sub\\x1bdir/deep.JPEG", b"del\x7f.jpg": "train/%s/del\\x7f.jpg"}
+    for name in names:
+        path = os.path.join(os.fsencode(src / "train" / wnid), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(photo)
+    out = tmp_path / "out"
+    result = run_tool(src, out, "--workers", 2)
+    assert result.returncode == 1, result.stderr[-2000:]
+    raw = (out / "manifest.json").read_bytes()
+    manifest = json.loads(raw.decode("utf-8", "strict"))
+    assert b"\\ud" not in raw  # no lone surrogate escapes: strict JSON parsers read it
+    skipped = {item["path"]: item["reason"] for item in manifest["splits"]["train"]["skipped"]}
+    assert set(skipped) == {shown % wnid for shown in names.values() if shown}
+    assert all("which the manifest cannot store; rename it" in reason for reason in skipped.values())
+    assert skipped[f"train/{wnid}/lat\\xe9n.JPEG"].startswith("its name is not valid UTF-8 (byte 0xe9)")
+    assert skipped[f"train/{wnid}/two\\nlines.JPEG"].startswith("its name holds the control character \\n")
+    assert manifest["splits"]["train"]["samples"] == 4 + 1
+    assert f"skipped train/{wnid}/two\\nlines.JPEG: its name" in result.stderr  # on one line
+    (src / "train_list.txt").write_text(f"train/{wnid}/tab\tin name.JPEG 0\ntrain/{wnid}/ok \u20ac.JPEG 1\n")
+    (src / "train" / wnid / "tab\tin name.JPEG").write_bytes(photo)
+    listed = run_tool(src, tmp_path / "listed", "--splits", "train")
+    assert listed.returncode == 1, listed.stderr[-2000:]
+    train = json.loads((tmp_path / "listed" / "manifest.json").read_text())["splits"]["train"]
+    assert [item["path"] for item in train["skipped"]] == [f"train/{wnid}/tab\\tin name.JPEG"]
+    assert train["samples"] == 1
+
+
+def test_a_list_file_that_is_not_utf8_names_its_line(tmp_path, capsys):
+    src = small_tree(tmp_path / "s")
+    shutil.rmtree(src / "val")  # val comes from the list file alone
+    (src / "val_list.txt").write_bytes(b"val/a.JPEG 0\n\nval/caf\xe9.JPEG 1\n")
+    assert make_shards.main([str(src), str(tmp_path / "out"), "--workers", "1"]) == 2
+    assert capsys.readouterr().err == (f"make_shards.py: error: {src / 'val_list.txt'}:3: not valid UTF-8 "
+                                       "(byte 0xe9); list files are UTF-8 text\n")
+
+
+@pytest.mark.parametrize("key, ext", [("a\nb", "jpg"), ("caf\u00e9", "jpg"), ("k", "j pg"), ("k" * 98, "jpg")])
+def test_the_shard_writer_refuses_member_names_its_files_cannot_hold(key, ext):
+    from tools.shardwriter import ShardWriter
+    with pytest.raises(ValueError, match="key and extension must be ASCII letters, digits"):
+        ShardWriter(io.BytesIO()).add_sample(key, {ext: b"x"})
+
+
+def limited_to(size):
+    """preexec_fn: writes past `size` bytes fail as on a full disk (EFBIG instead of ENOSPC)."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+def long_names_in_journal(src):
+    """Checked files with long names: the check journal outgrows every other file."""
+    photo = next((src / "train").rglob("*.JPEG")).read_bytes()
+    for i in range(70):
+        (src / "train" / sorted(os.listdir(src / "train"))[0] / f"{i:03d}{'j' * 200}.JPEG").write_bytes(photo)
+    return ".make_shards/check-train.jsonl"
+
+
+def long_class_names(src):
+    """Many (empty) classes with long names: classes.txt outgrows the shards and the journal."""
+    for i in range(70):
+        (src / "train" / f"n{i:03d}{'c' * 200}").mkdir()
+    return "classes.txt"
+
+
+def many_skipped_files(src):
+    """Files outside any class folder are listed in the manifest only (never checked): it outgrows the rest."""
+    for i in range(70):
+        (src / "train" / f"loose-{i:03d}{'m' * 200}.txt").write_bytes(b"not a sample")
+    return "manifest.json"
+
+
+@pytest.mark.parametrize("grow", [long_names_in_journal, long_class_names, many_skipped_files],
+                         ids=lambda grow: grow.__name__)
+def test_a_full_disk_on_a_small_file_names_it_and_leaves_no_temporary(tmp_path, grow):
+    src = tmp_path / "src"
+    write_tree(str(src), classes=2, train_per_class=2, val_per_class=1, size=16, seed=6)
+    name = grow(src)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, TOOL, str(src), str(out), "--workers", "2", "--max-count", "2"],
+                            capture_output=True, text=True, timeout=120, preexec_fn=limited_to(13_000))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == f"make_shards.py: error: [Errno 27] File too large: '{out / name}'"
+    leftovers = [f for _, _, files in os.walk(out) for f in files if f.endswith(".tmp")]
+    assert not leftovers and not (out / "manifest.json").exists()
+
+
+# Run in a mount namespace of its own (unshare -m): converts SRC into a roomy tmpfs to learn how many bytes (tmpfs
+# counts whole pages) the files written before FILE take, then again into a tmpfs of exactly that size, so that the
+# disk is full when FILE is written. Prints the second run's exit status, last stderr line and the files it left.
+_FULL_AT = """
+import json, os, subprocess, sys
+tool, src, mnt, before = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+def convert(size, measure=False):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt], check=True)
+    result = subprocess.run([sys.executable, tool, src, mnt + "/out", "--splits", "train", "--workers", "1",
+                             "--max-count", "100"], capture_output=True, text=True)
+    files = sorted(os.path.relpath(os.path.join(r, f), mnt) for r, _, fs in os.walk(mnt) for f in fs)
+    used = measure and sum(os.stat(os.path.join(mnt, "out", name)).st_blocks * 512 for name in before)
+    subprocess.run(["umount", mnt], check=True)
+    return result, files, used
+_, _, used = convert(1 << 20, measure=True)
+result, files, _ = convert(used)
+print(json.dumps([result.returncode, result.stderr.strip().splitlines()[-1], files]))
+"""
+
+
+@pytest.mark.parametrize("name, before", [("train-000000.idx", "train-000000.tar"),
+                                          ("train-000000.crc32", "train-000000.tar,train-000000.idx")])
+def test_a_full_disk_at_a_side_file_names_it_and_leaves_no_temporary(tmp_path, name, before):
+    """A real full disk (ENOSPC on a tmpfs) when the tar is written and the side file is not."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (util-linux) to mount a small tmpfs in a namespace of its own")
+    src = tmp_path / "src"
+    write_tree(str(src), classes=2, train_per_class=4, val_per_class=1, size=56, seed=11)
+    (tmp_path / "mnt").mkdir()
+    before = ",".join([".make_shards.lock", ".make_shards/run.json", ".make_shards/check-train.jsonl", before])
+    result = subprocess.run(["unshare", "-m", sys.executable, "-c", _FULL_AT, TOOL, str(src), str(tmp_path / "mnt"),
+                             before], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    code, last, files = json.loads(result.stdout)
+    assert code == 2
+    assert last == f"make_shards.py: error: [Errno 28] No space left on device: '{tmp_path / 'mnt' / 'out' / name}'"
+    assert not [f for f in files if f.endswith(".tmp")] and "out/manifest.json" not in files, files
+
+
+@pytest.mark.parametrize("durable", [False, True])  # the side files (.idx, .crc32, records), the manifest
+def test_an_atomic_write_that_fails_names_its_file_and_removes_its_temporary(tmp_path, durable):
+    target = tmp_path / "train-000003.idx"
+    code = (f"from tools.shardwriter import write_atomic\n"
+            f"write_atomic({str(target)!r}, b'v1.2 9\\n' * 3000, durable={durable})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            preexec_fn=limited_to(5_000))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"OSError: [Errno 27] File too large: '{target}'"
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------------------------------- huge and 12-bit

@@ -4,6 +4,7 @@ Two-process torchrun epochs equal the local folder's, train.py trains and resume
 store has: failing requests, missing and refused objects, changed bytes, a server that goes away."""
 import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT, dali_importable, epoch_batches, labels_of
-from object_stores import HttpServer, S3Server
+from object_stores import HttpServer, S3Server, StaticHttpServer
 
 from pipeline import BackendUnavailable, ShardError, build_loader, storage
 
@@ -82,6 +83,8 @@ def test_a_torchrun_epoch_over_http_equals_the_local_folder_and_dali_names_the_b
         local = torchrun_epoch(real_shards, "torch", tmp_path / "local.json")
         remote = torchrun_epoch(server.url, "torch", tmp_path / "http.json")
         assert remote == local
+        with StaticHttpServer(real_shards, tmp_path) as static:  # ignores Range; both ranks share one cache
+            assert torchrun_epoch(static.url, "torch", tmp_path / "static.json", cache=str(tmp_path / "c")) == local
         if dali_importable():
             with pytest.raises(BackendUnavailable, match=r"cannot read http://.*use backend 'torch'"):
                 build_loader(server.url, "train", 4, backend="dali-cpu", device="cpu")
@@ -106,6 +109,40 @@ def test_members_are_fetched_in_one_request_per_run_of_samples(real_shards, tmp_
     assert len(batches) == 6
     assert reads <= shards * 2 + runs, reads  # per shard its index and checksums, then one request per run
     assert reads < 24 * 2  # one request per member would be 48
+
+
+def test_a_server_that_ignores_range_gives_the_local_folders_batches_with_or_without_the_cache(real_shards,
+                                                                                                 tmp_path, caplog):
+    """`python -m http.server` answers every ranged GET with the whole file: found once, noted once, and each
+    shard read whole; train and val epochs equal the local folder's, image for image."""
+    caplog.set_level(logging.WARNING, logger="pipeline.storage")
+    with StaticHttpServer(real_shards, tmp_path) as server:
+        for cache in (None, str(tmp_path / "cache")):
+            for split, epoch in (("train", 3), ("val", 0)):
+                _, local = epoch_batches(real_shards, split, 4, "torch", epoch=epoch)
+                _, remote = epoch_batches(server.url, split, 4, "torch", epoch=epoch, cache_dir=cache)
+                assert labels_of(remote) == labels_of(local) and len(local) > 0
+                assert all(torch.equal(a, b) for (a, _), (b, _) in zip(remote, local))
+    notes = [r.getMessage() for r in caplog.records if "ignores HTTP Range requests" in r.getMessage()]
+    assert notes == [f"note: http://127.0.0.1:{server.port} ignores HTTP Range requests (it answers a ranged GET "
+                     "with the whole object): each shard is read whole, in one request per reader, instead of in "
+                     "ranged runs"]
+
+
+@pytest.mark.parametrize("server_kind", [HttpServer, StaticHttpServer], ids=["range", "no-range"])
+def test_a_shard_cut_short_after_the_start_is_called_shorter(real_shards, tmp_path, server_kind):
+    with server_kind(real_shards, tmp_path) as server:
+        loader = build_loader(server.url, "train", 4, backend="torch", workers=0, device="cpu", image_size=16,
+                              verify="off")
+        path = os.path.join(server.folder, "train-000002.tar")
+        os.truncate(path, os.path.getsize(path) * 2 // 3)
+        with pytest.raises(ShardError) as info:
+            list(loader)
+    message = str(info.value)
+    assert message.startswith(f"{server.url}/train-000002.tar: asked for bytes ") and "longer" not in message
+    assert message.endswith("shorter than its manifest says"), message
+    if server_kind is StaticHttpServer:
+        assert "the server sent the whole object (it ignores Range requests)" in message
 
 
 def test_every_third_request_failing_is_retried_and_the_epoch_is_complete(real_shards, tmp_path):
@@ -166,6 +203,20 @@ def test_changed_bytes_of_a_shard_are_named_with_or_without_the_cache(real_shard
     with pytest.raises(ShardError, match=f"shard {url}/train-000001.tar is {len(data) - 512} bytes but the "
                                          f"manifest says {len(data)}"):
         build_loader(url, "train", 4, backend="torch", device="cpu")
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_checksum_file_of_another_shard_is_named_not_its_shard(real_shards, tmp_path, cache):
+    """Shards 0 and 1 hold 10 samples each; shard 1's .crc32 replaced by shard 0's is named as such, where the
+    member checks would blame an intact shard."""
+    with HttpServer(real_shards, tmp_path) as server:
+        folder = server.folder
+        shutil.copy(os.path.join(folder, "train-000000.crc32"), os.path.join(folder, "train-000001.crc32"))
+        loader = build_loader(server.url, "train", 4, backend="torch", workers=0, device="cpu", image_size=16,
+                              verify="off", cache_dir=str(tmp_path / "cache") if cache else None)
+        with pytest.raises(ShardError, match=f"member checksums {server.url}/train-000001.crc32 is not the file "
+                                             "tools/make_shards.py wrote for train-000001.tar"):
+            list(loader)
 
 
 @pytest.mark.skipif(not dali_importable(), reason="no DALI")

@@ -1,4 +1,5 @@
 """Damaged or missing shard files: every reading path stops with one error that names the file."""
+import itertools
 import json
 import os
 import shutil
@@ -159,3 +160,74 @@ def test_missing_files_and_bad_split_are_one_clear_error(generated_shards, tmp_p
     os.remove(os.path.join(shard_dir, "manifest.json"))
     with pytest.raises(ShardError, match="manifest.json"):
         pipeline.build_loader(shard_dir, "val", 4, backend="torch", device="cpu")
+
+
+def swap_side_file(shard_dir, ext, source=1, target=4):
+    """Copies shard `source`'s .idx or .crc32 over shard `target`'s: both hold 10 samples, so counts agree."""
+    entries = manifest(shard_dir)["splits"]["train"]["shards"]
+    assert entries[source]["samples"] == entries[target]["samples"]
+    target_path = os.path.join(shard_dir, f"train-{target:06d}.{ext}")
+    shutil.copy(os.path.join(shard_dir, f"train-{source:06d}.{ext}"), target_path)
+    return target_path
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_an_index_of_another_shard_is_named_before_reading(generated_shards, tmp_path, backend):
+    """Same sample count, so only the manifest's size and sha256 of the .idx tell (DALI would decode the wrong
+    bytes and report nvImageCodec's '#4')."""
+    shard_dir = damaged_copy(generated_shards, tmp_path)
+    index = swap_side_file(shard_dir, "idx")
+    expected = f"DALI index {index} is not the file tools/make_shards.py wrote for train-000004.tar"
+    with pytest.raises(ShardError, match=expected):
+        list(pipeline.build_loader(shard_dir, "train", 4, backend=backend, workers=2, device="cpu", image_size=16))
+
+
+def test_member_checksums_of_another_shard_are_named_by_the_damage_report(generated_shards, tmp_path):
+    """A shard whose sha256 differs is explained from its .crc32; a .crc32 that is not its own is named instead of
+    blaming an intact member."""
+    from pipeline.shards import load_split
+    from pipeline.verify import damage_report
+
+    shard_dir = damaged_copy(generated_shards, tmp_path)
+    checksums = swap_side_file(shard_dir, "crc32", source=3, target=1)
+    (_, offset, size), _ = index_records(os.path.join(shard_dir, "train-000001.idx"))[5]
+    overwrite(os.path.join(shard_dir, "train-000001.tar"), offset + size // 2, b"\x00\x11\x22")
+    shard = load_split(shard_dir, "train").shards[1]
+    assert damage_report(shard).startswith(f"member checksums {checksums} is not the file tools/make_shards.py "
+                                           "wrote for train-000001.tar")
+
+
+@pytest.mark.parametrize("first, second", [(("train", 2), ("train", 0)), (("val", 1), ("train", 3))],
+                         ids=["same-split", "across-splits"])
+def test_a_shard_listed_twice_in_the_manifest_is_refused_by_name(generated_shards, tmp_path, first, second):
+    shard_dir = damaged_copy(generated_shards, tmp_path)
+    data = manifest(shard_dir)
+    (split, number), (into, position) = first, second
+    entry = data["splits"][split]["shards"][number]
+    data["splits"][into]["shards"].insert(position, dict(entry))
+    data["splits"][into]["samples"] += entry["samples"]
+    with open(os.path.join(shard_dir, "manifest.json"), "w") as handle:
+        json.dump(data, handle)
+    path = os.path.join(shard_dir, "manifest.json")
+    backends = ["torch"] + (["dali-cpu"] if dali_importable() else [])
+    for backend, loaded in itertools.product(backends, ("train", "val")):
+        with pytest.raises(ShardError) as info:
+            pipeline.build_loader(shard_dir, loaded, 4, backend=backend, device="cpu")
+        assert str(info.value).startswith(f"{path}: {entry['tar']} is listed twice ("), str(info.value)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_manifest_without_side_file_checksums_still_loads(generated_shards, tmp_path, backend):
+    shard_dir = damaged_copy(generated_shards, tmp_path)
+    data = manifest(shard_dir)
+    for split in data["splits"].values():
+        for entry in split["shards"]:
+            for key in ("index_bytes", "index_sha256", "checksums_bytes", "checksums_sha256"):
+                del entry[key]
+    with open(os.path.join(shard_dir, "manifest.json"), "w") as handle:
+        json.dump(data, handle)
+    _, old = epoch_batches(shard_dir, "val", 4, backend)
+    _, new = epoch_batches(generated_shards, "val", 4, backend)
+    assert len(old) == len(new) > 0
+    for (images_a, labels_a), (images_b, labels_b) in zip(old, new):
+        assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)

@@ -8,6 +8,8 @@ nothing lost. The format: pipeline/shard_format.py.
 Input: SRC/train/<wnid>/* and SRC/val/<wnid>/* (ImageFolder layout), or SRC/train_list.txt / SRC/val_list.txt
 with lines `relative/path label` (paths relative to SRC; the label is the last field, so paths may hold spaces).
 When a split has both, its list file wins. Class index = position of the wnid in the sorted train wnids.
+Names the outputs cannot store (not UTF-8, control characters; see name_problem): a class folder is refused before
+any work (exit 2), an image file is skipped with the reason under its escaped name.
 
 Each split is done in two phases: (1) check every file in parallel (a 1/8-scale decode that still reads all
 entropy-coded data, see tools/imagecheck.py); (2) shuffle the good samples with a permutation from --seed, cut
@@ -26,6 +28,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -41,9 +44,9 @@ from collections import namedtuple
 
 from tqdm import tqdm
 
-from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, shard_name
+from pipeline.shard_format import BLOCK, CLASSES_FILE, FORMAT_VERSION, MANIFEST, RECORD, SHARD_ENTRY, shard_name
 from tools.imagecheck import Check, check_file, target_side
-from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, write_atomic, write_shard
+from tools.shardwriter import PlannedSample, ShardTask, fsync_dir, make_durable, named, write_atomic, write_shard
 
 SPLITS = ("train", "val")
 STATE_DIR = ".make_shards"  # run identity, check journal and shard completion records (kept after the run)
@@ -152,42 +155,98 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+# ---------------------------------------------------------------------------------------------------- names
+
+# What no name may hold, because the manifest (JSON in UTF-8), classes.txt and the check journal cannot store it or
+# would be split by it: surrogates (os.fsdecode's stand-ins for bytes that are not UTF-8), control characters
+# (newline, tab, DEL, C1) and Unicode's line and paragraph separators, on which str.splitlines() splits. These are
+# exactly the Unicode categories Cs, Cc, Zl and Zp; a regular expression finds them 15x faster than
+# unicodedata.category per character (0.5 vs 7 us per ImageNet path), which counts over 1.3 million paths.
+UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def name_problem(text):
+    """Why `text` (a path or a name) cannot be stored, or None."""
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    if "\ud800" <= char <= "\udfff":
+        return f"its name is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x})"
+    return f"its name holds the control character {escaped(char)}"
+
+
+def escaped(text):
+    """`text` as it can be stored and printed on one line: bytes that are not UTF-8 as \\xNN, control characters as
+    Python writes them (\\n, \\t, \\x01, \\u2028), backslashes doubled; everything else as it is."""
+    parts = []
+    for char in text:
+        if 0xDC80 <= ord(char) <= 0xDCFF:  # surrogateescape: the byte ord - 0xDC00 of the name on disk
+            parts.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif char == "\\" or UNSTORABLE.match(char):
+            parts.append(repr(char)[1:-1])
+        else:
+            parts.append(char)
+    return "".join(parts)
+
+
+def check_class_folder(path, name):
+    """ToolError naming the folder (escaped) when its name, which becomes a label, cannot be stored."""
+    problem = name_problem(name)
+    if problem:
+        raise ToolError(f"class folder '{escaped(path)}': {problem}; a class name is stored in manifest.json and "
+                        "classes.txt, rename the folder")
+
+
 # ---------------------------------------------------------------------------------------------------- input
+
+def list_file_lines(list_path):
+    """(line number, text) of a list file; ToolError naming the line that is not UTF-8."""
+    with open(list_path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise ToolError(f"{list_path}:{number}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); list files are "
+                        "UTF-8 text") from None
+    return enumerate(io.StringIO(text, newline=None), 1)  # newlines as text mode reads them: \n, \r\n or \r
+
 
 def read_list_file(list_path):
     """Parses `relative/path label` lines; returns [(relpath, label, line number)]."""
     entries, first_line = [], {}
-    with open(list_path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.rsplit(None, 1)
-            where = f"{list_path}:{number}"
-            if len(fields) != 2:
-                raise ToolError(f"{where}: expected 'relative/path label', got {line!r}")
-            relpath, label_text = fields
-            if not re.fullmatch(r"\d+", label_text):
-                raise ToolError(f"{where}: label {label_text!r} is not a non-negative integer")
-            if os.path.isabs(relpath):
-                raise ToolError(f"{where}: path {relpath!r} must be relative to SRC")
-            relpath = os.path.normpath(relpath).replace(os.sep, "/")
-            if relpath in first_line:
-                raise ToolError(f"{where}: {relpath} is already listed on line {first_line[relpath]}")
-            first_line[relpath] = number
-            entries.append((relpath, int(label_text), number))
+    for number, line in list_file_lines(list_path):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.rsplit(None, 1)
+        where = f"{list_path}:{number}"
+        if len(fields) != 2:
+            raise ToolError(f"{where}: expected 'relative/path label', got {line!r}")
+        relpath, label_text = fields
+        if not re.fullmatch(r"\d+", label_text):
+            raise ToolError(f"{where}: label {label_text!r} is not a non-negative integer")
+        if os.path.isabs(relpath):
+            raise ToolError(f"{where}: path {relpath!r} must be relative to SRC")
+        relpath = os.path.normpath(relpath).replace(os.sep, "/")
+        if relpath in first_line:
+            raise ToolError(f"{where}: {escaped(relpath)} is already listed on line {first_line[relpath]}")
+        first_line[relpath] = number
+        entries.append((relpath, int(label_text), number))
     return entries
 
 
 def class_names_from_list(entries):
     """Class names for list labels 0..max: the folder holding a label's files when every label has exactly one
-    folder of its own (ImageNet's train/<wnid>/), else the labels themselves as decimal strings."""
+    folder of its own (ImageNet's train/<wnid>/) and every folder name can be stored (name_problem), else the
+    labels themselves as decimal strings."""
     num_classes = max(label for _, label, _ in entries) + 1
     folders = [set() for _ in range(num_classes)]
     for relpath, label, _ in entries:
         folders[label].add(os.path.basename(os.path.dirname(relpath)))
     names = [next(iter(f)) if len(f) == 1 else None for f in folders]
-    if None in names or "" in names or len(set(names)) != num_classes:
+    if None in names or "" in names or len(set(names)) != num_classes or any(map(name_problem, names)):
         return [str(label) for label in range(num_classes)]
     return names
 
@@ -206,11 +265,17 @@ def find_classes(src):
     wnids = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
     if not wnids:
         raise ToolError(f"no classes: {train_dir} has no class folders")
+    for wnid in wnids:
+        check_class_folder(os.path.join(train_dir, wnid), wnid)
     return wnids
 
 
 def stat_source(src, relpath, label, problem=None):
     path = os.path.join(src, relpath)
+    name_issue = name_problem(relpath)
+    if name_issue:  # one input the manifest cannot name as it is: skipped, and recorded under its escaped name
+        return Source(escaped(relpath), path, label, 0, 0, f"{name_issue}, which the manifest cannot store; "
+                                                           "rename it")
     if problem is None:
         try:
             info = os.stat(path)
@@ -241,6 +306,7 @@ def sources_from_folder(src, split, class_index):
         if not entry.is_dir():
             sources.append(stat_source(src, relpath, None, "not inside a class folder"))
             continue
+        check_class_folder(entry.path, entry.name)
         if entry.name not in class_index:
             raise ToolError(f"{split_dir}/{entry.name}: class {entry.name} is not among the train classes")
         label = class_index[entry.name]
@@ -327,7 +393,7 @@ def lock_out(out):
         os.makedirs(out, exist_ok=True)
         lock = open(os.path.join(out, LOCK_FILE), "a+")
     except OSError as exc:
-        raise ToolError(f"cannot write to OUT {out}: {exc.strerror or exc}") from None
+        raise ToolError(f"cannot write to OUT {out}: {exc}") from None
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -336,10 +402,13 @@ def lock_out(out):
         lock.close()
         raise ToolError(f"OUT {out} is being written by another make_shards run (pid {holder}); wait for it to "
                         "finish or choose another OUT") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    except OSError as exc:  # a full disk: name the file, whose write names none
+        raise named(exc, lock.name) from None
     return lock
 
 
@@ -377,7 +446,7 @@ def prepare_out(out, identity, overwrite):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, "manifest.json"))
     except OSError as exc:
-        raise ToolError(f"cannot write to OUT {out}: {exc.strerror or exc}") from None
+        raise ToolError(f"cannot write to OUT {out}: {exc}") from None
     return state
 
 
@@ -397,6 +466,7 @@ class CheckJournal:
                     except ValueError:
                         continue  # the line a killed run was writing: that file is simply checked again
                     self.known[relpath] = (size, mtime_ns, Check(*check))
+        self.path = path
         self.file = open(path, "a", encoding="utf-8")
         self.file.write("\n")  # ends a torn last line, so it cannot swallow the first new record
 
@@ -407,10 +477,16 @@ class CheckJournal:
         return None
 
     def record(self, source, check):
-        self.file.write(json.dumps([source.relpath, source.size, source.mtime_ns, *check]) + "\n")
+        try:
+            self.file.write(json.dumps([source.relpath, source.size, source.mtime_ns, *check]) + "\n")
+        except OSError as exc:  # a full disk: name the journal, whose buffered write names no file
+            raise named(exc, self.path) from None
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as exc:
+            raise named(exc, self.path) from None
 
 
 class Progress:
@@ -601,7 +677,7 @@ def split_summary(sources, checks, records, num_classes):
         class_counts[source.label] += 1
         if check.status == "fixed":
             fixed.append({"path": source.relpath, "reason": check.reason})
-    shards = [{key: r[key] for key in ("tar", "index", "checksums", "samples", "bytes", "sha256")} for r in records]
+    shards = [{key: r[key] for key in SHARD_ENTRY} for r in records]
     summary = {"found": len(sources), "samples": sum(r["samples"] for r in records), "class_counts": class_counts,
                "shards": shards, "fixed": fixed, "skipped": skipped}
     # Counts must add up: every file found is either stored or listed as skipped.
@@ -671,6 +747,8 @@ def report_empty_classes(manifest, allow_empty):
 def run(args):
     src = os.path.abspath(args.src)
     out = os.path.abspath(args.out)
+    if name_problem(src):  # recorded in manifest.json as the source
+        raise ToolError(f"SRC '{escaped(src)}': {name_problem(src)}; manifest.json records it, rename it")
     if not os.path.isdir(src):
         raise ToolError(f"SRC {src} is not a directory")
     for split in args.splits:

@@ -10,12 +10,18 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 from collections import namedtuple
 
 from pipeline.shard_format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
 from tools.imagecheck import encode_jpeg
 
 WRITEBACK_STEP = 8 << 20  # bytes between two start_writeback calls while a shard is written
+# Member names are `<key>.<ext>`. The .idx and .crc32 are lines of space-separated fields, webdataset splits the
+# key from the extension at the first dot, and a ustar header holds a 100-byte name without a folder: so plain
+# ASCII without dots, slashes or white space, and at most 100 characters.
+MEMBER_PART = re.compile(r"[A-Za-z0-9_-]+")
+MEMBER_NAME_MAX = 100
 
 # One sample of a shard plan: its key, its source file (relpath for people, path to read, size and mtime_ns as
 # checked), its label, and whether its bytes must be re-encoded (converted or downscaled) instead of copied.
@@ -59,12 +65,13 @@ class ShardWriter:
         return offset
 
     def add_sample(self, key, components):
-        """Writes `<key>.<ext>` members in the given order; `key` must not contain dots, slashes or spaces."""
-        if any(c in key for c in "./ \t\n"):
-            raise ValueError(f"sample key {key!r} must not contain '.', '/' or white space")
+        """Writes `<key>.<ext>` members in the given order; key and ext: MEMBER_PART characters only."""
         entries = []
         for ext, data in components.items():
             name = f"{key}.{ext}"
+            if not (MEMBER_PART.fullmatch(key) and MEMBER_PART.fullmatch(ext)) or len(name) > MEMBER_NAME_MAX:
+                raise ValueError(f"member name {name!r}: key and extension must be ASCII letters, digits, '_' or "
+                                 f"'-', at most {MEMBER_NAME_MAX} characters in all")
             entries.append((ext, self._add_member(name, data), len(data), name))
         self._samples.append(entries)
 
@@ -109,11 +116,19 @@ def start_writeback(fd, offset, length):
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def named(exc, path):
+    """`exc` with `path` as its file name when it names none (a failed write or fsync of an open file names no
+    file; a worker's error would reach the user as a bare `[Errno 28] No space left on device`)."""
+    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, path)
+
+
 def fsync_path(path):
     """fsync of a file or a directory by name (a directory: makes the renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise named(exc, path) from None
     finally:
         os.close(fd)
 
@@ -129,14 +144,22 @@ def temporary_name(path):
 
 def write_atomic(path, data, durable=True):
     """Writes bytes to `path` via a temporary file and a rename, so readers never see a torn file; with `durable`,
-    the data is fsynced before the rename (a crash then leaves the old file or the complete new one)."""
+    the data is fsynced before the rename (a crash then leaves the old file or the complete new one). A failure
+    (full disk, quota, file-size limit) removes the temporary file and raises an OSError naming `path`."""
     tmp = temporary_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise named(exc, path) from None
+        raise
 
 
 def verified_record(task):
@@ -188,9 +211,7 @@ def write_shard(task):
     except OSError as exc:  # a full disk, a quota: name the file (the worker's error alone names none) and free it
         with contextlib.suppress(OSError):
             os.remove(tar_tmp)
-        if exc.filename is not None:
-            raise
-        raise OSError(exc.errno, exc.strerror, tar_tmp) from None
+        raise named(exc, tar_tmp) from None
     index = writer.index_text().encode("ascii")
     checksums = writer.checksums_text().encode("ascii")
     checksums_path = os.path.join(task.out, f"{task.name}.crc32")
@@ -200,9 +221,14 @@ def write_shard(task):
     # workers, the check phase 1.86x). A power loss can then lose a shard's data or its renames, which only costs
     # a rewrite: a rerun re-hashes the tar and the side files against the record. make_durable() flushes
     # everything once, before the manifest is written.
-    write_atomic(index_path, index, durable=False)
-    write_atomic(checksums_path, checksums, durable=False)
-    os.replace(tar_tmp, tar_path)
+    try:
+        write_atomic(index_path, index, durable=False)
+        write_atomic(checksums_path, checksums, durable=False)
+        os.replace(tar_tmp, tar_path)
+    except BaseException:  # a full disk here too: the tar's temporary file goes with the failed side file's
+        with contextlib.suppress(OSError):
+            os.remove(tar_tmp)
+        raise
     record = {"tar": f"{task.name}.tar", "index": f"{task.name}.idx", "checksums": f"{task.name}.crc32",
               "samples": writer.num_samples, "bytes": writer.size, "sha256": writer.sha256,
               "index_bytes": len(index), "index_sha256": hashlib.sha256(index).hexdigest(),
