@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from conftest import run_make_shards
+from test_nothing_lost import damage_tensor_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -454,7 +455,11 @@ def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_
     other = tmp_path / "other.pth.tar"
     ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
     torch.save(ckpt, other)
+    damaged = tmp_path / "damaged.pth.tar"  # our own checkpoint with 2 kB of noise inside its weights
+    damaged.write_bytes((out / "T_checkpoint.pth.tar").read_bytes())
+    damage_tensor_bytes(damaged, 2048, at=0.7)
     cases = [(empty, [], "the file is empty (0 bytes)"),
+             (damaged, [], "is damaged: its content does not match the sha256 it was saved with"),
              (noise, [], "not a checkpoint of plain tensors and numbers, or damaged"),
              (other, ["--depth", "34", "--att-type", "none"],
               "is ResNet-18 CBAM, this run is ResNet-34 none: pass the same --depth and --att-type")]

@@ -354,16 +354,15 @@ def test_restore_without_a_checkpoint_starts_at_start_epoch(tmp_path, data_dir):
     assert (position.batch, position.step, position.best_top1) == (0, 0, 0.0)
 
 
-def test_resolve_resume(tmp_path):
+def test_load_for_resume(tmp_path):
     out = str(tmp_path)
-    assert checkpoint.resolve_resume("", out, "T") is None
-    assert checkpoint.resolve_resume("auto", out, "T") is None  # nothing saved yet: a fresh start
-    (tmp_path / "T_checkpoint.pth.tar").write_bytes(b"x")
-    assert checkpoint.resolve_resume("auto", out, "T") == str(tmp_path / "T_checkpoint.pth.tar")
-    assert checkpoint.resolve_resume(str(tmp_path / "T_checkpoint.pth.tar"), "elsewhere", "U") == \
-        str(tmp_path / "T_checkpoint.pth.tar")
+    assert checkpoint.load_for_resume("", out, "T", print) == (None, {})
+    assert checkpoint.load_for_resume("auto", out, "T", print) == (None, {})  # nothing saved yet: a fresh start
+    path = checkpoint.save(out, "T", {"epoch": 3}, is_best=False)
+    assert checkpoint.load_for_resume("auto", out, "T", print) == (path, {"epoch": 3})
+    assert checkpoint.load_for_resume(path, "elsewhere", "U", print) == (path, {"epoch": 3})
     with pytest.raises(config.UsageError, match="--resume checkpoint not found: .*missing.pth"):
-        checkpoint.resolve_resume(str(tmp_path / "missing.pth"), out, "T")
+        checkpoint.load_for_resume(str(tmp_path / "missing.pth"), out, "T", print)
 
 
 class NotPlainData:
