@@ -1,12 +1,19 @@
-"""Nothing lost: damaged checkpoints are found by their checksum and `--resume auto` goes on from the newest
-intact one (training/checkpoint.py)."""
+"""Nothing lost, in-process: damaged checkpoints are found by their checksum and `--resume auto` goes on from the
+newest intact one; the output folder is checked before anything is built; metrics rows of a validation run again
+are not duplicated; stop reasons (a signal during set-up, a divergence). train.py end to end: tests/test_train.py."""
+import json
+import math
 import os
+import signal
 import zipfile
 
 import pytest
 import torch
 
-from training import checkpoint, config
+from training import checkpoint, config, stop
+from training.distributed import World
+
+DATA_STUB = None  # set by the data_stub fixture
 
 
 def state_at(step, val_owed=False):
@@ -83,3 +90,116 @@ def test_a_crash_between_the_two_renames_leaves_the_previous_checkpoint(tmp_path
     os.remove(latest)  # as if killed after the first rename
     path, ckpt = checkpoint.load_for_resume("auto", out, "T", lambda line: None)
     assert path == checkpoint.previous_path(out, "T") and ckpt["step"] == 5
+
+
+# --- the output folder, checked before anything is built (training/checkpoint.py) ------------------------------------
+
+def output_args(folder, *flags):
+    return config.parse_args([DATA_STUB, "--output-dir", str(folder), "--prefix", "R", *flags])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_stub(tmp_path_factory):
+    """The smallest DATA folder parse_args accepts."""
+    global DATA_STUB
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "manifest.json").write_text("{}")
+    DATA_STUB = str(folder)
+
+
+def test_a_folder_holding_a_run_of_the_prefix_is_refused_without_resume_or_overwrite(tmp_path):
+    checkpoint.check_output_dir(output_args(tmp_path / "new"))  # made, writable, empty
+    assert os.path.isdir(tmp_path / "new") and os.listdir(tmp_path / "new") == []
+    (tmp_path / "R_metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    (tmp_path / "R_model_best.pth.tar").write_bytes(b"x")
+    (tmp_path / "other_checkpoint.pth.tar").write_bytes(b"x")  # another prefix's run does not count
+    with pytest.raises(config.UsageError) as error:
+        checkpoint.check_output_dir(output_args(tmp_path))
+    assert str(error.value) == (f"--output-dir {tmp_path} already holds a run of prefix R (R_model_best.pth.tar, "
+                                "R_metrics.jsonl): pass --resume auto to continue it, --overwrite to replace it, "
+                                "or another --output-dir or --prefix")
+    for flags in (["--resume", "auto"], ["--overwrite"], ["--prefix", "S"], ["--benchmark"]):
+        checkpoint.check_output_dir(output_args(tmp_path, *flags))
+    with pytest.raises(config.UsageError, match="--overwrite and --resume exclude each other"):
+        output_args(tmp_path, "--overwrite", "--resume", "auto")
+
+
+@pytest.mark.parametrize("prefix", ["runs/a", "../up", "..", "a/../b", ""])
+def test_a_prefix_that_is_not_a_plain_name_is_refused(prefix):
+    with pytest.raises(config.UsageError, match="--prefix must be a plain file-name part"):
+        config.parse_args([DATA_STUB, "--prefix", prefix])
+
+
+def test_an_output_dir_that_is_a_file_or_under_one_is_named(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(config.UsageError, match=f"--output-dir {tmp_path}/plain is a file, not a folder"):
+        checkpoint.check_output_dir(output_args(tmp_path / "plain"))
+    with pytest.raises(config.UsageError, match=f"--output-dir {tmp_path}/plain/sub cannot be written: Not a "
+                                                "directory"):
+        checkpoint.check_output_dir(output_args(tmp_path / "plain" / "sub"))
+
+
+# --- metrics (training/metrics.py, tools/plot_metrics.py) ------------------------------------------------------------
+
+def test_a_resume_that_validates_again_drops_the_val_row_of_its_step_only(tmp_path):
+    from training.metrics import MetricsFile
+    path = tmp_path / "m.jsonl"
+    rows = [{"kind": "train", "step": 5}, {"kind": "epoch", "step": 5}, {"kind": "val", "step": 5},
+            {"kind": "train", "step": 6}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    MetricsFile(str(path), True, resumed_step=5, val_owed=True)
+    assert [json.loads(line)["kind"] for line in path.read_text().splitlines()] == ["train", "epoch"]
+
+
+def test_plot_metrics_leaves_out_a_torn_last_line_saying_so(tmp_path, capsys):
+    from tools.plot_metrics import read_records
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "val", "step": 1}\n{"kind": "tr')
+    assert read_records(str(path)) == [{"kind": "train", "step": 1}, {"kind": "val", "step": 1}]
+    assert capsys.readouterr().err == f"plot_metrics.py: note: {path}:3: left out a torn last line (the run " \
+                                      "was stopped while writing it)\n"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "tr\n{"kind": "val", "step": 1}\n')
+    with pytest.raises(SystemExit, match=f"{path}:2: not a JSON line"):
+        read_records(str(path))  # damage inside the file is not a torn line
+
+
+# --- stop reasons (training/stop.py) ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def saved_signal_handlers():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def test_a_signal_during_set_up_raises_and_during_training_sets_the_flag(saved_signal_handlers):
+    request = stop.StopRequest(at_once=True)
+    with pytest.raises(stop.Interrupted, match="stopped by SIGINT before training started: nothing to save yet"):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):  # the Python-level handler runs between bytecodes
+            pass
+    request.defer()
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100):
+        if request.signum == signal.SIGINT:  # the first signal is the one that counts
+            break
+    assert request.requested and stop.stopped_status(World(0, 0, 1, 1, torch.device("cpu")), request) == 130
+
+
+def test_a_non_finite_loss_or_weight_is_a_divergence_but_an_fp16_skipped_step_is_not():
+    from training.learner import Learner
+    world = World(0, 0, 1, 1, torch.device("cpu"))
+    model = torch.nn.Linear(3, 2)
+
+    def learner(fp16):
+        return Learner(model, model, model, None, torch.amp.GradScaler("cpu", enabled=fp16), None, None)
+    stop.check_finite(world, learner(False), 2.5, 0, 3, 10)
+    stop.check_finite(world, learner(True), math.inf, 0, 3, 10)  # the scaler skipped the step
+    with pytest.raises(stop.Diverged, match=r"the run diverged at epoch 1, step 4/10: the loss is nan; stopped "
+                                            "without saving"):
+        stop.check_finite(world, learner(False), math.nan, 1, 4, 10)
+    with torch.no_grad():
+        model.weight[0, 1] = math.inf
+    with pytest.raises(stop.Diverged, match="the weights are not finite"):
+        stop.check_finite(world, learner(True), 1.0, 0, 3, 10)

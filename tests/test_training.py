@@ -431,6 +431,13 @@ def test_check_mid_epoch_resume_names_every_changed_setting():
     (["--image-size", "16"], "--image-size"),
     (["--evaluate"], "--evaluate"),
     (["--bogus"], "--bogus"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "-0.3"], "--lr must be > 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    (["--weight-decay=-5e-5"], "--weight-decay must be >= 0"),
+    (["--momentum", "-0.9"], "--momentum must be in [0, 1)"),
+    (["--ema-decay=-inf"], "--ema-decay must be a finite number"),
+    (["--cache-size", "inf"], "--cache-size must be a finite number"),
 ])
 def test_a_bad_flag_is_one_line_naming_it(data_dir, flags, named):
     with pytest.raises(config.UsageError) as error:

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -176,11 +177,50 @@ def sweep_temporaries(output_dir, prefix):
     return removed
 
 
+def run_files(output_dir, prefix):
+    """The files of a run of `prefix` in output_dir (those that exist), which a new run would replace."""
+    paths = [checkpoint_path(output_dir, prefix), previous_path(output_dir, prefix), best_path(output_dir, prefix),
+             os.path.join(output_dir, f"{prefix}_metrics.jsonl")]
+    return [path for path in paths if os.path.exists(path)]
+
+
+def check_output_dir(args):
+    """Before anything is built, for a training run: --output-dir must be a folder this process can write (made
+    if missing), and one that holds a run of --prefix is refused unless --resume or --overwrite says what becomes
+    of it. UsageError naming the folder."""
+    if args.evaluate or args.benchmark:
+        return
+    folder = args.output_dir
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise config.UsageError(f"--output-dir {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{args.prefix}_write_test.")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise config.UsageError(f"--output-dir {folder} cannot be written: {exc.strerror or exc}") from None
+    held = run_files(folder, args.prefix)
+    if held and not args.resume and not args.overwrite:
+        raise config.UsageError(f"--output-dir {folder} already holds a run of prefix {args.prefix} ("
+                                + ", ".join(os.path.basename(path) for path in held) + "): pass --resume auto to "
+                                "continue it, --overwrite to replace it, or another --output-dir or --prefix")
+
+
 def prepare_output_dir(run, log):
-    """Rank 0: creates --output-dir, removes what interrupted saves left there, writes {prefix}_config.json."""
+    """Rank 0: creates --output-dir, removes what interrupted saves left there (and with --overwrite, the
+    previous run of the prefix), writes {prefix}_config.json."""
     if not run.world.is_main:
         return
     os.makedirs(run.output_dir, exist_ok=True)
+    if run.overwrite:
+        board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard")
+        for path in run_files(run.output_dir, run.prefix) + ([board] if os.path.isdir(board) else []):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            log(f"removed {path} (--overwrite)")
     for path in sweep_temporaries(run.output_dir, run.prefix):
         log(f"removed {path}, left by an interrupted save")
     with open(os.path.join(run.output_dir, f"{run.prefix}_config.json"), "w") as f:
@@ -362,10 +402,12 @@ class Saver:
         distributed.barrier(run.world)
         return path
 
-    def stop_for_damage(self, position, problem, log):
-        """Saves, then raises the ShardError (the same on every rank) that ends the run."""
-        path = self.save(position)
-        log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
+    def stop_for_damage(self, position, problem, log, save=True):
+        """Saves (unless `save` is false: nothing trained since the last save), then raises the ShardError (the
+        same on every rank) that ends the run."""
+        if save:
+            path = self.save(position)
+            log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
         error = ShardError(distributed.first_message(self.run.world, problem) or OTHER_RANK_DAMAGED)
         error.same_on_every_rank = True
         raise error

@@ -48,6 +48,19 @@ class Learner:
                 self.ema.update()
         return logits, loss, labels
 
+    def weights_finite(self):
+        """True when every floating parameter and buffer (BatchNorm statistics too) is finite: one host sync."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def buffers_snapshot(self):
+        """Copies of the model's buffers (BatchNorm statistics), which every forward pass updates."""
+        return [b.clone() for b in self.model.buffers()]
+
+    def restore_buffers(self, snapshot):
+        for buffer, saved in zip(self.model.buffers(), snapshot):
+            buffer.copy_(saved)
+
 
 def build_learner(run, num_classes, log=print):
     """The Learner of a training.config.RunConfig. Compile and DDP come last, after a resume may have loaded
