@@ -438,6 +438,7 @@ def test_check_mid_epoch_resume_names_every_changed_setting():
     (["--momentum", "-0.9"], "--momentum must be in [0, 1)"),
     (["--ema-decay=-inf"], "--ema-decay must be a finite number"),
     (["--cache-size", "inf"], "--cache-size must be a finite number"),
+    (["--seed=-3"], "--seed must be >= 0, got -3"),
 ])
 def test_a_bad_flag_is_one_line_naming_it(data_dir, flags, named):
     with pytest.raises(config.UsageError) as error:

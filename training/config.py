@@ -172,6 +172,7 @@ def parse_args(argv=None):
         (0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
         (args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
         (args.workers >= 0, f"--workers must be >= 0, got {args.workers}"),
         (args.ngpu >= 1, f"--ngpu must be >= 1, got {args.ngpu}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
