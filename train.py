@@ -77,7 +77,7 @@ def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watc
             if reason:
                 if i > group_start:  # the group's forward passes changed the BatchNorm statistics: undone
                     learner.restore_buffers(group_buffers)
-                stopping.check_finite(run.world, learner, progress.unreported_loss(), epoch, i, steps)
+                stopping.check_finite(run.world, learner, progress.unreported_loss(), epoch, i, steps, saving=True)
                 return reason, group_start, progress, problem
             if i == group_start and run.accum_steps > 1:
                 group_buffers = learner.buffers_snapshot()
@@ -89,7 +89,8 @@ def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watc
             logits, loss, scored = learner.step(images, labels, step, 1.0 / (group_end - group_start),
                                                 i + 1 == group_end)
             if progress.step_done(i + 1, step + 1, lr, loss, logits, scored):
-                stopping.check_finite(run.world, learner, progress.interval_loss, epoch, i + 1, steps)
+                stopping.check_finite(run.world, learner, progress.interval_loss, epoch, i + 1, steps,
+                                      saving=i + 1 == steps)  # the epoch's checkpoint follows its last step
             progress.waiting_for_data()
     return 0, steps, progress, None
 

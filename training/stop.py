@@ -90,12 +90,14 @@ def raise_if_damaged(world, problem):
         raise error
 
 
-def check_finite(world, learner, loss, epoch, step, steps):
-    """Raises Diverged on every rank when the loss (`loss`: a mean over steps and ranks) or any weight is not
-    finite. Under the fp16 gradient scaler a step with a non-finite loss is skipped by design, not a divergence:
-    then the weights decide."""
-    lost = not math.isfinite(loss) and not learner.scaler.is_enabled()
-    broken = not learner.weights_finite()
+def check_finite(world, learner, loss, epoch, step, steps, saving=False):
+    """Raises Diverged on every rank when the loss (`loss`: a mean over steps and ranks) is not finite, or, before
+    a checkpoint (`saving`) and under the fp16 gradient scaler, any weight. The scaler skips a step whose loss is
+    not finite by design, which is not a divergence: then the weights decide. Otherwise a weight turns non-finite
+    only with a non-finite loss in that step or the next, so the loss alone is checked at print intervals."""
+    scaled = learner.scaler.is_enabled()
+    lost = not math.isfinite(loss) and not scaled
+    broken = (saving or scaled) and not lost and not learner.weights_finite()
     if distributed.any_rank(world, lost or broken):
         what = f"the loss is {loss}" if lost else "the weights are not finite"
         raise Diverged(f"the run diverged at epoch {epoch}, step {step}/{steps}: {what}; stopped without saving, "
