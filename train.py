@@ -4,8 +4,10 @@
 Reads top to bottom: flags -> world -> RunConfig -> loaders -> model -> resume -> evaluate | benchmark | fit.
 `python train.py --ngpu N ...` (the CBAM authors' command) relaunches itself through torch.distributed.run.
 Rank 0 alone prints and writes. The host syncs with the device only at print intervals and epoch ends.
-Exit status: 0 done (or stopped by a signal after saving); 1 a checkpoint could not be written or a shard is
-damaged (saved first where possible); 2 a flag, file or setting to change. Only main() decides it.
+Exit status: 0 done; 1 a checkpoint could not be written, a shard is damaged (saved first where possible) or the
+run diverged (a loss or weight not finite; the last checkpoint is kept); 2 a flag, file or setting to change;
+128 + N stopped by signal N (SIGTERM 143, SIGINT 130): saved, or before training started with nothing to save.
+Only cli() decides it.
 """
 import json
 import os
@@ -27,7 +29,7 @@ from training.optim import set_learning_rate
 
 def evaluate(learner, loader, world, weights="raw"):
     """(loss, top-1 %, top-5 %, n) over the whole split for the trained ("raw") or averaged ("ema") weights:
-    sums per rank, one all-reduce at the end."""
+    sums per rank, one all-reduce at the end. A damaged shard found by a rank's reader ends it on every rank."""
     if world.size > 1:
         # DDP keeps the parameters equal but each rank updates its own BatchNorm running statistics after the
         # last broadcast; evaluate rank 0's (the checkpointed) model on every rank.
@@ -37,41 +39,60 @@ def evaluate(learner, loader, world, weights="raw"):
         learner.ema.sync_buffers()
     net = learner.ema.model if weights == "ema" else learner.net
     net.eval()
-    sums = RunningSums(world.device)
+    sums, problem = RunningSums(world.device), None
     amp = learner.amp_dtype
     with torch.no_grad(), torch.autocast(world.device.type, dtype=amp, enabled=amp is not None), learner.evaluation():
-        for images, labels in loader:
-            logits = net(images)
-            sums.add(torch.nn.functional.cross_entropy(logits.float(), labels), logits, labels)
+        for batch in stopping.until_damaged(loader):
+            if isinstance(batch, str):
+                problem = batch
+                break
+            logits = net(batch[0])
+            sums.add(torch.nn.functional.cross_entropy(logits.float(), batch[1]), logits, batch[1])
     learner.net.train()
+    stopping.raise_if_damaged(world, problem)
     return summarize(distributed.all_reduce_sum(world, sums.take()).cpu())
 
 
 def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watched):
-    """Trains `epoch` from batch `first_step`: (stop reason or 0, steps done, its EpochProgress). A stop waits
-    for the end of an accumulation group, so that a checkpoint never holds half-accumulated gradients."""
+    """Trains `epoch` from batch `first_step`: (stop reason or 0, the batch to go on from, its EpochProgress,
+    this rank's damaged-shard message or None). Before every step the ranks agree whether to stop: at once for a
+    damaged shard (the reader's error on any rank, or the background check), at the start of an accumulation
+    group for a signal, so that a checkpoint never holds half-accumulated gradients."""
     steps = len(loader)
     loader.set_epoch(epoch)
     loader.set_image_size(run.image_size.at(epoch))
     with EpochProgress(run.world, metrics, epoch=epoch, steps=steps, first_step=first_step,
                        print_freq=run.print_freq) as progress:
-        for i, (images, labels) in enumerate(loader):
-            if i < first_step:  # exact mid-epoch resume: the order is a function of (seed, epoch)
+        group_buffers = None
+        for i, batch in enumerate(stopping.until_damaged(loader)):
+            problem = batch if isinstance(batch, str) else None
+            if problem and i >= steps:  # found after the last batch: the epoch's end check stops the run
+                return 0, steps, progress, problem
+            if i < first_step and not problem:  # exact mid-epoch resume: the order is a function of (seed, epoch)
                 progress.waiting_for_data()
                 continue
+            group_start = max(i - i % run.accum_steps, first_step)
+            reason = stopping.agreed_reason(run.world, stop, problem or stopping.shard_problem(watched),
+                                            at_group_start=i == group_start)
+            if reason:
+                if i > group_start:  # the group's forward passes changed the BatchNorm statistics: undone
+                    learner.restore_buffers(group_buffers)
+                stopping.check_finite(run.world, learner, progress.unreported_loss(), epoch, i, steps, saving=True)
+                return reason, group_start, progress, problem
+            if i == group_start and run.accum_steps > 1:
+                group_buffers = learner.buffers_snapshot()
+            images, labels = batch
             progress.batch_arrived(images.shape[-1])
-            group_start = i - i % run.accum_steps
-            group_size = min(run.accum_steps, steps - group_start)
-            last = i + 1 == group_start + group_size
-            lr = set_learning_rate(learner.optimizer, run, epoch * steps + i, steps)
-            logits, loss, scored = learner.step(images, labels, epoch * steps + i, 1.0 / group_size, last)
-            progress.step_done(i + 1, epoch * steps + i + 1, lr, loss, logits, scored)
-            if last and i + 1 < steps:  # after the last step, fit() checks at the epoch's end
-                reason = stopping.agreed_reason(run.world, stop, stopping.shard_problem(watched))
-                if reason:
-                    return reason, i + 1, progress
+            group_end = min(group_start + run.accum_steps, steps)
+            step = epoch * steps + i
+            lr = set_learning_rate(learner.optimizer, run, step, steps)
+            logits, loss, scored = learner.step(images, labels, step, 1.0 / (group_end - group_start),
+                                                i + 1 == group_end)
+            if progress.step_done(i + 1, step + 1, lr, loss, logits, scored):
+                stopping.check_finite(run.world, learner, progress.interval_loss, epoch, i + 1, steps,
+                                      saving=i + 1 == steps)  # the epoch's checkpoint follows its last step
             progress.waiting_for_data()
-    return 0, steps, progress
+    return 0, steps, progress, None
 
 
 def validate(learner, val_loader, world, metrics, log, epoch, position, lr):
@@ -87,48 +108,67 @@ def validate(learner, val_loader, world, metrics, log, epoch, position, lr):
     return top1
 
 
-def fit(run, learner, train_loader, val_loader, position, log):
+def validate_and_save(learner, val_loader, world, saver, metrics, log, position, lr):
+    """Validates the epoch that ends at `position` (with a val split), keeps the best top-1 and saves the
+    epoch as validated; returns the new Position."""
+    top1 = 0.0
+    if val_loader is not None:
+        top1 = validate(learner, val_loader, world, metrics, log, position.epoch - 1, position, lr)
+    is_best = top1 > position.best_top1 or position.best_top1 == 0.0
+    position = replace(position, best_top1=max(top1, position.best_top1), val_owed=False)
+    saver.save(position, is_best)
+    return position
+
+
+def fit(run, learner, train_loader, val_loader, position, stop, log):
+    """Trains from `position` to the last epoch; returns the exit status (0, or 128 + N after signal N)."""
     world = run.world
     checkpoint.prepare_output_dir(run, log)
     board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard") if run.tensorboard else None
     metrics = MetricsFile(os.path.join(run.output_dir, f"{run.prefix}_metrics.jsonl"), world.is_main,
-                          position.step if position.step else None, position.elapsed_s, board)
-
+                          position.step, position.elapsed_s, board, position.val_owed)
     saver = checkpoint.Saver(run, learner, metrics.elapsed_s)
-    stop = stopping.StopRequest()
+    stop.defer()  # from here on a signal stops the run after saving
+    if position.val_owed:
+        log(f"=> validating epoch {position.epoch - 1} first: the run stopped before its validation ended")
+        position = validate_and_save(learner, val_loader, world, saver, metrics, log, position,
+                                     learner.optimizer.param_groups[0]["lr"])
     watched = [train_loader] + ([val_loader] if val_loader is not None else [])
     steps = len(train_loader)
     for epoch in range(position.epoch, run.epochs):
         first_step = position.batch if epoch == position.epoch else 0
-        reason, done, progress = train_one_epoch(run, learner, train_loader, epoch, first_step, stop, metrics, watched)
+        reason, done, progress, problem = train_one_epoch(run, learner, train_loader, epoch, first_step, stop,
+                                                          metrics, watched)
         if reason:
             position = Position(epoch, done, epoch * steps + done, position.best_top1)
+            trained = done > first_step  # else what is on disk (or nothing, on a fresh start) is this state
             if reason == stopping.DAMAGED_SHARD:
-                saver.stop_for_damage(position, stopping.shard_problem(watched), log)
-            path = saver.save(position)
-            log(f"=> stop requested: saved {path} at epoch {epoch}, batch {done}; exiting")
-            return
-        position = Position(epoch + 1, 0, (epoch + 1) * steps, position.best_top1)
+                saver.stop_for_damage(position, problem or stopping.shard_problem(watched), log, save=trained)
+            if trained:
+                log(f"=> stop requested: saved {saver.save(position)} at epoch {epoch}, batch {done}; exiting")
+            else:
+                log(f"=> stop requested at epoch {epoch}, batch {done}, before a step: nothing new to save; exiting")
+            return stopping.stopped_status(world, stop)
+        position = Position(epoch + 1, 0, (epoch + 1) * steps, position.best_top1, val_owed=val_loader is not None)
         # The epoch's shards have all been read: their checksums are waited for before its checkpoint counts.
-        problem = stopping.shard_problem(watched, wait=True)
+        problem = problem or stopping.shard_problem(watched, wait=True)
         if distributed.any_rank(world, problem):
             saver.stop_for_damage(position, problem, log)
-        top1 = 0.0
-        if val_loader is not None:
-            saver.save(position)  # also before validation, so that a failure there loses no training
-            top1 = validate(learner, val_loader, world, metrics, log, epoch, position, progress.lr)
         progress.write_epoch_row(position.step)
-        is_best = top1 > position.best_top1 or position.best_top1 == 0.0
-        position = replace(position, best_top1=max(top1, position.best_top1))
-        saver.save(position, is_best)
+        if val_loader is not None:
+            saver.save(position)  # validation owed: a failure or a kill during it loses no training
+        position = validate_and_save(learner, val_loader, world, saver, metrics, log, position, progress.lr)
         if distributed.any_rank(world, stop.requested):
             log("=> stop requested: checkpoint of the finished epoch is saved; exiting")
-            return
+            return stopping.stopped_status(world, stop)
     metrics.close()
+    return 0
 
 
 def main():
+    stop = stopping.StopRequest(at_once=True)  # until training starts a signal ends the rank where it is
     args = config.parse_args()
+    checkpoint.check_output_dir(args)
     if args.ngpu > 1 and not distributed.launched_by_torchrun():
         config.check_world(args, args.ngpu)
         return distributed.relaunch_with_torchrun(args.ngpu)
@@ -144,11 +184,12 @@ def main():
     log(f"loader: {loader!r}")
     warn_about_empty_classes(run.data, log)
     learner = build_learner(run, len(loader.split.classes), log)
-    position, resumed_from = checkpoint.restore(run, learner)
+    position, resumed_from = checkpoint.restore(run, learner, log)
     if resumed_from:
         log(f"=> loaded checkpoint {resumed_from} (next: epoch {position.epoch}, batch {position.batch})")
     prepare_to_run(learner, run)
 
+    status = 0
     if run.evaluate:
         loss, top1, top5, n = evaluate(learner, val_loader, world)
         which = "EMA " if run.eval_weights == "ema" else ""
@@ -158,18 +199,23 @@ def main():
         log(benchmark.table(result))
         log(json.dumps(result))
     else:
-        fit(run, learner, train_loader, val_loader, position, log)
+        status = fit(run, learner, train_loader, val_loader, position, stop, log)
     distributed.cleanup(world)
-    return 0
+    return status
 
 
 def cli():
     """main() with its errors as one line each and the exit status: 2 for a setting to change, 1 for a failed
-    checkpoint save or a damaged shard. An error every rank has alike is printed by each node's first rank."""
+    checkpoint save, a damaged shard or a diverged run, 128 + N for signal N (see the module docstring). An
+    error every rank has alike is printed by each node's first rank."""
     status = 1  # what an uncaught exception leaves
     try:
         status = main()
-    except (config.UsageError, checkpoint.CheckpointError, ShardError) as exc:
+    except stopping.Interrupted as exc:  # every rank has it: the launcher signals them all
+        status = 128 + exc.signum
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            sys.stderr.write(f"train.py: {exc}\n")
+    except (config.UsageError, checkpoint.CheckpointError, ShardError, stopping.Diverged) as exc:
         status = 2 if isinstance(exc, config.UsageError) else 1
         alike = isinstance(exc, config.UsageError) or getattr(exc, "same_on_every_rank", False)
         if not alike or os.environ.get("LOCAL_RANK", "0") == "0":

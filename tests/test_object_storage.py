@@ -281,7 +281,7 @@ def test_train_from_s3_with_a_cache_stops_mid_epoch_and_resumes_exactly(unique_s
 @pytest.mark.slow
 def test_a_server_that_stops_mid_epoch_ends_the_run_with_its_url_and_keeps_the_checkpoint(real_shards, tmp_path):
     """Epoch 0 completes and is saved; the server goes away during epoch 1: exit 1 in bounded time, one line
-    naming the URL, the checkpoint of epoch 0 intact; with the server back, --resume finishes the run."""
+    naming the URL, a checkpoint of every step taken; with the server back, --resume finishes the run."""
     out = tmp_path / "out"
     train = [PY, "train.py", *TRAIN, "--backend", "torch", "--output-dir", str(out)]
     with HttpServer(real_shards, tmp_path) as counting:
@@ -298,7 +298,9 @@ def test_a_server_that_stops_mid_epoch_ends_the_run_with_its_url_and_keeps_the_c
     assert last.startswith(f"train.py: error: {dying.url}/") and "tries failed" in last, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and elapsed < 200
     saved = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 1 and saved["batch"] == 0
+    with open(out / "T_metrics.jsonl") as handle:
+        trained = [row["step"] for row in map(json.loads, handle) if row["kind"] == "train"]
+    assert saved["epoch"] == 1 and saved["step"] == trained[-1]  # every step taken before the failure is kept
     with HttpServer(real_shards, tmp_path) as back:
         result = run([*train, "--epochs", "2", "--verify-shards", "off", "--resume", "auto", back.url])
     assert result.returncode == 0, result.stderr[-2000:]

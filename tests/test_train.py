@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from conftest import run_make_shards
+from test_nothing_lost import damage_tensor_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -109,7 +110,7 @@ def test_sigterm_mid_epoch_saves_a_loadable_checkpoint_and_resume_finishes(shard
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]  # stopped, not finished: a Job restarts it
     assert "stop requested" in stdout
     ckpt = torch.load(tmp_path / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and 2 <= ckpt["batch"] < 32, ckpt["batch"]  # 64 samples / 2 = 32 steps
@@ -145,8 +146,8 @@ def test_sigterm_to_the_whole_process_group_saves_and_resume_is_exact(shards, tm
     stdout, stderr = proc.communicate(timeout=120)
     assert "stop requested: saved" in stdout, stderr[-3000:]
     assert "is killed by signal" not in stderr
-    if launcher != "torchrun":  # torchrun's own exit status on a signal is the launcher's business
-        assert proc.returncode == 0, stderr[-3000:]
+    if launcher != "torchrun":  # torchrun reports a signal it receives as a failure of its own (exit 1)
+        assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     ckpt = torch.load(tmp_path / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and 1 <= ckpt["batch"] < 16, ckpt["batch"]  # 64 samples / 4 = 16 steps
     result = torchrun([*train[:-1], "--resume", "auto", train[-1]])
@@ -194,7 +195,7 @@ def test_a_damaged_val_shard_loses_no_training(shards, tmp_path, verify):
     import shutil
     damaged = tmp_path / "shards"
     shutil.copytree(shards, damaged)
-    val = sorted(damaged.glob("val-*.tar"))[0]
+    val = sorted(damaged.glob("val-*.tar"))[-1]
     val.write_bytes(bytes(val.stat().st_size))
     out = tmp_path / "out"
     result = run([PY, "train.py", *COMMON, "--epochs", "1", "--verify-shards", verify, "--output-dir", str(out),
@@ -204,7 +205,15 @@ def test_a_damaged_val_shard_loses_no_training(shards, tmp_path, verify):
     assert last.startswith(f"train.py: error: shard {val}") and "Traceback" not in result.stderr, result.stderr
     if verify == "off":
         ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
-        assert (ckpt["epoch"], ckpt["batch"]) == (1, 0)  # the trained epoch is kept
+        assert (ckpt["epoch"], ckpt["batch"], ckpt["val_owed"]) == (1, 0, True)  # the trained epoch is kept
+        shutil.copy(shards / val.name, val)  # repaired: the resume validates the last epoch first, then ends
+        result = run([PY, "train.py", *COMMON, "--epochs", "1", "--verify-shards", verify, "--resume", "auto",
+                      "--output-dir", str(out), str(damaged)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "=> validating epoch 0 first" in result.stdout
+        assert [(r["epoch"], r["step"], r["images"]) for r in metrics(out, "val")] == [(0, 4, 24)]
+        assert len(metrics(out, "epoch")) == 1 and (out / "T_model_best.pth.tar").exists()
+        assert not torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)["val_owed"]
     else:
         assert "does not match the sha256" in last
         assert_every_step_taken_is_saved(out)
@@ -295,6 +304,103 @@ def test_seed_style_launcher_fails_when_a_rank_died_during_a_stop(shards, tmp_pa
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr[-3000:]
     assert "not every rank saved and exited cleanly (" in stderr and "rank 1: none (killed)" in stderr
+
+
+def test_a_diverging_run_stops_at_the_next_report_and_keeps_the_last_checkpoint(reference_run, shards, tmp_path):
+    """Resumed after 2 epochs with a learning rate that makes the weights overflow: exit 1 naming the epoch and
+    step; the checkpoint on disk is still the finite one."""
+    import shutil
+    ref_out, _ = reference_run
+    for name in ("T_checkpoint.pth.tar", "T_metrics.jsonl"):
+        shutil.copy(ref_out / name, tmp_path / name)
+    saved = (tmp_path / "T_checkpoint.pth.tar").read_bytes()
+    result = run([PY, "train.py", *COMMON, "--lr", "1e30", "--print-freq", "3", "--epochs", "4", "--resume", "auto",
+                  "--output-dir", str(tmp_path), str(shards)])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("train.py: error: the run diverged at epoch 2, step 3/4: the loss is "), lines[-1]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "T_checkpoint.pth.tar").read_bytes() == saved
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_a_label_the_reader_cannot_parse_stops_every_rank_with_the_steps_taken_saved(unique_shards, tmp_path, accum):
+    """Under torchrun, one rank's torch reader meets a .cls member that is not a number after some steps: the ranks
+    agree on the stop, the steps are saved, and one line names the shard and the sample. With gradient
+    accumulation over 2 batches the 4th batch is mid-group: the checkpoint holds the group before it."""
+    import shutil
+
+    import pipeline
+    damaged = tmp_path / "shards"
+    shutil.copytree(unique_shards, damaged)
+    # Each label is one sample here: find the one rank 1 decodes in its 4th batch of epoch 0 (of 7).
+    loader = pipeline.build_loader(str(damaged), "train", 8, backend="torch", rank=1, world_size=2, workers=1,
+                                   device="cpu", image_size=32, seed=1234, verify="off")
+    victim = str(int(list(loader)[3][1][2])).encode()
+    tar, key, offset = next((tar, key, offset) for tar in sorted(damaged.glob("train-*.tar"))
+                            for key, offset, size in _cls_members(tar) if _read(tar, offset, size) == victim)
+    with open(tar, "r+b") as f:
+        f.seek(offset)
+        f.write(b"x" * len(victim))
+    out = tmp_path / "out"
+    result = torchrun([*COMMON, "--epochs", "1", "--verify-shards", "off", "--accum-steps", str(accum),
+                       "--output-dir", str(out), str(damaged)])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"train.py: error: shard {tar}: sample '{key}'"), errors
+    assert "gloo" not in result.stderr.lower() and "train.py\", line" not in result.stderr, result.stderr[-3000:]
+    ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    taken = 3 - 3 % accum  # the batches of whole accumulation groups
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, taken, taken)
+    assert metrics(out)[-1]["step"] == 3  # the batches read before the damaged one
+
+
+def _cls_members(tar):
+    """(sample key, offset, size) of every .cls member, from the shard's DALI index."""
+    with open(str(tar)[:-4] + ".idx") as f:
+        for fields in map(str.split, f.read().splitlines()[1:]):
+            for i in range(0, len(fields), 4):
+                if fields[i] == "cls":
+                    yield fields[i + 3].rsplit(".", 1)[0], int(fields[i + 1]), int(fields[i + 2])
+
+
+def _read(path, offset, size):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def test_a_signal_during_set_up_is_a_clean_stop_with_its_status(shards, tmp_path):
+    """SIGINT to the authors'-style launcher alone (as Kubernetes signals only PID 1) while the ranks build their
+    loaders and model: nothing to save, no crash, exit 130."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([PY, "train.py", "--ngpu", "2", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path),
+                             str(shards)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    for line in proc.stdout:
+        if line.startswith("loader: "):
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "train.py: stopped by SIGINT before training started: nothing to save yet" in stderr
+    assert "Traceback" not in stderr and "killed" not in stderr, stderr[-3000:]
+    assert not (tmp_path / "T_checkpoint.pth.tar").exists()
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_anything_is_built(shards, tmp_path):
+    """A folder under one the user may not write (root without its file capabilities): exit 2 before the world,
+    loaders and model are set up (tests/test_nothing_lost.py has the other cases, in-process)."""
+    from test_make_shards import _without_root_file_access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    result = run(_without_root_file_access([PY, "train.py", *COMMON, "--output-dir", str(locked / "run"),
+                                            str(shards)]))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines == [f"train.py: error: --output-dir {locked}/run cannot be written: "
+                                                "Permission denied"], result.stderr[-2000:]
+    assert "config " not in result.stdout
 
 
 def test_benchmark_json_has_every_key_with_sane_values(shards):
@@ -454,7 +560,11 @@ def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_
     other = tmp_path / "other.pth.tar"
     ckpt = torch.load(out / "T_checkpoint.pth.tar", map_location="cpu", weights_only=True)
     torch.save(ckpt, other)
+    damaged = tmp_path / "damaged.pth.tar"  # our own checkpoint with 2 kB of noise inside its weights
+    damaged.write_bytes((out / "T_checkpoint.pth.tar").read_bytes())
+    damage_tensor_bytes(damaged, 2048, at=0.7)
     cases = [(empty, [], "the file is empty (0 bytes)"),
+             (damaged, [], "is damaged: its content does not match the sha256 it was saved with"),
              (noise, [], "not a checkpoint of plain tensors and numbers, or damaged"),
              (other, ["--depth", "34", "--att-type", "none"],
               "is ResNet-18 CBAM, this run is ResNet-34 none: pass the same --depth and --att-type")]

@@ -354,16 +354,15 @@ def test_restore_without_a_checkpoint_starts_at_start_epoch(tmp_path, data_dir):
     assert (position.batch, position.step, position.best_top1) == (0, 0, 0.0)
 
 
-def test_resolve_resume(tmp_path):
+def test_load_for_resume(tmp_path):
     out = str(tmp_path)
-    assert checkpoint.resolve_resume("", out, "T") is None
-    assert checkpoint.resolve_resume("auto", out, "T") is None  # nothing saved yet: a fresh start
-    (tmp_path / "T_checkpoint.pth.tar").write_bytes(b"x")
-    assert checkpoint.resolve_resume("auto", out, "T") == str(tmp_path / "T_checkpoint.pth.tar")
-    assert checkpoint.resolve_resume(str(tmp_path / "T_checkpoint.pth.tar"), "elsewhere", "U") == \
-        str(tmp_path / "T_checkpoint.pth.tar")
+    assert checkpoint.load_for_resume("", out, "T", print) == (None, {})
+    assert checkpoint.load_for_resume("auto", out, "T", print) == (None, {})  # nothing saved yet: a fresh start
+    path = checkpoint.save(out, "T", {"epoch": 3}, is_best=False)
+    assert checkpoint.load_for_resume("auto", out, "T", print) == (path, {"epoch": 3})
+    assert checkpoint.load_for_resume(path, "elsewhere", "U", print) == (path, {"epoch": 3})
     with pytest.raises(config.UsageError, match="--resume checkpoint not found: .*missing.pth"):
-        checkpoint.resolve_resume(str(tmp_path / "missing.pth"), out, "T")
+        checkpoint.load_for_resume(str(tmp_path / "missing.pth"), out, "T", print)
 
 
 class NotPlainData:
@@ -432,6 +431,14 @@ def test_check_mid_epoch_resume_names_every_changed_setting():
     (["--image-size", "16"], "--image-size"),
     (["--evaluate"], "--evaluate"),
     (["--bogus"], "--bogus"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "-0.3"], "--lr must be > 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    (["--weight-decay=-5e-5"], "--weight-decay must be >= 0"),
+    (["--momentum", "-0.9"], "--momentum must be in [0, 1)"),
+    (["--ema-decay=-inf"], "--ema-decay must be a finite number"),
+    (["--cache-size", "inf"], "--cache-size must be a finite number"),
+    (["--seed=-3"], "--seed must be >= 0, got -3"),
 ])
 def test_a_bad_flag_is_one_line_naming_it(data_dir, flags, named):
     with pytest.raises(config.UsageError) as error:

@@ -16,8 +16,7 @@ if [ ! -f "$DATA/shards/manifest.json" ]; then
 fi
 
 echo "== training ResNet-18-CBAM on $NPROC process(es)"
-rm -rf "$DATA/checkpoints"
-$PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" train.py \
+$PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" train.py --overwrite \
   --depth 18 --att-type CBAM --epochs 5 --batch-size 64 --lr 0.2 --lr-schedule cosine --warmup-epochs 1 \
   --image-size 64 --workers 2 --print-freq 5 --output-dir "$DATA/checkpoints" --prefix DEMO "$DATA/shards"
 

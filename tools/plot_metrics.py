@@ -10,15 +10,22 @@ import sys
 
 
 def read_records(path):
+    """The rows of a metrics file. A torn last line (a run killed while writing it; train.py drops it when the
+    run resumes) is left out, saying so; any other line that is not JSON is an error naming it."""
     records = []
     with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+        lines = f.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not line.endswith("\n"):
+                print(f"plot_metrics.py: note: {path}:{number}: left out a torn last line (the run was stopped "
+                      "while writing it)", file=sys.stderr)
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"plot_metrics.py: error: {path}:{number}: not a JSON line ({exc.msg})") from exc
+            raise SystemExit(f"plot_metrics.py: error: {path}:{number}: not a JSON line ({exc.msg})") from exc
     if not records:
         raise SystemExit(f"plot_metrics.py: error: {path} holds no metrics")
     return records

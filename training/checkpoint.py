@@ -1,14 +1,19 @@
 """Checkpoints in the CBAM authors' names, written atomically, loadable with torch.load(weights_only=True).
 
 Everything is plain data: tensors, numbers, strings, lists and dicts (RNG states included), so a checkpoint
-never needs unpickling of arbitrary objects.
+never needs unpickling of arbitrary objects. Each one carries the sha256 of its content, which loading checks:
+torch.load reads a zip without checking its CRCs, so bytes changed inside a tensor would otherwise load as
+weights. Writing a checkpoint keeps the one before it as {prefix}_checkpoint.prev.pth.tar, and `--resume auto`
+goes on from the newest intact one. The authors' released checkpoints have no checksum and load unchecked.
 """
+import hashlib
 import io
 import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,8 +30,43 @@ def checkpoint_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_checkpoint.pth.tar")
 
 
+def previous_path(output_dir, prefix):
+    return os.path.join(output_dir, f"{prefix}_checkpoint.prev.pth.tar")
+
+
 def best_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_model_best.pth.tar")
+
+
+CHECKSUM_KEY = "sha256"
+
+
+def content_sha256(state):
+    """The sha256 of a checkpoint's content, every key but CHECKSUM_KEY: tensors by dtype, shape and bytes in
+    their logical order, anything else by its repr, in the dicts' order (which torch.load keeps). It depends on
+    what was saved, not on how torch.save laid it out, so it is computed the same way before saving and after
+    loading."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return digest.hexdigest()
+
+
+def _feed(digest, value):
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)}:".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"list {len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
 
 
 def rng_state():
@@ -58,11 +98,16 @@ class CheckpointError(Exception):
     """A checkpoint could not be written; the message is one line naming the file, the folder and the bytes."""
 
 
+class DamagedCheckpoint(config.UsageError):
+    """A checkpoint file that cannot be used as saved: empty, unreadable, or not matching its checksum."""
+
+
 TEMPORARY_MARK = ".tmp."  # the temporary name of a checkpoint being written: {final name}.tmp.{writer's pid}
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a torn checkpoint.
+def save_atomic(obj, path, previous=None):
+    """torch.save to a temporary file in the same folder, fsync, then rename: never a torn checkpoint. With
+    `previous`, the file at `path` is first renamed to it (so a crash between the renames leaves that one).
 
     The checkpoint is serialised in memory first, so its size is known before anything is written: a folder
     without that much free space is refused at once. On any write error the temporary file is removed (a full
@@ -81,6 +126,8 @@ def save_atomic(obj, path):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if previous and os.path.exists(path):
+            os.replace(path, previous)
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
@@ -96,8 +143,10 @@ def _remove_quietly(path):
 
 
 def save(output_dir, prefix, state, is_best):
+    """Writes {prefix}_checkpoint.pth.tar with its checksum, keeping the one before as .prev, and copies it to
+    {prefix}_model_best.pth.tar when `is_best`; returns its path."""
     path = checkpoint_path(output_dir, prefix)
-    save_atomic(state, path)
+    save_atomic({**state, CHECKSUM_KEY: content_sha256(state)}, path, previous_path(output_dir, prefix))
     if is_best:
         best = best_path(output_dir, prefix)
         tmp = f"{best}{TEMPORARY_MARK}{os.getpid()}"
@@ -128,11 +177,50 @@ def sweep_temporaries(output_dir, prefix):
     return removed
 
 
+def run_files(output_dir, prefix):
+    """The files of a run of `prefix` in output_dir (those that exist), which a new run would replace."""
+    paths = [checkpoint_path(output_dir, prefix), previous_path(output_dir, prefix), best_path(output_dir, prefix),
+             os.path.join(output_dir, f"{prefix}_metrics.jsonl")]
+    return [path for path in paths if os.path.exists(path)]
+
+
+def check_output_dir(args):
+    """Before anything is built, for a training run: --output-dir must be a folder this process can write (made
+    if missing), and one that holds a run of --prefix is refused unless --resume or --overwrite says what becomes
+    of it. UsageError naming the folder."""
+    if args.evaluate or args.benchmark:
+        return
+    folder = args.output_dir
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise config.UsageError(f"--output-dir {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{args.prefix}_write_test.")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise config.UsageError(f"--output-dir {folder} cannot be written: {exc.strerror or exc}") from None
+    held = run_files(folder, args.prefix)
+    if held and not args.resume and not args.overwrite:
+        raise config.UsageError(f"--output-dir {folder} already holds a run of prefix {args.prefix} ("
+                                + ", ".join(os.path.basename(path) for path in held) + "): pass --resume auto to "
+                                "continue it, --overwrite to replace it, or another --output-dir or --prefix")
+
+
 def prepare_output_dir(run, log):
-    """Rank 0: creates --output-dir, removes what interrupted saves left there, writes {prefix}_config.json."""
+    """Rank 0: creates --output-dir, removes what interrupted saves left there (and with --overwrite, the
+    previous run of the prefix), writes {prefix}_config.json."""
     if not run.world.is_main:
         return
     os.makedirs(run.output_dir, exist_ok=True)
+    if run.overwrite:
+        board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard")
+        for path in run_files(run.output_dir, run.prefix) + ([board] if os.path.isdir(board) else []):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            log(f"removed {path} (--overwrite)")
     for path in sweep_temporaries(run.output_dir, run.prefix):
         log(f"removed {path}, left by an interrupted save")
     with open(os.path.join(run.output_dir, f"{run.prefix}_config.json"), "w") as f:
@@ -149,29 +237,60 @@ def _running(pid):
     return True
 
 
-def resolve_resume(resume, output_dir, prefix):
-    """The checkpoint file for --resume ('' = none; 'auto' = the latest in output_dir, or none if absent)."""
-    if not resume:
-        return None
-    if resume == "auto":
-        path = checkpoint_path(output_dir, prefix)
-        return path if os.path.isfile(path) else None
-    if not os.path.isfile(resume):
-        raise config.UsageError(f"--resume checkpoint not found: {resume}")
-    return resume
-
-
 def load(path):
+    """The checkpoint at `path`, its checksum checked when it has one; DamagedCheckpoint naming the file and
+    what is wrong with it otherwise."""
     if os.path.getsize(path) == 0:
-        raise config.UsageError(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
+        raise DamagedCheckpoint(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: say which and why, in one line
         # Only the first line of torch's message: the rest advises weights_only=False, which would let the file
         # run arbitrary code; our checkpoints and the authors' never need it.
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise config.UsageError(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, or "
-                                f"damaged ({type(exc).__name__}{': ' + first if first else ''})") from None
+        raise DamagedCheckpoint(f"cannot load checkpoint {path}: not a checkpoint of plain tensors and numbers, "
+                                f"or damaged ({type(exc).__name__}{': ' + first if first else ''})") from None
+    if not isinstance(ckpt, dict):
+        raise DamagedCheckpoint(f"cannot load checkpoint {path}: it holds a {type(ckpt).__name__}, not a dict")
+    expected = ckpt.pop(CHECKSUM_KEY, None)
+    if expected is not None and content_sha256(ckpt) != expected:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged: its content does not match the sha256 it was "
+                                "saved with")
+    return ckpt
+
+
+def load_for_resume(resume, output_dir, prefix, log):
+    """(path, checkpoint) for --resume: none for '' (or 'auto' with no checkpoint of `prefix` in output_dir);
+    PATH must load intact; 'auto' goes on from the newest intact checkpoint of the prefix, naming each one
+    skipped and why."""
+    if not resume:
+        return None, {}
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise config.UsageError(f"--resume checkpoint not found: {resume}")
+        return resume, load(resume)
+    latest = checkpoint_path(output_dir, prefix)
+    others = [previous_path(output_dir, prefix), best_path(output_dir, prefix)]
+    found = [path for path in [latest, *others] if os.path.isfile(path)]
+    intact = []
+    for path in found:
+        try:
+            ckpt = load(path)
+        except DamagedCheckpoint as exc:
+            log(f"=> skipped: {exc}")
+            continue
+        if path == latest:  # the newest by construction
+            return path, ckpt
+        intact.append((path, ckpt))
+    if found and not intact:
+        raise config.UsageError(f"--resume auto: no intact checkpoint of prefix {prefix} in {output_dir} (every one "
+                                "of " + ", ".join(os.path.basename(p) for p in found) + " is damaged)")
+    if not intact:
+        return None, {}
+    # The previous checkpoint or the best one, whichever is further on; at the same step, the validated one.
+    path, ckpt = max(intact, key=lambda item: (item[1].get("step", 0), not item[1].get("val_owed", False)))
+    log(f"=> resuming from {path}, the newest intact checkpoint")
+    return path, ckpt
 
 
 def is_original_format(ckpt):
@@ -215,13 +334,15 @@ def check_mid_epoch_resume(saved_cfg, cfg, path):
 
 @dataclass(frozen=True)
 class Position:
-    """Where training goes on: the next epoch and batch, the global step done, the best val top-1 so far, and
-    the wall-clock seconds trained until then (over all resumed runs)."""
+    """Where training goes on: the next epoch and batch, the global step done, the best val top-1 so far, the
+    wall-clock seconds trained until then (over all resumed runs), and whether the epoch before still has to
+    be validated (its checkpoint is written before validation too)."""
     epoch: int
     batch: int = 0
     step: int = 0
     best_top1: float = 0.0
     elapsed_s: float = 0.0
+    val_owed: bool = False
 
 
 def make_state(learner, position, run):
@@ -230,19 +351,19 @@ def make_state(learner, position, run):
     state = {"model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
              "scaler": learner.scaler.state_dict(), "epoch": position.epoch, "batch": position.batch,
              "step": position.step, "best_prec1": position.best_top1, "elapsed_s": position.elapsed_s,
+             "val_owed": position.val_owed,
              "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg}
     if learner.ema is not None:
         state["ema"] = learner.ema.state_dict()
     return state
 
 
-def restore(run, learner):
+def restore(run, learner, log=print):
     """Loads --resume (if any) into the model and, unless only evaluating, the optimizer, scaler, weight
     average and RNGs; starts the weight average (--ema-decay) from the loaded weights when the checkpoint has
     none. Returns (the Position to go on from, the checkpoint's path or None)."""
     start = Position(run.start_epoch)
-    path = resolve_resume(run.resume, run.output_dir, run.prefix)
-    ckpt = load(path) if path else {}
+    path, ckpt = load_for_resume(run.resume, run.output_dir, run.prefix, log)
     cfg = run.as_dict()
     if path:
         load_model_weights(learner.model, ckpt, path, cfg)
@@ -262,7 +383,8 @@ def restore(run, learner):
     set_rng_state(ckpt["rng"])
     if ckpt["batch"]:
         check_mid_epoch_resume(ckpt["config"], cfg, path)
-    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"], ckpt.get("elapsed_s", 0.0)), path
+    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"], ckpt.get("elapsed_s", 0.0),
+                    ckpt.get("val_owed", False)), path
 
 
 class Saver:
@@ -275,15 +397,17 @@ class Saver:
     def save(self, position, is_best=False):
         run, path = self.run, None
         if run.world.is_main:
-            position = Position(position.epoch, position.batch, position.step, position.best_top1, self.elapsed_s())
+            position = replace(position, elapsed_s=self.elapsed_s())
             path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best)
         distributed.barrier(run.world)
         return path
 
-    def stop_for_damage(self, position, problem, log):
-        """Saves, then raises the ShardError (the same on every rank) that ends the run."""
-        path = self.save(position)
-        log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
+    def stop_for_damage(self, position, problem, log, save=True):
+        """Saves (unless `save` is false: nothing trained since the last save), then raises the ShardError (the
+        same on every rank) that ends the run."""
+        if save:
+            path = self.save(position)
+            log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
         error = ShardError(distributed.first_message(self.run.world, problem) or OTHER_RANK_DAMAGED)
         error.same_on_every_rank = True
         raise error

@@ -6,6 +6,7 @@ Every default lives here, with its unit. An invalid value raises UsageError (one
 import argparse
 import importlib.util
 import json
+import math
 import os
 import types
 from dataclasses import dataclass
@@ -156,6 +157,9 @@ def build_parser():
                         "linear ramp to END px at epoch E1, in steps of 32 (e.g. 160:192@28:34)")
     p.add_argument("--val-image-size", type=int, default=None, help="val crop side in pixels (default: --image-size)")
     p.add_argument("--output-dir", default="checkpoints", help="where checkpoints and metrics go")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --output-dir that holds a run of this --prefix, replacing it (without "
+                        "this or --resume such a folder is refused)")
     p.add_argument("--benchmark", action="store_true",
                    help="measure images/sec (end to end, loader alone, model alone); no training, no checkpoints")
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
@@ -167,6 +171,9 @@ def parse_args(argv=None):
     """Parsed and validated flags as an argparse.Namespace; exits 2 with one line on any invalid value."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name, value in vars(args).items():  # inf and nan compare as valid to some bounds below
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     checks = [
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
         (0 <= args.start_epoch < args.epochs or args.evaluate or args.benchmark,
@@ -176,6 +183,7 @@ def parse_args(argv=None):
         (0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
         (args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
         (args.workers >= 0, f"--workers must be >= 0, got {args.workers}"),
         (args.ngpu >= 1, f"--ngpu must be >= 1, got {args.ngpu}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
@@ -194,6 +202,8 @@ def parse_args(argv=None):
         (not (args.evaluate and not args.resume), "--evaluate needs --resume PATH (the checkpoint to evaluate)"),
         (args.resume in ("", "auto") or os.path.isfile(args.resume), f"--resume checkpoint not found: {args.resume}"),
         (args.cache_size > 0, f"--cache-size must be > 0 GiB, got {args.cache_size}"),
+        (not (args.overwrite and args.resume), "--overwrite and --resume exclude each other (replace the run in "
+                                               "--output-dir, or continue it)"),
         (_data_problem(args.data) is None, _data_problem(args.data)),
     ]
     for ok, message in checks:
@@ -204,6 +214,8 @@ def parse_args(argv=None):
         args.val_image_size = args.image_size.end
     if args.prefix is None:
         args.prefix = f"RESNET{args.depth}_{args.att_type.upper()}"
+    if not args.prefix or "/" in args.prefix or ".." in args.prefix or "\0" in args.prefix:
+        raise UsageError(f"--prefix must be a plain file-name part, without '/' or '..', got {args.prefix!r}")
     return args
 
 

@@ -37,9 +37,10 @@ def relaunch_with_torchrun(nproc):
     """Runs this script again in `nproc` processes under PyTorch's elastic launcher; returns the exit status.
 
     The status is the workers': a worker's own exit code when one failed (2 for a user error). When a
-    SIGTERM/SIGINT reaches this launcher, torchrun forwards it to the workers (they save a checkpoint and exit 0;
-    it gives them 30 s before SIGKILL) and reports none of their exit codes, so each worker records its own in a
-    file (record_exit_status): 0 only if every rank recorded 0."""
+    SIGTERM/SIGINT reaches this launcher, torchrun forwards it to the workers (they save a checkpoint, or have
+    nothing to save yet, and exit 128 + the signal's number; it gives them 30 s before SIGKILL) and reports none of
+    their exit codes, so each worker records its own in a file (record_exit_status): 128 + the signal's number when
+    every rank stopped cleanly (0 when every rank had finished), else 1."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
@@ -53,7 +54,7 @@ def relaunch_with_torchrun(nproc):
     except SignalException as exc:
         if exc.sigval not in (signal.SIGTERM, signal.SIGINT):
             return 1
-        return _recorded_status(status_dir, nproc)
+        return _recorded_status(status_dir, nproc, exc.sigval)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
@@ -61,22 +62,25 @@ def relaunch_with_torchrun(nproc):
     return 0
 
 
-def _recorded_status(status_dir, nproc):
-    """0 when every rank recorded exit status 0; else 1, after one line naming the ranks that did not."""
-    failed = []
+def _recorded_status(status_dir, nproc, signum):
+    """After signal `signum`: 0 when every rank recorded 0 (finished), 128 + signum when each recorded 0 or a stop
+    by a signal (128 + SIGTERM or SIGINT); else 1, after one line naming the ranks that did not."""
+    clean = {"0", f"{128 + signal.SIGTERM}", f"{128 + signal.SIGINT}"}
+    codes, failed = [], []
     for rank in range(nproc):
         try:
             with open(os.path.join(status_dir, f"rank{rank}")) as f:
                 code = f.read().strip()
         except FileNotFoundError:
             code = "none (killed)"
-        if code != "0":
+        codes.append(code)
+        if code not in clean:
             failed.append(f"rank {rank}: {code}")
     if failed:
         sys.stderr.write(f"train.py: error: stopped by a signal, but not every rank saved and exited cleanly "
                          f"({'; '.join(failed)})\n")
         return 1
-    return 0
+    return 0 if set(codes) == {"0"} else 128 + signum
 
 
 def record_exit_status(code):

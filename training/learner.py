@@ -1,6 +1,7 @@
 """What a run trains and how one batch trains it: the model (compiled, wrapped in DDP), its optimizer, gradient
 scaler, loss, and the optional weight average (--ema-decay) and batch mixing (--mixup/--cutmix), built once."""
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,21 @@ class Learner:
             if self.ema is not None:
                 self.ema.update()
         return logits, loss, labels
+
+    def weights_finite(self):
+        """True when every floating parameter and buffer (BatchNorm statistics too) is finite: one host sync. The
+        max-abs norm is inf or nan exactly when a tensor holds one, and never overflows; torch's multi-tensor
+        kernel computes all of them in a few launches."""
+        tensors = [t.detach() for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, math.inf))).all())
+
+    def buffers_snapshot(self):
+        """Copies of the model's buffers (BatchNorm statistics), which every forward pass updates."""
+        return [b.clone() for b in self.model.buffers()]
+
+    def restore_buffers(self, snapshot):
+        for buffer, saved in zip(self.model.buffers(), snapshot):
+            buffer.copy_(saved)
 
 
 def build_learner(run, num_classes, log=print):

@@ -87,13 +87,22 @@ class EpochProgress:
         self.image_size = image_size
 
     def step_done(self, step, global_step, lr, loss, logits, labels):
-        """After train step number `step` (1-based within the epoch) of `global_step` (1-based)."""
+        """After train step number `step` (1-based within the epoch) of `global_step` (1-based). Returns whether
+        it reported; the interval's mean loss over all ranks is then `interval_loss`."""
         self.lr = lr
         self.window.add(loss, logits, labels)
         self.bar.update(1)
         self.interval_steps += 1
         if step % self.print_freq == 0 or step == self.steps:
             self._report(step, global_step, lr)
+            return True
+        return False
+
+    def unreported_loss(self):
+        """The mean loss over all ranks of the steps since the last report (0.0 if none): a host sync,
+        for the check before a checkpoint."""
+        loss, _, _, _ = summarize(distributed.all_reduce_sum(self.world, self.window.sums.clone()).cpu())
+        return loss
 
     def _report(self, step, global_step, lr):
         sums = distributed.all_reduce_sum(self.world, self.window.take()).cpu()
@@ -102,6 +111,7 @@ class EpochProgress:
         self.data_time += self.interval_data
         epoch_steps = step - self.first_step
         interval = summarize(sums)
+        self.interval_loss = interval[0]
         so_far = summarize(self.epoch_sums)
         images_per_sec = interval[3] / max(now - self.interval_start, 1e-9)
         line = authors_log_line(self.epoch, step, self.steps,
@@ -131,17 +141,18 @@ class MetricsFile:
     `elapsed_s`, the wall-clock seconds of training so far (over resumed runs too), and, with a TensorBoard
     folder, the same numbers as TensorBoard scalars named {kind}/{key} at the row's step."""
 
-    def __init__(self, path, enabled, resumed_step=None, elapsed_before=0.0, tensorboard_dir=None):
+    def __init__(self, path, enabled, resumed_step=None, elapsed_before=0.0, tensorboard_dir=None, val_owed=False):
         """resumed_step: the step of the checkpoint a run resumes from. Rows written after it (by a run killed
         before its next checkpoint) describe steps that are trained again: they are dropped, not duplicated.
-        elapsed_before: the seconds that checkpoint had trained for."""
+        elapsed_before: the seconds that checkpoint had trained for. val_owed: that checkpoint was saved before
+        its epoch's validation, which runs again: a val row of its step is dropped too."""
         self.path = path if enabled else None
         self._started, self._elapsed_before = time.monotonic(), elapsed_before
         self._board = None
         if self.path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if os.path.exists(path):
-                self._keep_until(resumed_step)
+                self._keep_until(resumed_step, val_owed)
             if tensorboard_dir:
                 from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked by config
                 self._board = SummaryWriter(tensorboard_dir, purge_step=resumed_step)
@@ -149,13 +160,15 @@ class MetricsFile:
     def elapsed_s(self):
         return self._elapsed_before + time.monotonic() - self._started
 
-    def _keep_until(self, step):
-        """Keeps the complete rows (of steps up to `step` unless it is None), each ending in a newline, so that
-        the next row never lands on a torn line."""
+    def _keep_until(self, step, val_owed):
+        """Keeps the complete rows (of steps up to `step` unless it is None; with `val_owed`, no val row of
+        `step`), each ending in a newline, so that the next row never lands on a torn line."""
         with open(self.path) as f:
             lines = f.readlines()
-        kept = [line.rstrip("\n") + "\n" for line in lines
-                if _step_of(line) is not None and (step is None or _step_of(line) <= step)]
+        rows = [(line, _row(line)) for line in lines]
+        kept = [line.rstrip("\n") + "\n" for line, row in rows
+                if row is not None and (step is None or row["step"] < step or row["step"] == step
+                                        and not (val_owed and row.get("kind") == "val"))]
         if kept != lines:
             tmp = f"{self.path}.tmp.{os.getpid()}"
             with open(tmp, "w") as f:
@@ -180,11 +193,11 @@ class MetricsFile:
             self._board.close()
 
 
-def _step_of(line):
-    """The step of one metrics line; None for a torn line (a run killed while writing it) or any other line that
-    is not a row."""
+def _row(line):
+    """One metrics line as a dict with its "step" (0 when it has none); None for a torn line (a run killed while
+    writing it) or any other line that is not a row."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return record.get("step", 0) if isinstance(record, dict) else None
+    return {"step": 0, **record} if isinstance(record, dict) else None

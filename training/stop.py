@@ -1,7 +1,11 @@
-"""Why the ranks stop before the end: a signal (pre-emption, Ctrl-C) or a shard found damaged in the background.
+"""Why the ranks stop before the end: a signal (pre-emption, Ctrl-C), a damaged shard (found by the background
+check or by the reader), or a diverged run (a loss or weight that is not finite).
 
-Every rank checks between steps and they agree (the largest reason wins), so all save the same step and stop."""
+Every rank checks before each step and they agree (the largest reason wins), so all save the same step and stop."""
+import math
 import signal
+
+from pipeline import ShardError
 
 from . import distributed
 
@@ -9,16 +13,47 @@ SIGNAL, DAMAGED_SHARD = 1, 2
 OTHER_RANK_DAMAGED = "another rank found a damaged shard (its error names it); the checkpoint is saved"
 
 
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, writes a checkpoint and exits 0."""
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT before training started: nothing to save, the run ends with 128 + the signal's number. A
+    BaseException, like KeyboardInterrupt, so that no `except Exception` of the set-up takes it for an error."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, signum):
+        super().__init__(f"stopped by {signal.Signals(signum).name} before training started: nothing to save yet")
+        self.signum = signum
+
+
+class Diverged(Exception):
+    """The loss or the weights are not finite: the run stops without saving (exit 1)."""
+    same_on_every_rank = True  # the ranks agree on it
+
+
+class StopRequest:
+    """SIGTERM/SIGINT handling. With `at_once` (the set-up: loaders, model, compile), a signal raises Interrupted
+    where the rank is; after `defer()` (the training loop) it sets a flag, and the loop finishes its step, saves
+    and exits 128 + the signal's number."""
+
+    def __init__(self, at_once=False):
+        self.signum = 0
+        self.at_once = at_once
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
+    @property
+    def requested(self):
+        return self.signum != 0
+
+    def defer(self):
+        self.at_once = False
+
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = self.signum or signum
+        if self.at_once:
+            raise Interrupted(signum)
+
+
+def stopped_status(world, stop):
+    """The exit status of a run stopped by a signal and saved: 128 + the signal's number (agreed over ranks)."""
+    return 128 + distributed.max_over_ranks(world, stop.signum)
 
 
 def shard_problem(loaders, wait=False):
@@ -30,6 +65,40 @@ def shard_problem(loaders, wait=False):
     return None
 
 
-def agreed_reason(world, stop, problem):
-    """0 (go on), SIGNAL or DAMAGED_SHARD, the same on every rank (a host-side all-reduce)."""
-    return distributed.max_over_ranks(world, DAMAGED_SHARD if problem else SIGNAL if stop.requested else 0)
+def agreed_reason(world, stop, problem, at_group_start=True):
+    """0 (go on), SIGNAL or DAMAGED_SHARD, the same on every rank (a host-side all-reduce). A damaged shard stops
+    at once; a signal only at the start of an accumulation group (so no gradient is half accumulated)."""
+    reason = distributed.max_over_ranks(world, DAMAGED_SHARD if problem else SIGNAL if stop.requested else 0)
+    return reason if reason == DAMAGED_SHARD or at_group_start else 0
+
+
+def until_damaged(loader):
+    """The loader's batches; if its reader finds a damaged shard, that ShardError's message (a str) comes in place
+    of the next batch and ends them, so the rank can agree on the stop with the others instead of dying alone."""
+    try:
+        yield from loader
+    except ShardError as exc:
+        yield str(exc)
+
+
+def raise_if_damaged(world, problem):
+    """Raises, on every rank, the ShardError of the first rank whose `problem` (its message or None) is set."""
+    message = distributed.first_message(world, problem)
+    if message:
+        error = ShardError(message)
+        error.same_on_every_rank = True
+        raise error
+
+
+def check_finite(world, learner, loss, epoch, step, steps, saving=False):
+    """Raises Diverged on every rank when the loss (`loss`: a mean over steps and ranks) is not finite, or, before
+    a checkpoint (`saving`) and under the fp16 gradient scaler, any weight. The scaler skips a step whose loss is
+    not finite by design, which is not a divergence: then the weights decide. Otherwise a weight turns non-finite
+    only with a non-finite loss in that step or the next, so the loss alone is checked at print intervals."""
+    scaled = learner.scaler.is_enabled()
+    lost = not math.isfinite(loss) and not scaled
+    broken = (saving or scaled) and not lost and not learner.weights_finite()
+    if distributed.any_rank(world, lost or broken):
+        what = f"the loss is {loss}" if lost else "the weights are not finite"
+        raise Diverged(f"the run diverged at epoch {epoch}, step {step}/{steps}: {what}; stopped without saving, "
+                       "the last checkpoint is kept (try a lower --lr)")
