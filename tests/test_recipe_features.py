@@ -223,3 +223,67 @@ def test_bad_recipe_flags_are_one_line(learnable_shards):
         result = run([PY, "train.py", *flags, learnable_shards], timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-1000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes as data: --config FILE.yaml
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """Enough of a shard folder for the flag checks (they look for manifest.json only)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    return str(tmp_path / "data")
+
+
+def write_recipe(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_recipe_sets_flags_and_the_command_line_overrides_it(tmp_path, data_dir):
+    from training.config import parse_args
+    recipe = write_recipe(tmp_path, "lr: 0.4\nbatch-size: 64\nlr_steps: [3, 6]\nno_bn_weight_decay: true\n"
+                                    "channels_last: false\nno_compile: true\nimage_size: '32:64@1:2'\n"
+                                    "att_type: CBAM\nema_decay: 0.99\ntensorboard: false\n")
+    args = parse_args(["--config", recipe, data_dir])
+    assert (args.lr, args.batch_size, args.lr_steps, args.no_bn_weight_decay) == (0.4, 64, (3, 6), True)
+    assert (args.channels_last, args.compile, str(args.image_size), args.att_type) == (False, "off", "32:64@1:2",
+                                                                                       "CBAM")
+    assert args.ema_decay == 0.99 and args.tensorboard is False and args.config == recipe
+    args = parse_args([data_dir, "--lr", "0.1", "--config", recipe, "--channels-last", "--compile", "model"])
+    assert (args.lr, args.batch_size, args.channels_last, args.compile) == (0.1, 64, True, "model")
+    assert args.val_image_size == 64  # derived from the recipe's schedule, as from a flag
+
+
+def test_the_shipped_recipes_parse(data_dir):
+    from training.config import parse_args
+    for name in ("seed", "fast"):
+        args = parse_args(["--config", os.path.join(ROOT, "recipes", f"{name}.yaml"), data_dir])
+        assert args.depth == 50 and args.att_type == "CBAM", name
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ("data: /x\n", "unknown key 'data'"),
+    ("lr: fast\n", "key 'lr': invalid float value: 'fast'"),
+    ("lr_schedule: linear\n", "key 'lr_schedule': invalid choice 'linear'"),
+    ("tensorboard: 1\n", "key 'tensorboard': expected true or false"),
+    ("image_size: '160:200@0:4'\n", "key 'image_size': "),
+    ("- lr\n", "expected a mapping"),
+    ("lr: [0.1\n", "not valid YAML"),
+    ("epochs: 0\n", "--epochs must be >= 1"),
+])
+def test_bad_recipes_are_one_line_naming_file_and_key(tmp_path, data_dir, text, message):
+    from training.config import UsageError, parse_args
+    recipe = write_recipe(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        parse_args(["--config", recipe, data_dir])
+    text = str(caught.value)
+    assert message in text and "\n" not in text, text
+    if "must be" not in message:
+        assert recipe in text
+    with pytest.raises(UsageError, match="cannot read"):
+        parse_args(["--config", str(tmp_path / "missing.yaml"), data_dir])

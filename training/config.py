@@ -7,10 +7,12 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import types
 from dataclasses import dataclass
 
 import torch
+import yaml
 
 from model import CBAM_IMPLS
 from model.cbam import resolve_impl
@@ -149,12 +151,84 @@ def build_parser():
                    help="measure images/sec (end to end, loader alone, model alone); no training, no checkpoints")
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
     p.add_argument("--benchmark-steps", type=int, default=30, help="--benchmark: timed steps")
+    p.add_argument("--config", default="", metavar="FILE.yaml",
+                   help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
+                        "line override it (recipes/ holds the project's)")
     return p
+
+
+# --config: a YAML recipe becomes the parser's defaults, so the command line overrides it key by key.
+
+def _config_defaults(parser, path):
+    """{dest: value} of the recipe at `path`, each value converted and checked as its flag would be."""
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values, got {type(recipe).__name__}")
+    defaults = {}
+    for key, value in recipe.items():
+        flag = "--" + str(key).replace("_", "-")
+        action = parser._option_string_actions.get(flag)
+        if action is None or action.dest in ("config", "help"):
+            raise UsageError(f"--config {path}: unknown key {key!r} (keys are train.py flags; DATA goes on the "
+                             "command line)")
+        if action.nargs == 0 and value is False and not isinstance(action, argparse.BooleanOptionalAction):
+            continue  # a switch left off: the flag's own default stands
+        try:
+            defaults[action.dest] = _flag_value(action, flag, value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise UsageError(f"--config {path}: key {key!r}: {exc}") from None
+    return defaults
+
+
+def _flag_value(action, flag, value):
+    """What `flag VALUE` (or, for a switch, `flag` when VALUE is true) on the command line would set."""
+    if action.nargs == 0:  # a switch: store_true, store_const, --x/--no-x
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return value != flag.startswith("--no-")
+        return action.const
+    if isinstance(value, (dict, bool)) or value is None:
+        raise ValueError(f"expected a value for {flag}, got {value!r}")
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    try:
+        converted = action.type(text) if action.type else text
+    except ValueError:  # as argparse says it (a _flag_type raises ArgumentTypeError with its own reason)
+        raise ValueError(f"invalid {getattr(action.type, '__name__', 'value')} value: {text!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"invalid choice {text!r} (choose from {', '.join(map(str, action.choices))})")
+    return converted
+
+
+def _with_recipe(parser, argv):
+    """The parser with --config's values as defaults (a command-line flag still wins)."""
+    known, _ = _ConfigOnly().parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**_config_defaults(parser, known.config))
+    return parser
+
+
+class _ConfigOnly(argparse.ArgumentParser):
+    def __init__(self):
+        super().__init__(add_help=False)
+        self.add_argument("--config", default="")
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def parse_args(argv=None):
     """Parsed and validated flags as an argparse.Namespace; exits 2 with one line on any invalid value."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _with_recipe(build_parser(), argv)
     args = parser.parse_args(argv)
     checks = [
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
@@ -193,6 +267,8 @@ def parse_args(argv=None):
         args.val_image_size = args.image_size.end
     if args.prefix is None:
         args.prefix = f"RESNET{args.depth}_{args.att_type.upper()}"
+    if args.config:
+        args.config = os.path.abspath(args.config)  # recorded in the resolved configuration
     return args
 
 
