@@ -219,7 +219,8 @@ def test_a_resume_mid_schedule_trains_at_the_scheduled_size(learnable_shards, tm
 def test_bad_recipe_flags_are_one_line(learnable_shards):
     for flags, message in ((["--image-size", "160:200@0:4"], "multiples of 32"),
                            (["--lr-steps", "60,30"], "increasing"), (["--accum-steps", "0"], "--accum-steps"),
-                           (["--ema-decay", "1.5"], "--ema-decay"), (["--mixup", "-1"], "--mixup")):
+                           (["--ema-decay", "1.5"], "--ema-decay"), (["--mixup", "-1"], "--mixup"),
+                           (["--bce-target-thresh", "0.2"], "needs --loss bce")):
         result = run([PY, "train.py", *flags, learnable_shards], timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-1000:]
@@ -287,3 +288,64 @@ def test_bad_recipes_are_one_line_naming_file_and_key(tmp_path, data_dir, text, 
         assert recipe in text
     with pytest.raises(UsageError, match="cannot read"):
         parse_args(["--config", str(tmp_path / "missing.yaml"), data_dir])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimisation: --opt, --loss bce, --clip-grad, --sync-bn
+
+
+def test_bce_targets_are_smoothed_then_thresholded_and_the_loss_is_the_per_class_mean():
+    from training.losses import BinaryCrossEntropy
+    logits = torch.randn(4, 5)
+    labels = torch.tensor([0, 1, 2, 4])
+    plain = BinaryCrossEntropy(5)
+    expected = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), torch.eye(5)[labels])
+    torch.testing.assert_close(plain(logits, labels), expected)
+    smoothed = BinaryCrossEntropy(5, smoothing=0.1).targets(labels, torch.float32)
+    assert torch.allclose(smoothed[0], torch.tensor([0.92, 0.02, 0.02, 0.02, 0.02]))
+    mixed = torch.tensor([[0.85, 0.15, 0, 0, 0], [0.3, 0.7, 0, 0, 0]])  # mixup's soft targets
+    kept = BinaryCrossEntropy(5, smoothing=0.1, target_threshold=0.2).targets(mixed, torch.float32)
+    assert torch.equal(kept, torch.tensor([[1.0, 0, 0, 0, 0], [1.0, 1.0, 0, 0, 0]]))  # 0.15 is dropped, 0.3 kept
+
+
+def test_clipping_happens_on_unscaled_gradients_under_the_fp16_loss_scale():
+    images = torch.randn(8, 3, 16, 16)
+    labels = torch.randint(0, 4, (8,))
+    results = []
+    for scaled in (False, True):
+        learner = tiny_learner()
+        learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=1.0)
+        learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        learner.clip_grad = 1e-3
+        before = torch.cat([p.detach().flatten().clone() for p in learner.model.parameters()])
+        learner.step(images, labels)
+        results.append(torch.cat([p.detach().flatten() for p in learner.model.parameters()]) - before)
+    assert float(results[0].norm()) == pytest.approx(1e-3, rel=1e-3)  # lr 1: the update is the clipped gradient
+    torch.testing.assert_close(results[1], results[0], rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize("opt", ["lamb", "adamw"])
+def test_lamb_and_adamw_keep_the_groups_and_fit_a_batch(opt):
+    import types
+
+    from timm.optim import Lamb
+
+    from training.optim import make_optimizer
+    learner = tiny_learner()
+    learner.model.train()
+    run = types.SimpleNamespace(opt=opt, lr=2e-3, weight_decay=0.02, no_bn_weight_decay=True, momentum=0.9)
+    learner.optimizer = make_optimizer(learner.model, run)
+    assert isinstance(learner.optimizer, Lamb if opt == "lamb" else torch.optim.AdamW)
+    assert [g["weight_decay"] for g in learner.optimizer.param_groups] == [0.02, 0.0]
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    losses = [float(learner.step(images, labels)[1].detach()) for _ in range(6)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_sync_bn_is_refused_where_the_process_group_cannot_run_it(data_dir):
+    from training import config
+    from training.distributed import World
+    args = config.parse_args(["--sync-bn", "--batch-size", "8", data_dir])
+    with pytest.raises(config.UsageError, match="--sync-bn needs CUDA devices"):
+        config.resolve(args, World(0, 0, 2, 2, torch.device("cpu")))
+    assert config.resolve(args, World(0, 0, 1, 1, torch.device("cpu"))).sync_bn  # one process: nothing to sync

@@ -27,6 +27,8 @@ from pipeline import (
 )
 from pipeline.storage import is_remote, normalize
 from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile, use_cache_dir
+from training.losses import LOSSES
+from training.optim import OPTIMIZERS
 from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -151,10 +153,37 @@ def build_parser():
                    help="measure images/sec (end to end, loader alone, model alone); no training, no checkpoints")
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
     p.add_argument("--benchmark-steps", type=int, default=30, help="--benchmark: timed steps")
+    _add_optimisation_flags(p)
     p.add_argument("--config", default="", metavar="FILE.yaml",
                    help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
                         "line override it (recipes/ holds the project's)")
     return p
+
+
+def _add_optimisation_flags(p):
+    """Optimizer, loss and gradient switches of the large-batch recipes ("ResNet strikes back", 2021)."""
+    p.add_argument("--opt", default="sgd", choices=OPTIMIZERS,
+                   help="optimizer: sgd (momentum --momentum), adamw or lamb (betas 0.9, 0.999; lamb is timm's, "
+                        "which clips the gradient norm to 1.0 itself); --lr, --weight-decay and the schedule apply")
+    p.add_argument("--loss", default="ce", choices=LOSSES,
+                   help="ce = softmax cross-entropy; bce = binary cross-entropy per class over the smoothed, mixed "
+                        "targets (RSB)")
+    p.add_argument("--bce-target-thresh", type=float, default=None, metavar="T",
+                   help="--loss bce: targets above T become 1, the rest 0 (RSB: 0.2); default: soft targets")
+    p.add_argument("--clip-grad", type=float, default=0.0, metavar="NORM",
+                   help="clip the gradients' global L2 norm to NORM before each optimizer step (after unscaling "
+                        "fp16's loss scale); 0 = off")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="synchronise BatchNorm statistics over all ranks (SyncBatchNorm; CUDA devices with NCCL)")
+
+
+def _optimisation_checks(args):
+    return [
+        (args.clip_grad >= 0, f"--clip-grad must be >= 0 (0 = off), got {args.clip_grad}"),
+        (args.bce_target_thresh is None or 0 < args.bce_target_thresh < 1,
+         f"--bce-target-thresh must be in (0, 1), got {args.bce_target_thresh}"),
+        (args.bce_target_thresh is None or args.loss == "bce", "--bce-target-thresh needs --loss bce"),
+    ]
 
 
 # --config: a YAML recipe becomes the parser's defaults, so the command line overrides it key by key.
@@ -258,6 +287,7 @@ def parse_args(argv=None):
         (args.resume in ("", "auto") or os.path.isfile(args.resume), f"--resume checkpoint not found: {args.resume}"),
         (args.cache_size > 0, f"--cache-size must be > 0 GiB, got {args.cache_size}"),
         (_data_problem(args.data) is None, _data_problem(args.data)),
+        *_optimisation_checks(args),
     ]
     for ok, message in checks:
         if not ok:
@@ -337,6 +367,9 @@ def resolve(args, world):
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
     device = world.device
+    if args.sync_bn and world.size > 1 and device.type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA devices (NCCL): PyTorch's SyncBatchNorm does not run on "
+                         f"{device.type} tensors, as these {world.size} processes have")
     amp = args.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
