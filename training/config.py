@@ -25,6 +25,7 @@ from pipeline import (
     default_record_dir,
     resolve_backend,
 )
+from pipeline.augment import parse_auto_augment
 from pipeline.storage import is_remote, normalize
 from training.compile import COMPILE_CHOICES, default_cache_dir, resolve_compile, use_cache_dir
 from training.losses import LOSSES
@@ -161,7 +162,7 @@ def build_parser():
 
 
 def _add_optimisation_flags(p):
-    """Optimizer, loss and gradient switches of the large-batch recipes ("ResNet strikes back", 2021)."""
+    """Optimizer, loss, gradient and augmentation switches of "ResNet strikes back" (Wightman et al., 2021)."""
     p.add_argument("--opt", default="sgd", choices=OPTIMIZERS,
                    help="optimizer: sgd (momentum --momentum), adamw or lamb (betas 0.9, 0.999; lamb is timm's, "
                         "which clips the gradient norm to 1.0 itself); --lr, --weight-decay and the schedule apply")
@@ -175,6 +176,14 @@ def _add_optimisation_flags(p):
                         "fp16's loss scale); 0 = off")
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronise BatchNorm statistics over all ranks (SyncBatchNorm; CUDA devices with NCCL)")
+    p.add_argument("--auto-augment", type=_flag_type(parse_auto_augment, "policy"), default=None,
+                   metavar="rand-m9-mstd0.5|trivial|imagenet",
+                   help="automatic augmentation of train images in every backend: timm's RandAugment in timm's "
+                        "notation (m magnitude 0-10, n layers, mstd magnitude noise, p each layer's probability), "
+                        "TrivialAugmentWide or AutoAugment's ImageNet policy; default off")
+    p.add_argument("--reprob", type=float, default=0.0, metavar="P",
+                   help="random erasing: each train sample gets a box of normal noise (2-33%% of its area) with "
+                        "probability P, on the device after normalisation; 0 = off")
 
 
 def _optimisation_checks(args):
@@ -183,6 +192,7 @@ def _optimisation_checks(args):
         (args.bce_target_thresh is None or 0 < args.bce_target_thresh < 1,
          f"--bce-target-thresh must be in (0, 1), got {args.bce_target_thresh}"),
         (args.bce_target_thresh is None or args.loss == "bce", "--bce-target-thresh needs --loss bce"),
+        (0 <= args.reprob <= 1, f"--reprob must be in [0, 1], got {args.reprob}"),
     ]
 
 

@@ -1,0 +1,67 @@
+"""Automatic augmentation (--auto-augment) and random erasing (--reprob) in the CPU backends, on generated and
+real photographs: the augmented batches differ from the plain ones where the policy says, stay in range, and an
+epoch replayed (as a mid-epoch resume replays it) gives the same batches."""
+import pytest
+import torch
+from conftest import CPU_BACKENDS, epoch_batches
+
+from pipeline import augment
+
+LOW = min((0 - m) / s for m, s in zip(augment.IMAGENET_MEAN, augment.IMAGENET_STD))
+HIGH = max((1 - m) / s for m, s in zip(augment.IMAGENET_MEAN, augment.IMAGENET_STD))
+
+
+def images_of(shards, backend, **kwargs):
+    loader, batches = epoch_batches(shards, "train", 8, backend, image_size=32, seed=7, **kwargs)
+    return loader, torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
+
+
+def changed_share(images, plain):
+    """Per sample: the share of pixel positions where any channel differs from the plain batch."""
+    return (images != plain).any(1).flatten(1).float().mean(1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_randaugment_changes_the_share_of_samples_its_probability_gives(generated_shards, backend):
+    _, plain, plain_labels = images_of(generated_shards, backend)
+    _, once, labels = images_of(generated_shards, backend, auto_augment="rand-m9-n1-p0.5")
+    assert torch.equal(labels, plain_labels)  # same samples, same crops: only the policy differs
+    assert LOW - 1e-4 <= float(once.min()) and float(once.max()) <= HIGH + 1e-4
+    changed = changed_share(once, plain) > 0
+    assert 0.25 <= float(changed.float().mean()) <= 0.75, changed  # one layer with p 0.5; 48 samples
+    _, always, _ = images_of(generated_shards, backend, auto_augment="rand-m9-n2-mstd0.5-p1")
+    assert float((changed_share(always, plain) > 0).float().mean()) >= 0.9
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_random_erasing_boxes_cover_the_configured_area_share(generated_shards, backend):
+    _, plain, _ = images_of(generated_shards, backend)
+    _, erased, _ = images_of(generated_shards, backend, reprob=1.0)
+    share = changed_share(erased, plain)
+    assert float(share.min()) >= 0.015 and float(share.max()) <= 0.36, share  # 2-33 % of the area, rounded
+    _, half, _ = images_of(generated_shards, backend, reprob=0.5)
+    assert 0.25 <= float((changed_share(half, plain) > 0).float().mean()) <= 0.75
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("policy", ["trivial", "imagenet"])
+def test_replayed_epochs_repeat_the_augmented_photographs(real_shards, backend, policy):
+    loader, first, _ = images_of(real_shards, backend, auto_augment=policy, reprob=0.25)
+    _, plain, _ = images_of(real_shards, backend)
+    assert float((changed_share(first, plain) > 0).float().mean()) >= 0.5
+    assert float(first.min()) >= -10 and float(first.max()) <= 10  # erased noise is N(0, 1); pixels in range
+    loader.set_epoch(0)
+    assert torch.equal(torch.cat([images for images, _ in loader]), first)
+    loader.set_epoch(1)
+    assert not torch.equal(torch.cat([images for images, _ in loader]), first)
+
+
+def test_auto_augment_values_parse_as_timm_writes_them():
+    policy = augment.parse_auto_augment("rand-m9-mstd0.5")
+    assert (policy.kind, policy.magnitude, policy.layers, policy.magnitude_std, policy.prob) == ("rand", 9, 2, 0.5,
+                                                                                                 0.5)
+    assert str(policy) == "rand-m9-mstd0.5" and augment.parse_auto_augment("trivial").kind == "trivial"
+    for bad, reason in (("rand-m11", "0 <= m <= 10"), ("rand-q3", "unknown part 'q3'"), ("autoaug", "expected"),
+                        ("rand-n1.5", "whole n")):
+        with pytest.raises(ValueError, match=reason):
+            augment.parse_auto_augment(bad)
