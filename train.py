@@ -120,7 +120,7 @@ def fit(run, learner, train_loader, val_loader, position, log):
         progress.write_epoch_row(position.step)
         is_best = top1 > position.best_top1 or position.best_top1 == 0.0
         position = replace(position, best_top1=max(top1, position.best_top1))
-        saver.save(position, is_best)
+        saver.save(position, is_best, epoch_end=True)
         if distributed.any_rank(world, stop.requested):
             log("=> stop requested: checkpoint of the finished epoch is saved; exiting")
             return

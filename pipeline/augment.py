@@ -13,7 +13,8 @@ window at a random position instead of the centre.
 Optional, train only, the same code for every backend (Loader applies it to the decoded uint8 batch on the
 device, before normalisation, and erases after it):
 - automatic augmentation (parse_auto_augment): timm's RandAugment in timm's notation (`rand-m9-mstd0.5`: its 15
-  operations and level-to-argument maps, each of n layers applied with probability p, magnitude noise std),
+  operations and level-to-argument maps, `inc1` its increasing ones, each of n layers applied with probability
+  p, magnitude noise std),
   torchvision's TrivialAugmentWide (`trivial`) or AutoAugment ImageNet policy (`imagenet`), computed with
   torchvision.transforms.v2.functional on the tensor (GPU or CPU);
 - random erasing (erase_batch): timm's RandomErasing, mode 'pixel' (one box of normal noise per chosen sample).
@@ -102,7 +103,7 @@ def draft_factor(crop_width, crop_height, image_size):
 
 AUTO_AUGMENT_FILL = [round(255 * m) for m in IMAGENET_MEAN]  # area uncovered by affine ops (timm's img_mean)
 RAND_LEVEL_MAX = 10.0           # timm's magnitude scale: m10 is each operation's strongest setting
-RAND_DEFAULTS = dict(m=9.0, n=2, mstd=0.0, p=0.5)  # timm's rand_augment_transform defaults
+RAND_DEFAULTS = dict(m=9.0, n=2, mstd=0.0, p=0.5, inc=0)  # timm's rand_augment_transform defaults
 ERASE_AREA = (0.02, 1 / 3)      # timm RandomErasing: box area as a fraction of the image
 ERASE_RATIO = (0.3, 1 / 0.3)    # box height / width, drawn log-uniformly
 ERASE_ATTEMPTS = 10
@@ -117,6 +118,7 @@ class AutoAugmentPolicy:
     layers: int = RAND_DEFAULTS["n"]
     magnitude_std: float = RAND_DEFAULTS["mstd"]
     prob: float = RAND_DEFAULTS["p"]
+    increasing: bool = False  # timm's 'inc1': maps whose strength grows with the magnitude (RSB's choice)
     text: str = ""
 
     def __str__(self):
@@ -124,30 +126,32 @@ class AutoAugmentPolicy:
 
 
 def parse_auto_augment(text):
-    """'rand-m9-mstd0.5' (keys m magnitude 0-10, n layers, mstd magnitude std, p each layer's probability),
-    'trivial' or 'imagenet' -> AutoAugmentPolicy; ValueError naming the bad part."""
+    """'rand-m9-mstd0.5' (keys m magnitude 0-10, n layers, mstd magnitude std, p each layer's probability, inc1
+    the increasing maps), 'trivial' or 'imagenet' -> AutoAugmentPolicy; ValueError naming the bad part."""
     kind, *parts = str(text).split("-")
     if kind in ("trivial", "imagenet") and not parts:
         return AutoAugmentPolicy(kind, text=text)
     if kind != "rand":
-        raise ValueError(f"expected rand-m<M>[-n<N>][-mstd<S>][-p<P>], trivial or imagenet, got {text!r}")
+        raise ValueError(f"expected rand-m<M>[-n<N>][-mstd<S>][-p<P>][-inc1], trivial or imagenet, got {text!r}")
     values = dict(RAND_DEFAULTS)
     for part in parts:
-        key = next((k for k in ("mstd", "m", "n", "p") if part.startswith(k)), None)
+        key = next((k for k in ("mstd", "inc", "m", "n", "p") if part.startswith(k)), None)
         try:
             values[key] = float(part[len(key):]) if key else None
         except ValueError:
             key = None
         if key is None:
-            raise ValueError(f"{text!r}: unknown part {part!r} (expected m<M>, n<N>, mstd<S> or p<P>)")
+            raise ValueError(f"{text!r}: unknown part {part!r} (expected m<M>, n<N>, mstd<S>, p<P> or inc1)")
     if not (0 <= values["m"] <= RAND_LEVEL_MAX and values["n"] >= 1 and values["n"] == int(values["n"])
-            and values["mstd"] >= 0 and 0 < values["p"] <= 1):
-        raise ValueError(f"{text!r}: needs 0 <= m <= 10, a whole n >= 1, mstd >= 0 and 0 < p <= 1")
-    return AutoAugmentPolicy("rand", values["m"], int(values["n"]), values["mstd"], values["p"], text)
+            and values["mstd"] >= 0 and 0 < values["p"] <= 1 and values["inc"] in (0, 1)):
+        raise ValueError(f"{text!r}: needs 0 <= m <= 10, a whole n >= 1, mstd >= 0, 0 < p <= 1 and inc 0 or 1")
+    return AutoAugmentPolicy("rand", values["m"], int(values["n"]), values["mstd"], values["p"],
+                             bool(values["inc"]), text)
 
 
-def _rand_operations():
-    """timm's _RAND_TRANSFORMS with its level-to-argument maps: name -> op(image uint8 CHW, level 0-10, rng)."""
+def _rand_operations(increasing):
+    """timm's _RAND_TRANSFORMS (or _RAND_INCREASING_TRANSFORMS) with its level-to-argument maps:
+    name -> op(image uint8 CHW, level 0-10, rng)."""
     import torch
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
@@ -168,10 +172,17 @@ def _rand_operations():
         return affine(image, translate=(pixels, 0) if axis == 0 else (0, pixels))
 
     def enhance(adjust):
+        if increasing:  # 1.0 is no change; stronger away from it on either side
+            return lambda image, level, rng: adjust(image, max(0.1, 1.0 + signed(level / RAND_LEVEL_MAX * 0.9, rng)))
         return lambda image, level, rng: adjust(image, level / RAND_LEVEL_MAX * 1.8 + 0.1)
+
+    def posterize(image, level, rng):
+        bits = int(level / RAND_LEVEL_MAX * 4)
+        return F.posterize(image, 4 - bits if increasing else bits)
 
     def solarize(image, level, rng):
         threshold = min(256, int(level / RAND_LEVEL_MAX * 256))
+        threshold = 256 - threshold if increasing else threshold
         return image if threshold > 255 else F.solarize(image, threshold)
 
     def solarize_add(image, level, rng):
@@ -183,7 +194,7 @@ def _rand_operations():
         "Equalize": lambda image, level, rng: F.equalize(image),
         "Invert": lambda image, level, rng: F.invert(image),
         "Rotate": lambda image, level, rng: affine(image, angle=signed(level / RAND_LEVEL_MAX * 30.0, rng)),
-        "Posterize": lambda image, level, rng: F.posterize(image, int(level / RAND_LEVEL_MAX * 4)),
+        "Posterize": posterize,
         "Solarize": solarize,
         "SolarizeAdd": solarize_add,
         "Color": enhance(F.adjust_saturation),
@@ -206,7 +217,7 @@ class AutoAugmenter:
         self.policy = policy
         self._torch = torch
         if policy.kind == "rand":
-            self._operations = list(_rand_operations().values())
+            self._operations = list(_rand_operations(policy.increasing).values())
         elif policy.kind == "trivial":
             self._transform = v2.TrivialAugmentWide(fill=AUTO_AUGMENT_FILL)
         else:

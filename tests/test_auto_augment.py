@@ -61,7 +61,8 @@ def test_auto_augment_values_parse_as_timm_writes_them():
     assert (policy.kind, policy.magnitude, policy.layers, policy.magnitude_std, policy.prob) == ("rand", 9, 2, 0.5,
                                                                                                  0.5)
     assert str(policy) == "rand-m9-mstd0.5" and augment.parse_auto_augment("trivial").kind == "trivial"
+    assert not policy.increasing and augment.parse_auto_augment("rand-m6-mstd0.5-inc1").increasing
     for bad, reason in (("rand-m11", "0 <= m <= 10"), ("rand-q3", "unknown part 'q3'"), ("autoaug", "expected"),
-                        ("rand-n1.5", "whole n")):
+                        ("rand-n1.5", "whole n"), ("rand-inc2", "inc 0 or 1")):
         with pytest.raises(ValueError, match=reason):
             augment.parse_auto_augment(bad)

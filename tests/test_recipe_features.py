@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, ROOT, epoch_batches, run_make_shards
+from conftest import CPU_BACKENDS, ROOT, epoch_batches, needs_dali, run_make_shards
 
 from model import build_model
 from training.ema import WeightAverage
@@ -261,7 +261,7 @@ def test_a_recipe_sets_flags_and_the_command_line_overrides_it(tmp_path, data_di
 
 def test_the_shipped_recipes_parse(data_dir):
     from training.config import parse_args
-    for name in ("seed", "fast"):
+    for name in ("seed", "fast", "rsb-a3"):
         args = parse_args(["--config", os.path.join(ROOT, "recipes", f"{name}.yaml"), data_dir])
         assert args.depth == 50 and args.att_type == "CBAM", name
 
@@ -349,3 +349,65 @@ def test_sync_bn_is_refused_where_the_process_group_cannot_run_it(data_dir):
     with pytest.raises(config.UsageError, match="--sync-bn needs CUDA devices"):
         config.resolve(args, World(0, 0, 2, 2, torch.device("cpu")))
     assert config.resolve(args, World(0, 0, 1, 1, torch.device("cpu"))).sync_bn  # one process: nothing to sync
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The RSB-style recipe at tiny sizes, every switch on (but --sync-bn, which gloo cannot run), then weight averaging
+
+TINY_RSB = """# recipes/rsb-a3.yaml at tiny sizes
+depth: 18
+att_type: CBAM
+epochs: 100
+batch_size: 16
+opt: lamb
+lr: 0.02
+weight_decay: 0.02
+no_bn_weight_decay: true
+lr_schedule: cosine
+warmup_epochs: 1
+loss: bce
+bce_target_thresh: 0.2
+auto_augment: rand-m6-mstd0.5-inc1
+reprob: 0.25
+mixup: 0.1
+cutmix: 1.0
+clip_grad: 5.0
+image_size: 32
+val_image_size: 64
+prefix: T
+"""
+
+
+@pytest.mark.slow
+@needs_dali
+def test_the_rsb_recipe_learns_under_torchrun_and_its_last_epochs_average(learnable_shards, tmp_path):
+    recipe, out = tmp_path / "rsb.yaml", tmp_path / "out"
+    recipe.write_text(TINY_RSB)
+    result = run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py",
+                  "--config", str(recipe), "--epochs", "3", "--keep-epochs", "2", "--backend", "dali-cpu",
+                  "--workers", "2", "--print-freq", "5", "--output-dir", str(out), learnable_shards])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    val = rows(out, "val")
+    assert len(val) == 3 and max(r["top1"] for r in val) >= 80.0, [r["top1"] for r in val]
+    with open(out / "T_config.json") as f:
+        resolved = json.load(f)
+    assert resolved["config"] == str(recipe) and resolved["epochs"] == 3  # the command line overrode the file
+    assert (resolved["opt"], resolved["loss"], resolved["auto_augment"]) == ("lamb", "bce", "rand-m6-mstd0.5-inc1")
+    assert sorted(os.listdir(out)) == ["T_checkpoint.pth.tar", "T_config.json", "T_epoch1.pth.tar",
+                                       "T_epoch2.pth.tar", "T_metrics.jsonl", "T_model_best.pth.tar"]
+
+    tool = [PY, "tools/average_checkpoints.py", str(out)]
+    averaged = run(tool + ["-n", "2", "--data", learnable_shards, "--backend", "dali-cpu"])
+    assert averaged.returncode == 0, averaged.stderr[-2000:]
+    report = json.loads(averaged.stdout.strip().splitlines()[-1])
+    assert report["images"] == 40 and f"Prec@1 {report['top1']:.3f}" in averaged.stdout
+    assert report["top1"] >= 50.0, report  # the average of two trained epochs still classifies (chance: 25 %)
+    epochs = [torch.load(out / f"T_epoch{e}.pth.tar", weights_only=True)["model"] for e in (1, 2)]
+    mean = torch.load(report["output"], weights_only=True)["model"]
+    for key in ("conv1.weight", "bn1.running_var", "fc.bias"):
+        torch.testing.assert_close(mean[key], (epochs[0][key] + epochs[1][key]) / 2)
+    assert torch.equal(mean["bn1.num_batches_tracked"], epochs[1]["bn1.num_batches_tracked"])
+    for extra, message in ((["-n", "3"], "keeps only 2 epochs"), (["--weights", "ema"], "holds no 'ema' weights")):
+        refused = run(tool + extra)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1 and message in lines[0], refused.stderr

@@ -29,6 +29,21 @@ def best_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_model_best.pth.tar")
 
 
+EPOCH_INFIX = "_epoch"  # {prefix}_epoch{E}.pth.tar: the checkpoint at the end of 0-based epoch E (--keep-epochs)
+
+
+def epoch_path(output_dir, prefix, epoch):
+    return os.path.join(output_dir, f"{prefix}{EPOCH_INFIX}{epoch}.pth.tar")
+
+
+def kept_epochs(output_dir, prefix):
+    """{epoch: path} of the per-epoch checkpoints of `prefix` in output_dir."""
+    head, tail = f"{prefix}{EPOCH_INFIX}", ".pth.tar"
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return {int(name[len(head):-len(tail)]): os.path.join(output_dir, name) for name in names
+            if name.startswith(head) and name.endswith(tail) and name[len(head):-len(tail)].isdigit()}
+
+
 def rng_state():
     np_state = np.random.get_state()
     state = {
@@ -95,21 +110,32 @@ def _remove_quietly(path):
         pass
 
 
-def save(output_dir, prefix, state, is_best):
+def save(output_dir, prefix, state, is_best, keep_epochs=0):
+    """Writes the checkpoint; copies it to the best one when is_best, and with keep_epochs K (at an epoch's end)
+    to {prefix}_epoch{E}.pth.tar, deleting the per-epoch copies older than the last K."""
     path = checkpoint_path(output_dir, prefix)
     save_atomic(state, path)
     if is_best:
-        best = best_path(output_dir, prefix)
-        tmp = f"{best}{TEMPORARY_MARK}{os.getpid()}"
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, best)
-        except OSError as exc:
-            _remove_quietly(tmp)
-            raise CheckpointError(f"cannot save checkpoint {best}: {exc.strerror or exc}; "
-                                  f"{os.path.getsize(path):,} bytes needed, "
-                                  f"{shutil.disk_usage(output_dir).free:,} free in {output_dir}") from None
+        _copy_atomic(path, best_path(output_dir, prefix), output_dir)
+    if keep_epochs:
+        epoch = state["epoch"] - 1  # the epoch just finished
+        _copy_atomic(path, epoch_path(output_dir, prefix, epoch), output_dir)
+        for old, old_path in kept_epochs(output_dir, prefix).items():
+            if old <= epoch - keep_epochs:
+                _remove_quietly(old_path)
     return path
+
+
+def _copy_atomic(path, target, output_dir):
+    tmp = f"{target}{TEMPORARY_MARK}{os.getpid()}"
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise CheckpointError(f"cannot save checkpoint {target}: {exc.strerror or exc}; "
+                              f"{os.path.getsize(path):,} bytes needed, "
+                              f"{shutil.disk_usage(output_dir).free:,} free in {output_dir}") from None
 
 
 def sweep_temporaries(output_dir, prefix):
@@ -121,7 +147,8 @@ def sweep_temporaries(output_dir, prefix):
     removed = []
     for name in os.listdir(output_dir):
         final, mark, pid = name.rpartition(TEMPORARY_MARK)
-        if not mark or final not in finals or not pid.isdigit() or _running(int(pid)):
+        kept = final.startswith(f"{prefix}{EPOCH_INFIX}") and final.endswith(".pth.tar")
+        if not mark or not (final in finals or kept) or not pid.isdigit() or _running(int(pid)):
             continue
         _remove_quietly(os.path.join(output_dir, name))
         removed.append(os.path.join(output_dir, name))
@@ -272,11 +299,13 @@ class Saver:
     def __init__(self, run, learner, elapsed_s):
         self.run, self.learner, self.elapsed_s = run, learner, elapsed_s
 
-    def save(self, position, is_best=False):
+    def save(self, position, is_best=False, epoch_end=False):
+        """epoch_end: the epoch's last save, which --keep-epochs also keeps as the epoch's own file."""
         run, path = self.run, None
         if run.world.is_main:
             position = Position(position.epoch, position.batch, position.step, position.best_top1, self.elapsed_s())
-            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best)
+            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best,
+                        run.keep_epochs if epoch_end else 0)
         distributed.barrier(run.world)
         return path
 

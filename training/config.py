@@ -155,6 +155,9 @@ def build_parser():
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
     p.add_argument("--benchmark-steps", type=int, default=30, help="--benchmark: timed steps")
     _add_optimisation_flags(p)
+    p.add_argument("--keep-epochs", type=int, default=0, metavar="K",
+                   help="also keep the checkpoints of the last K epochs as {prefix}_epoch{E}.pth.tar (E 0-based), "
+                        "for cbam-average-checkpoints; 0 = only the latest and the best")
     p.add_argument("--config", default="", metavar="FILE.yaml",
                    help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
                         "line override it (recipes/ holds the project's)")
@@ -193,6 +196,7 @@ def _optimisation_checks(args):
          f"--bce-target-thresh must be in (0, 1), got {args.bce_target_thresh}"),
         (args.bce_target_thresh is None or args.loss == "bce", "--bce-target-thresh needs --loss bce"),
         (0 <= args.reprob <= 1, f"--reprob must be in [0, 1], got {args.reprob}"),
+        (args.keep_epochs >= 0, f"--keep-epochs must be >= 0, got {args.keep_epochs}"),
     ]
 
 
