@@ -11,14 +11,15 @@ Pillow. Known difference: when all 10 attempts fail (extreme aspect ratios, tiny
 window at a random position instead of the centre.
 
 Optional, train only, the same code for every backend (Loader applies it to the decoded uint8 batch on the
-device, before normalisation, and erases after it):
+device before normalisation, the torch backend's workers to theirs; erasing follows normalisation):
 - automatic augmentation (parse_auto_augment): timm's RandAugment in timm's notation (`rand-m9-mstd0.5`: its 15
   operations and level-to-argument maps, `inc1` its increasing ones, each of n layers applied with probability
   p, magnitude noise std),
   torchvision's TrivialAugmentWide (`trivial`) or AutoAugment ImageNet policy (`imagenet`), computed with
   torchvision.transforms.v2.functional on the tensor (GPU or CPU);
 - random erasing (erase_batch): timm's RandomErasing, mode 'pixel' (one box of normal noise per chosen sample).
-Each sample's draws come from (seed, epoch, rank, the sample's position in the rank's epoch), so replaying an
+Each sample's draws come from (seed, epoch, rank, the sample's position in the rank's epoch; in the torch
+backend, whose worker processes apply the policy in parallel, its worker and position there), so replaying an
 epoch (a mid-epoch resume) gives the same images. Deviation from timm: bilinear resampling only (timm draws
 bilinear or bicubic), and shears and translations act on the tensor (PIL's transform in timm).
 """
@@ -223,8 +224,11 @@ class AutoAugmenter:
         else:
             self._transform = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=AUTO_AUGMENT_FILL)
 
+    def __reduce__(self):  # sent to worker processes by its policy alone (the operations are closures)
+        return AutoAugmenter, (self.policy,)
+
     def __call__(self, pixels, key):
-        """pixels: (B, H, W, 3) uint8 on any device; key: (seed, epoch, rank, position of pixels[0])."""
+        """pixels: (B, H, W, 3) uint8 on any device; key: (seed, epoch, rank, ..., position of pixels[0])."""
         *stream, first = key
         for i in range(pixels.shape[0]):
             rng = np.random.default_rng([*stream, first + i, _AUGMENT_STREAM])

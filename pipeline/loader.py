@@ -43,6 +43,7 @@ class Loader:
     the caller asks `shard_problem()` between steps (train.py does, and stops cleanly)."""
 
     backend = None  # resolved name, set by subclasses: 'dali' | 'dali-cpu' | 'torch'
+    augments_in_workers = False  # True: the backend's workers apply --auto-augment, keyed by (worker, position)
 
     def __init__(self, split, *, batch_size, rank, world_size, workers, device, image_size, seed, dtype,
                  verify="background", verify_dir="", auto_augment=None, reprob=0.0):
@@ -149,10 +150,11 @@ class Loader:
         return self._augmenter is not None or bool(self._reprob)
 
     def _normalize(self, *parts):
-        """One batch from uint8 NHWC parts (concatenated along N): augmented, normalised, erased. Each sample's
-        draws are keyed by (seed, epoch, rank, its position in the rank's epoch)."""
+        """One batch from uint8 NHWC parts (concatenated along N): augmented (unless the workers did it),
+        normalised, erased. Each sample's draws are keyed by (seed, epoch, rank, its position in the rank's
+        epoch)."""
         first = self._batches_normalized * self.batch_size
-        if self._augmenter is not None:
+        if self._augmenter is not None and not self.augments_in_workers:
             parts = [part.to(self.device, non_blocking=True) for part in parts]
             position = first
             for part in parts:
