@@ -151,66 +151,121 @@ def parse_auto_augment(text):
 
 
 def _rand_operations(increasing):
-    """timm's _RAND_TRANSFORMS (or _RAND_INCREASING_TRANSFORMS) with its level-to-argument maps:
-    name -> op(image uint8 CHW, level 0-10, rng)."""
+    """timm's _RAND_TRANSFORMS (or _RAND_INCREASING_TRANSFORMS) with its level-to-argument maps, each applied to
+    a group of samples at once: op(images uint8 (b, 3, H, W), levels (b,) in 0-10, signs (b,) of +-1) -> images.
+    Per-sample arguments, the arithmetic of torchvision's functional ops (tested against them sample by sample)."""
     import torch
-    from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    def signed(value, rng):
-        return -value if rng.random() > 0.5 else value
+    def per_sample(values, images):
+        return torch.as_tensor(np.asarray(values, dtype=np.float32), device=images.device).view(-1, 1, 1, 1)
 
-    def affine(image, angle=0.0, translate=(0, 0), shear=(0.0, 0.0), center=None):
-        return F.affine(image, angle=angle, translate=list(translate), scale=1.0, shear=list(shear),
-                        interpolation=InterpolationMode.BILINEAR, fill=AUTO_AUGMENT_FILL, center=center)
+    def blend(images, degenerate, factors):  # torchvision's _blend with one ratio per sample
+        ratio = per_sample(factors, images)
+        return images.mul(ratio).add_(degenerate.mul(1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
 
-    def shear(image, level, rng, axis):
-        degrees = math.degrees(math.atan(signed(level / RAND_LEVEL_MAX * 0.3, rng)))
-        return affine(image, shear=(degrees, 0.0) if axis == 0 else (0.0, degrees), center=[0, 0])  # PIL's origin
+    def enhance(degenerate_of):
+        def op(images, levels, signs):
+            if increasing:  # 1.0 is no change; stronger away from it on either side
+                factors = np.maximum(0.1, 1.0 + signs * levels / RAND_LEVEL_MAX * 0.9)
+            else:
+                factors = levels / RAND_LEVEL_MAX * 1.8 + 0.1
+            return blend(images, degenerate_of(images), factors)
+        return op
 
-    def translate(image, level, rng, axis):
-        pixels = round(signed(level / RAND_LEVEL_MAX * 0.45, rng) * image.shape[-1 - axis])
-        return affine(image, translate=(pixels, 0) if axis == 0 else (0, pixels))
+    def contrast_degenerate(images):  # the mean of the floored greyscale image, as adjust_contrast
+        return F.rgb_to_grayscale(images).float().mean(dim=(-3, -2, -1), keepdim=True)
 
-    def enhance(adjust):
-        if increasing:  # 1.0 is no change; stronger away from it on either side
-            return lambda image, level, rng: adjust(image, max(0.1, 1.0 + signed(level / RAND_LEVEL_MAX * 0.9, rng)))
-        return lambda image, level, rng: adjust(image, level / RAND_LEVEL_MAX * 1.8 + 0.1)
+    def affine(matrix_of):
+        def op(images, levels, signs):
+            height, width = images.shape[-2:]
+            matrices = [matrix_of(level * sign, width, height) for level, sign in zip(levels, signs)]
+            return _affine_batch(images, matrices)
+        return op
 
-    def posterize(image, level, rng):
-        bits = int(level / RAND_LEVEL_MAX * 4)
-        return F.posterize(image, 4 - bits if increasing else bits)
+    def posterize(images, levels, signs):
+        bits = (levels / RAND_LEVEL_MAX * 4).astype(np.int64)
+        bits = 4 - bits if increasing else bits
+        masks = [((1 << int(b)) - 1) << (8 - int(b)) for b in bits]
+        return images & torch.as_tensor(masks, dtype=torch.uint8, device=images.device).view(-1, 1, 1, 1)
 
-    def solarize(image, level, rng):
-        threshold = min(256, int(level / RAND_LEVEL_MAX * 256))
-        threshold = 256 - threshold if increasing else threshold
-        return image if threshold > 255 else F.solarize(image, threshold)
+    def solarize(images, levels, signs):
+        thresholds = np.minimum(256, (levels / RAND_LEVEL_MAX * 256).astype(np.int64))
+        thresholds = 256 - thresholds if increasing else thresholds
+        threshold = per_sample(thresholds, images)
+        return torch.where(images >= threshold, 255 - images, images)
 
-    def solarize_add(image, level, rng):
-        added = (image.to(torch.int16) + min(128, int(level / RAND_LEVEL_MAX * 110))).clamp_(max=255)
-        return torch.where(image < 128, added.to(torch.uint8), image)
+    def solarize_add(images, levels, signs):
+        added = per_sample(np.minimum(128, (levels / RAND_LEVEL_MAX * 110).astype(np.int64)), images)
+        return torch.where(images < 128, (images + added).clamp_(max=255).to(torch.uint8), images)
+
+    def rotate(level, width, height):
+        return _inverse_affine([0.0, 0.0], level / RAND_LEVEL_MAX * 30.0, [0.0, 0.0], [0.0, 0.0])
+
+    def shear(axis):  # about the top-left corner, as PIL's transform in timm
+        def matrix(level, width, height):
+            degrees = math.degrees(math.atan(level / RAND_LEVEL_MAX * 0.3))
+            return _inverse_affine([-width * 0.5, -height * 0.5], 0.0, [0.0, 0.0],
+                                   [degrees, 0.0] if axis == 0 else [0.0, degrees])
+        return matrix
+
+    def translate(axis):
+        def matrix(level, width, height):
+            pixels = float(round(level / RAND_LEVEL_MAX * 0.45 * (width if axis == 0 else height)))
+            return _inverse_affine([0.0, 0.0], 0.0, [pixels, 0.0] if axis == 0 else [0.0, pixels], [0.0, 0.0])
+        return matrix
 
     return {
-        "AutoContrast": lambda image, level, rng: F.autocontrast(image),
-        "Equalize": lambda image, level, rng: F.equalize(image),
-        "Invert": lambda image, level, rng: F.invert(image),
-        "Rotate": lambda image, level, rng: affine(image, angle=signed(level / RAND_LEVEL_MAX * 30.0, rng)),
+        "AutoContrast": lambda images, levels, signs: F.autocontrast(images),
+        "Equalize": lambda images, levels, signs: F.equalize(images),
+        "Invert": lambda images, levels, signs: F.invert(images),
+        "Rotate": affine(rotate),
         "Posterize": posterize,
         "Solarize": solarize,
         "SolarizeAdd": solarize_add,
-        "Color": enhance(F.adjust_saturation),
-        "Contrast": enhance(F.adjust_contrast),
-        "Brightness": enhance(F.adjust_brightness),
-        "Sharpness": enhance(F.adjust_sharpness),
-        "ShearX": lambda image, level, rng: shear(image, level, rng, 0),
-        "ShearY": lambda image, level, rng: shear(image, level, rng, 1),
-        "TranslateXRel": lambda image, level, rng: translate(image, level, rng, 0),
-        "TranslateYRel": lambda image, level, rng: translate(image, level, rng, 1),
+        "Color": enhance(lambda images: F.rgb_to_grayscale(images)),
+        "Contrast": enhance(contrast_degenerate),
+        "Brightness": enhance(torch.zeros_like),
+        # adjust_sharpness with factor 0 is its degenerate: the 3x3-smoothed interior, the border kept.
+        "Sharpness": enhance(lambda images: F.adjust_sharpness(images, 0.0)),
+        "ShearX": affine(shear(0)),
+        "ShearY": affine(shear(1)),
+        "TranslateXRel": affine(translate(0)),
+        "TranslateYRel": affine(translate(1)),
     }
 
 
+def _inverse_affine(center, angle, translate, shear):
+    """torchvision's inverse affine matrix (output pixel -> input pixel, centre-based coordinates), scale 1."""
+    from torchvision.transforms.functional import _get_inverse_affine_matrix
+    return _get_inverse_affine_matrix(center, angle, translate, 1.0, shear)
+
+
+def _affine_batch(images, matrices):
+    """torchvision's affine_image (bilinear, AUTO_AUGMENT_FILL) with one inverse matrix per sample."""
+    import torch
+    count, channels, height, width = images.shape
+    device = images.device
+    theta = torch.tensor(matrices, dtype=torch.float32, device=device).view(count, 2, 3)
+    base = torch.empty(1, height, width, 3, dtype=torch.float32, device=device)  # as torchvision's _affine_grid
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
+    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height,
+                                      device=device).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    scale = torch.tensor([0.5 * width, 0.5 * height], device=device)
+    grid = base.view(1, height * width, 3).expand(count, -1, -1).bmm(theta.transpose(1, 2) / scale)
+    # A ones channel marks the covered area; the uncovered rest takes the fill colour.
+    work = torch.cat((images.float(), torch.ones(count, 1, height, width, device=device)), dim=1)
+    work = torch.nn.functional.grid_sample(work, grid.view(count, height, width, 2), mode="bilinear",
+                                           padding_mode="zeros", align_corners=False)
+    pixels, mask = work[:, :channels], work[:, channels:]
+    fill = torch.tensor(AUTO_AUGMENT_FILL, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return pixels.sub_(fill).mul_(mask).add_(fill).round_().to(torch.uint8)
+
+
 class AutoAugmenter:
-    """Applies an AutoAugmentPolicy to uint8 NHWC batches in place, sample by sample."""
+    """Applies an AutoAugmentPolicy to uint8 NHWC batches in place: RandAugment grouped by operation (one call
+    per operation and layer for all the samples that drew it), the torchvision policies sample by sample."""
 
     def __init__(self, policy):
         import torch
@@ -230,25 +285,43 @@ class AutoAugmenter:
     def __call__(self, pixels, key):
         """pixels: (B, H, W, 3) uint8 on any device; key: (seed, epoch, rank, ..., position of pixels[0])."""
         *stream, first = key
-        for i in range(pixels.shape[0]):
-            rng = np.random.default_rng([*stream, first + i, _AUGMENT_STREAM])
-            pixels[i] = self._one(pixels[i].permute(2, 0, 1), rng).permute(1, 2, 0)
-
-    def _one(self, image, rng):
-        policy = self.policy
-        if policy.kind != "rand":  # torchvision's transforms draw from torch's generator: seed a forked one
+        rngs = [np.random.default_rng([*stream, first + i, _AUGMENT_STREAM]) for i in range(pixels.shape[0])]
+        images = pixels.permute(0, 3, 1, 2)  # NCHW view of the same memory
+        if self.policy.kind == "rand":
+            images.copy_(self._rand(images, rngs))
+            return
+        for i, rng in enumerate(rngs):  # torchvision's policies draw from torch's generator: seed a forked one
             with self._torch.random.fork_rng(devices=[]):
                 self._torch.manual_seed(int(rng.integers(2**63)))
-                return self._transform(image)
-        for index in rng.integers(len(self._operations), size=policy.layers):  # with replacement, as timm
-            if policy.prob < 1.0 and rng.random() > policy.prob:
-                continue
+                images[i] = self._transform(images[i])
+
+    def _draws(self, rng):
+        """One sample's RandAugment draws, per layer: (operation, applied, level 0-10, sign)."""
+        policy = self.policy
+        operations = rng.integers(len(self._operations), size=policy.layers)  # with replacement, as timm
+        draws = []
+        for operation in operations:
+            applied = policy.prob >= 1.0 or rng.random() <= policy.prob
             level = policy.magnitude
-            if policy.magnitude_std > 0:
-                level = (rng.uniform(0, level) if policy.magnitude_std > 100
-                         else rng.normal(level, policy.magnitude_std))
-            image = self._operations[index](image, min(max(level, 0.0), RAND_LEVEL_MAX), rng)
-        return image
+            if policy.magnitude_std > 100:  # timm: uniform in [0, m]
+                level = rng.uniform(0, level)
+            elif policy.magnitude_std > 0:
+                level = rng.normal(level, policy.magnitude_std)
+            sign = -1.0 if rng.random() > 0.5 else 1.0
+            draws.append((int(operation), applied, min(max(level, 0.0), RAND_LEVEL_MAX), sign))
+        return draws
+
+    def _rand(self, images, rngs):
+        torch = self._torch
+        draws = np.array([self._draws(rng) for rng in rngs], dtype=np.float64).reshape(len(rngs), -1, 4)
+        images = images.contiguous()
+        for layer in range(draws.shape[1]):
+            operation, applied, levels, signs = draws[:, layer].T
+            for index in np.unique(operation[applied > 0]).astype(int):
+                chosen = np.flatnonzero((operation == index) & (applied > 0))
+                rows = torch.as_tensor(chosen, device=images.device)
+                images[rows] = self._operations[index](images[rows], levels[chosen], signs[chosen])
+        return images
 
 
 def erase_box(height, width, rng):

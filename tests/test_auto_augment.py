@@ -66,3 +66,53 @@ def test_auto_augment_values_parse_as_timm_writes_them():
                         ("rand-n1.5", "whole n"), ("rand-inc2", "inc 0 or 1")):
         with pytest.raises(ValueError, match=reason):
             augment.parse_auto_augment(bad)
+
+
+@pytest.mark.parametrize("increasing", [False, True])
+def test_grouped_randaugment_operations_equal_torchvision_sample_by_sample(increasing):
+    import math
+
+    import numpy as np
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8)
+    levels, signs = np.array([9.0, 3.0, 10.0, 0.0, 6.5, 7.0]), np.array([1.0, -1.0, 1.0, -1.0, -1.0, 1.0])
+
+    def affine(image, **how):
+        how = {"angle": 0.0, "translate": [0, 0], "shear": [0.0, 0.0], **how}
+        return F.affine(image, scale=1.0, interpolation=InterpolationMode.BILINEAR, fill=augment.AUTO_AUGMENT_FILL,
+                        **how)
+
+    def expected(name, image, level, sign):
+        fraction = level / 10
+        factor = max(0.1, 1 + sign * fraction * 0.9) if increasing else fraction * 1.8 + 0.1
+        bits = 4 - int(fraction * 4) if increasing else int(fraction * 4)
+        threshold = 256 - int(fraction * 256) if increasing else min(256, int(fraction * 256))
+        degrees = math.degrees(math.atan(sign * fraction * 0.3))
+        shift = round(sign * fraction * 0.45 * image.shape[-1]), round(sign * fraction * 0.45 * image.shape[-2])
+        return {
+            "AutoContrast": lambda: F.autocontrast(image), "Equalize": lambda: F.equalize(image),
+            "Invert": lambda: F.invert(image), "Rotate": lambda: affine(image, angle=sign * fraction * 30),
+            "Posterize": lambda: F.posterize(image, bits),
+            "Solarize": lambda: image if threshold > 255 else F.solarize(image, threshold),
+            "SolarizeAdd": lambda: torch.where(image < 128, (image.int() + int(fraction * 110)).clamp(max=255),
+                                               image.int()).to(torch.uint8),
+            "Color": lambda: F.adjust_saturation(image, factor), "Contrast": lambda: F.adjust_contrast(image, factor),
+            "Brightness": lambda: F.adjust_brightness(image, factor),
+            "Sharpness": lambda: F.adjust_sharpness(image, factor),
+            "ShearX": lambda: affine(image, shear=[degrees, 0.0], center=[0, 0]),
+            "ShearY": lambda: affine(image, shear=[0.0, degrees], center=[0, 0]),
+            "TranslateXRel": lambda: affine(image, translate=[shift[0], 0]),
+            "TranslateYRel": lambda: affine(image, translate=[0, shift[1]]),
+        }[name]()
+
+    operations = augment._rand_operations(increasing)
+    assert len(operations) == 15  # timm's _RAND_TRANSFORMS
+    for name, operation in operations.items():
+        grouped = operation(images.clone(), levels, signs)
+        one_by_one = torch.stack([expected(name, images[i], levels[i], signs[i]) for i in range(len(levels))])
+        difference = (grouped.int() - one_by_one.int()).abs()
+        # Blends compute a * x + (1 - a) * y where torchvision computes x + (1 - a) * (y - x): 1 level at most.
+        assert int(difference.max()) <= (1 if name in ("Color", "Sharpness") else 0), name
