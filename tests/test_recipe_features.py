@@ -275,7 +275,9 @@ def test_the_shipped_recipes_parse(data_dir):
     ("image_size: '160:200@0:4'\n", "key 'image_size': "),
     ("- lr\n", "expected a mapping"),
     ("lr: [0.1\n", "not valid YAML"),
-    ("epochs: 0\n", "--epochs must be >= 1"),
+    ("epochs: 0\n", "key 'epochs': --epochs must be >= 1"),
+    ("reprob: 1.5\n", "key 'reprob': --reprob must be in [0, 1]"),
+    ("loss: ce\nbce-target-thresh: 0.2\n", "key 'bce-target-thresh': --bce-target-thresh needs --loss bce"),
 ])
 def test_bad_recipes_are_one_line_naming_file_and_key(tmp_path, data_dir, text, message):
     from training.config import UsageError, parse_args
@@ -283,11 +285,12 @@ def test_bad_recipes_are_one_line_naming_file_and_key(tmp_path, data_dir, text, 
     with pytest.raises(UsageError) as caught:
         parse_args(["--config", recipe, data_dir])
     text = str(caught.value)
-    assert message in text and "\n" not in text, text
-    if "must be" not in message:
-        assert recipe in text
+    assert message in text and "\n" not in text and recipe in text, text
     with pytest.raises(UsageError, match="cannot read"):
         parse_args(["--config", str(tmp_path / "missing.yaml"), data_dir])
+    if "--epochs" in message:  # a value from the command line is named as the flag alone
+        with pytest.raises(UsageError, match="^--epochs must be >= 1, got -1$"):
+            parse_args(["--config", recipe, "--epochs", "-1", data_dir])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def _optimisation_checks(args):
 # --config: a YAML recipe becomes the parser's defaults, so the command line overrides it key by key.
 
 def _config_defaults(parser, path):
-    """{dest: value} of the recipe at `path`, each value converted and checked as its flag would be."""
+    """({dest: value}, {dest: key as written}) of the recipe at `path`, each value converted and checked as its
+    flag would be."""
     try:
         with open(path) as f:
             recipe = yaml.safe_load(f)
@@ -212,10 +213,10 @@ def _config_defaults(parser, path):
     except yaml.YAMLError as exc:
         raise UsageError(f"--config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if recipe is None:
-        return {}
+        return {}, {}
     if not isinstance(recipe, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values, got {type(recipe).__name__}")
-    defaults = {}
+    defaults, keys = {}, {}
     for key, value in recipe.items():
         flag = "--" + str(key).replace("_", "-")
         action = parser._option_string_actions.get(flag)
@@ -228,7 +229,8 @@ def _config_defaults(parser, path):
             defaults[action.dest] = _flag_value(action, flag, value)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
             raise UsageError(f"--config {path}: key {key!r}: {exc}") from None
-    return defaults
+        keys[action.dest] = key
+    return defaults, keys
 
 
 def _flag_value(action, flag, value):
@@ -252,11 +254,20 @@ def _flag_value(action, flag, value):
 
 
 def _with_recipe(parser, argv):
-    """The parser with --config's values as defaults (a command-line flag still wins)."""
+    """The parser with --config's values as defaults (a command-line flag still wins), and a function that
+    names the file and key in a check's message about a value the recipe set."""
     known, _ = _ConfigOnly().parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**_config_defaults(parser, known.config))
-    return parser
+    if not known.config:
+        return parser, lambda message, args: message
+    defaults, keys = _config_defaults(parser, known.config)
+    parser.set_defaults(**defaults)
+
+    def name_origin(message, args):
+        dest = message.split()[0].lstrip("-").replace("-", "_") if message.startswith("--") else ""
+        if dest in keys and getattr(args, dest) == defaults[dest]:
+            return f"--config {known.config}: key {keys[dest]!r}: {message}"
+        return message
+    return parser, name_origin
 
 
 class _ConfigOnly(argparse.ArgumentParser):
@@ -271,7 +282,7 @@ class _ConfigOnly(argparse.ArgumentParser):
 def parse_args(argv=None):
     """Parsed and validated flags as an argparse.Namespace; exits 2 with one line on any invalid value."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = _with_recipe(build_parser(), argv)
+    parser, name_origin = _with_recipe(build_parser(), argv)
     args = parser.parse_args(argv)
     checks = [
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
@@ -305,7 +316,7 @@ def parse_args(argv=None):
     ]
     for ok, message in checks:
         if not ok:
-            raise UsageError(message)
+            raise UsageError(name_origin(message, args))
     args.att_type = {"none": "none", "se": "SE", "bam": "BAM", "cbam": "CBAM"}[args.att_type]
     if args.val_image_size is None:
         args.val_image_size = args.image_size.end
