@@ -150,18 +150,31 @@ def parse_auto_augment(text):
                              bool(values["inc"]), text)
 
 
+# timm's _RAND_TRANSFORMS, in its order (the draw picks an index into it).
+RAND_OPERATIONS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+                   "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
 def _rand_operations(increasing):
-    """timm's _RAND_TRANSFORMS (or _RAND_INCREASING_TRANSFORMS) with its level-to-argument maps, each applied to
-    a group of samples at once: op(images uint8 (b, 3, H, W), levels (b,) in 0-10, signs (b,) of +-1) -> images.
+    """timm's RandAugment operations (with `increasing`, its _RAND_INCREASING_TRANSFORMS maps), each applied to a
+    group of samples at once: op(images uint8 (b, 3, H, W), levels (b,) in 0-10, signs (b,) of +-1) -> images.
     Per-sample arguments, the arithmetic of torchvision's functional ops (tested against them sample by sample)."""
+    operations = {**_rand_pixel_operations(increasing), **_rand_geometry_operations()}
+    return {name: operations[name] for name in RAND_OPERATIONS}
+
+
+def _per_sample(values, images):
+    import torch
+    return torch.as_tensor(np.asarray(values, dtype=np.float32), device=images.device).view(-1, 1, 1, 1)
+
+
+def _rand_pixel_operations(increasing):
+    """The operations on pixel values: timm's level-to-argument maps, torchvision's arithmetic."""
     import torch
     from torchvision.transforms.v2 import functional as F
 
-    def per_sample(values, images):
-        return torch.as_tensor(np.asarray(values, dtype=np.float32), device=images.device).view(-1, 1, 1, 1)
-
     def blend(images, degenerate, factors):  # torchvision's _blend with one ratio per sample
-        ratio = per_sample(factors, images)
+        ratio = _per_sample(factors, images)
         return images.mul(ratio).add_(degenerate.mul(1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
 
     def enhance(degenerate_of):
@@ -176,13 +189,6 @@ def _rand_operations(increasing):
     def contrast_degenerate(images):  # the mean of the floored greyscale image, as adjust_contrast
         return F.rgb_to_grayscale(images).float().mean(dim=(-3, -2, -1), keepdim=True)
 
-    def affine(matrix_of):
-        def op(images, levels, signs):
-            height, width = images.shape[-2:]
-            matrices = [matrix_of(level * sign, width, height) for level, sign in zip(levels, signs)]
-            return _affine_batch(images, matrices)
-        return op
-
     def posterize(images, levels, signs):
         bits = (levels / RAND_LEVEL_MAX * 4).astype(np.int64)
         bits = 4 - bits if increasing else bits
@@ -192,12 +198,34 @@ def _rand_operations(increasing):
     def solarize(images, levels, signs):
         thresholds = np.minimum(256, (levels / RAND_LEVEL_MAX * 256).astype(np.int64))
         thresholds = 256 - thresholds if increasing else thresholds
-        threshold = per_sample(thresholds, images)
-        return torch.where(images >= threshold, 255 - images, images)
+        return torch.where(images >= _per_sample(thresholds, images), 255 - images, images)
 
     def solarize_add(images, levels, signs):
-        added = per_sample(np.minimum(128, (levels / RAND_LEVEL_MAX * 110).astype(np.int64)), images)
+        added = _per_sample(np.minimum(128, (levels / RAND_LEVEL_MAX * 110).astype(np.int64)), images)
         return torch.where(images < 128, (images + added).clamp_(max=255).to(torch.uint8), images)
+
+    return {
+        "AutoContrast": lambda images, levels, signs: F.autocontrast(images),
+        "Equalize": lambda images, levels, signs: F.equalize(images),
+        "Invert": lambda images, levels, signs: F.invert(images),
+        "Posterize": posterize,
+        "Solarize": solarize,
+        "SolarizeAdd": solarize_add,
+        "Color": enhance(lambda images: F.rgb_to_grayscale(images)),
+        "Contrast": enhance(contrast_degenerate),
+        "Brightness": enhance(torch.zeros_like),
+        # adjust_sharpness with factor 0 is its degenerate: the 3x3-smoothed interior, the border kept.
+        "Sharpness": enhance(lambda images: F.adjust_sharpness(images, 0.0)),
+    }
+
+
+def _rand_geometry_operations():
+    """The affine operations, signed levels: one inverse matrix per sample, then one batched resampling."""
+    def affine(matrix_of):
+        def op(images, levels, signs):
+            height, width = images.shape[-2:]
+            return _affine_batch(images, [matrix_of(level * sign, width, height) for level, sign in zip(levels, signs)])
+        return op
 
     def rotate(level, width, height):
         return _inverse_affine([0.0, 0.0], level / RAND_LEVEL_MAX * 30.0, [0.0, 0.0], [0.0, 0.0])
@@ -215,24 +243,8 @@ def _rand_operations(increasing):
             return _inverse_affine([0.0, 0.0], 0.0, [pixels, 0.0] if axis == 0 else [0.0, pixels], [0.0, 0.0])
         return matrix
 
-    return {
-        "AutoContrast": lambda images, levels, signs: F.autocontrast(images),
-        "Equalize": lambda images, levels, signs: F.equalize(images),
-        "Invert": lambda images, levels, signs: F.invert(images),
-        "Rotate": affine(rotate),
-        "Posterize": posterize,
-        "Solarize": solarize,
-        "SolarizeAdd": solarize_add,
-        "Color": enhance(lambda images: F.rgb_to_grayscale(images)),
-        "Contrast": enhance(contrast_degenerate),
-        "Brightness": enhance(torch.zeros_like),
-        # adjust_sharpness with factor 0 is its degenerate: the 3x3-smoothed interior, the border kept.
-        "Sharpness": enhance(lambda images: F.adjust_sharpness(images, 0.0)),
-        "ShearX": affine(shear(0)),
-        "ShearY": affine(shear(1)),
-        "TranslateXRel": affine(translate(0)),
-        "TranslateYRel": affine(translate(1)),
-    }
+    return {"Rotate": affine(rotate), "ShearX": affine(shear(0)), "ShearY": affine(shear(1)),
+            "TranslateXRel": affine(translate(0)), "TranslateYRel": affine(translate(1))}
 
 
 def _inverse_affine(center, angle, translate, shear):

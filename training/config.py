@@ -154,18 +154,16 @@ def build_parser():
                    help="measure images/sec (end to end, loader alone, model alone); no training, no checkpoints")
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
     p.add_argument("--benchmark-steps", type=int, default=30, help="--benchmark: timed steps")
-    _add_optimisation_flags(p)
-    p.add_argument("--keep-epochs", type=int, default=0, metavar="K",
-                   help="also keep the checkpoints of the last K epochs as {prefix}_epoch{E}.pth.tar (E 0-based), "
-                        "for cbam-average-checkpoints; 0 = only the latest and the best")
-    p.add_argument("--config", default="", metavar="FILE.yaml",
-                   help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
-                        "line override it (recipes/ holds the project's)")
+    _add_recipe_flags(p)
     return p
 
 
-def _add_optimisation_flags(p):
-    """Optimizer, loss, gradient and augmentation switches of "ResNet strikes back" (Wightman et al., 2021)."""
+def _add_recipe_flags(p):
+    """Recipes as files, and the optimizer, loss, gradient, augmentation and weight-averaging switches of
+    "ResNet strikes back" (Wightman et al., 2021)."""
+    p.add_argument("--config", default="", metavar="FILE.yaml",
+                   help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
+                        "line override it (recipes/ holds the project's)")
     p.add_argument("--opt", default="sgd", choices=OPTIMIZERS,
                    help="optimizer: sgd (momentum --momentum), adamw or lamb (betas 0.9, 0.999; lamb is timm's, "
                         "which clips the gradient norm to 1.0 itself); --lr, --weight-decay and the schedule apply")
@@ -187,9 +185,12 @@ def _add_optimisation_flags(p):
     p.add_argument("--reprob", type=float, default=0.0, metavar="P",
                    help="random erasing: each train sample gets a box of normal noise (2-33%% of its area) with "
                         "probability P, on the device after normalisation; 0 = off")
+    p.add_argument("--keep-epochs", type=int, default=0, metavar="K",
+                   help="also keep the checkpoints of the last K epochs as {prefix}_epoch{E}.pth.tar (E 0-based), "
+                        "for cbam-average-checkpoints; 0 = only the latest and the best")
 
 
-def _optimisation_checks(args):
+def _recipe_checks(args):
     return [
         (args.clip_grad >= 0, f"--clip-grad must be >= 0 (0 = off), got {args.clip_grad}"),
         (args.bce_target_thresh is None or 0 < args.bce_target_thresh < 1,
@@ -312,7 +313,7 @@ def parse_args(argv=None):
         (args.resume in ("", "auto") or os.path.isfile(args.resume), f"--resume checkpoint not found: {args.resume}"),
         (args.cache_size > 0, f"--cache-size must be > 0 GiB, got {args.cache_size}"),
         (_data_problem(args.data) is None, _data_problem(args.data)),
-        *_optimisation_checks(args),
+        *_recipe_checks(args),
     ]
     for ok, message in checks:
         if not ok:
