@@ -74,13 +74,13 @@ def load_weights(path, weights):
 
 def average(paths, weights):
     """(averaged state dict, the newest checkpoint's config)."""
-    total, newest, config = None, None, {}
+    total, newest, config = {}, None, {}
     for path in paths:
         state, config = load_weights(path, weights)
-        if total is not None and state.keys() != total.keys():
+        if newest is not None and state.keys() != newest.keys():
             raise UsageError(f"checkpoint {path} holds other tensors than {paths[0]}: not the same model")
-        total = {k: v.double() for k, v in state.items()} if total is None else \
-            {k: total[k] + v.double() for k, v in state.items()}
+        for key, value in state.items():
+            total[key] = total[key] + value.double() if key in total else value.double()
         newest = state
     averaged = {k: (total[k] / len(paths)).to(v.dtype) if v.is_floating_point() else v for k, v in newest.items()}
     return averaged, config
