@@ -277,7 +277,8 @@ def _affine_batch(images, matrices):
 
 class AutoAugmenter:
     """Applies an AutoAugmentPolicy to uint8 NHWC batches in place: RandAugment grouped by operation (one call
-    per operation and layer for all the samples that drew it), the torchvision policies sample by sample."""
+    per operation and layer for all the samples that drew it; the same pixels as sample by sample), the
+    torchvision policies sample by sample."""
 
     def __init__(self, policy):
         import torch
@@ -300,7 +301,7 @@ class AutoAugmenter:
         rngs = [np.random.default_rng([*stream, first + i, _AUGMENT_STREAM]) for i in range(pixels.shape[0])]
         images = pixels.permute(0, 3, 1, 2)  # NCHW view of the same memory
         if self.policy.kind == "rand":
-            images.copy_(self._rand(images, rngs))
+            self.rand_in_place(images, rngs, grouped=True)
             return
         for i, rng in enumerate(rngs):  # torchvision's policies draw from torch's generator: seed a forked one
             with self._torch.random.fork_rng(devices=[]):
@@ -322,6 +323,13 @@ class AutoAugmenter:
             sign = -1.0 if rng.random() > 0.5 else 1.0
             draws.append((int(operation), applied, min(max(level, 0.0), RAND_LEVEL_MAX), sign))
         return draws
+
+    def rand_in_place(self, images, rngs, grouped):
+        """RandAugment on uint8 NCHW `images` (one numpy Generator per sample), in place: grouped by operation
+        over the batch, or sample by sample."""
+        parts = [slice(None)] if grouped else [slice(i, i + 1) for i in range(images.shape[0])]
+        for part in parts:
+            images[part] = self._rand(images[part], rngs[part])
 
     def _rand(self, images, rngs):
         torch = self._torch

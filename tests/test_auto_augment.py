@@ -118,3 +118,16 @@ def test_grouped_randaugment_operations_equal_torchvision_sample_by_sample(incre
         difference = (grouped.int() - one_by_one.int()).abs()
         # Blends compute a * x + (1 - a) * y where torchvision computes x + (1 - a) * (y - x): 1 level at most.
         assert int(difference.max()) <= (1 if name in ("Color", "Sharpness") else 0), name
+
+
+def test_grouped_and_sample_by_sample_randaugment_give_the_same_pixels():
+    import numpy as np
+
+    augmenter = augment.AutoAugmenter(augment.parse_auto_augment("rand-m9-n3-mstd0.5-p0.8"))
+    images = torch.randint(0, 256, (12, 3, 24, 24), dtype=torch.uint8)
+    results = []
+    for grouped in (True, False):
+        work = images.clone()
+        augmenter.rand_in_place(work, [np.random.default_rng([5, i]) for i in range(12)], grouped)
+        results.append(work)
+    assert torch.equal(results[0], results[1]) and not torch.equal(results[0], images)
