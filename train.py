@@ -116,7 +116,7 @@ def validate_and_save(learner, val_loader, world, saver, metrics, log, position,
         top1 = validate(learner, val_loader, world, metrics, log, position.epoch - 1, position, lr)
     is_best = top1 > position.best_top1 or position.best_top1 == 0.0
     position = replace(position, best_top1=max(top1, position.best_top1), val_owed=False)
-    saver.save(position, is_best)
+    saver.save(position, is_best, epoch_end=True)
     return position
 
 

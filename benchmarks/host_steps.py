@@ -8,6 +8,8 @@
   window decode         a train window decoded by the ROI decoder (RoiWindows) vs Pillow's whole-image decode
                         (PillowWindows), both with the DCT-domain downscale, on the shared ImageNet photographs
   read sample           a sample's members read at the .idx offsets (pipeline/shard_read.py) vs streaming the tar
+  auto-augment          RandAugment (--auto-augment rand-m9-mstd0.5) grouped by operation over the batch
+                        (pipeline/augment.py AutoAugmenter) vs the same operations sample by sample
 
 Figures are medians over --repeats in ms per image (or per sample); the ratio is baseline / ours. Prints every
 row the moment it is measured and a JSON line at the end; --record appends the table to BENCHMARKS.md.
@@ -111,6 +113,18 @@ def read_rows(photographs):
              lambda: read(read_streamed_samples), count)]
 
 
+def auto_augment_rows(batch_size, image_size):
+    pixels = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8)
+    augmenter = augment.AutoAugmenter(augment.parse_auto_augment("rand-m9-mstd0.5"))
+
+    def run(grouped):
+        rngs = [np.random.default_rng([0, i]) for i in range(batch_size)]
+        augmenter.rand_in_place(pixels.permute(0, 3, 1, 2).clone(), rngs, grouped)
+
+    return [("RandAugment m9 mstd0.5", "grouped by operation", lambda: run(True), "sample by sample",
+             lambda: run(False), batch_size)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +141,8 @@ def main(argv=None):
                          if name.lower().endswith((".jpeg", ".jpg"))) if os.path.isdir(args.photos) else []
     torch.set_num_threads(1)  # the loaders run these steps on one thread (pipeline/loader.py host_work_threads)
     cases = (normalise_rows(args.batch_size, args.image_size, args.repeats) + flip_rows(args.image_size)
-             + decode_rows(args.image_size, photographs) + read_rows(photographs))
+             + decode_rows(args.image_size, photographs) + read_rows(photographs)
+             + auto_augment_rows(args.batch_size, args.image_size))
     table, results = [], {}
     for step, ours_name, ours, base_name, baseline, per in cases:
         ours(), baseline()  # warm-up: first-touch pages, lazy imports

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 
-from . import storage
+from . import augment, storage
 from .shard_cache import ShardCache
 from .shard_format import ShardError
 from .shards import check_index_file, load_split
@@ -96,7 +96,7 @@ def _dali_gpu_problem(device):
 
 def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_size=1, workers=None,
                  device=None, image_size=224, seed=0, dtype=None, verify="background", verify_dir=None,
-                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES):
+                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES, auto_augment=None, reprob=0.0):
     """A loader over `split` of the shards in `shard_dir` (written by tools/make_shards.py).
 
     batch_size: samples per batch on this rank. workers: DataLoader worker processes (torch) or DALI threads;
@@ -109,6 +109,8 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     shard_dir may be a URL (s3://bucket/prefix, http(s)://host/path, file://; pipeline/storage.py). cache_dir:
     where the torch backend keeps verified copies of remote shards, at most cache_bytes of them (None: remote
     shards are read with ranged requests every epoch); the DALI backends keep only their index files there.
+    auto_augment: an augment.AutoAugmentPolicy (or its text, e.g. 'rand-m9-mstd0.5') applied to train samples;
+    reprob: the chance of a random-erasing box per train sample (pipeline/augment.py; both off by default).
     Raises ShardError for a missing/damaged manifest or shard, BackendUnavailable for a backend that
     cannot run here, ValueError for bad arguments. A train split too small for one batch per rank logs a
     warning and yields no batches (len 0), so that evaluation-only runs still work."""
@@ -118,6 +120,10 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     dtype = torch.float32 if dtype is None else dtype
     workers = default_workers() if workers is None else workers
     _check_arguments(batch_size, rank, world_size, workers, image_size, dtype)
+    if not 0.0 <= reprob <= 1.0:
+        raise ValueError(f"reprob must be in [0, 1], got {reprob!r}")
+    if isinstance(auto_augment, str):
+        auto_augment = augment.parse_auto_augment(auto_augment)
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     verify_dir = default_record_dir() if verify_dir is None else verify_dir
@@ -134,7 +140,8 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
         log.warning("split %r of %s has %d samples, fewer than world_size * batch_size = %d: the train loader "
                     "yields no batches", split, data.shard_dir, data.num_samples, world_size * batch_size)
     common = dict(batch_size=batch_size, rank=rank, world_size=world_size, workers=workers, device=device,
-                  image_size=image_size, seed=seed, dtype=dtype, verify=verify, verify_dir=verify_dir)
+                  image_size=image_size, seed=seed, dtype=dtype, verify=verify, verify_dir=verify_dir,
+                  auto_augment=auto_augment, reprob=reprob)
     if name == "torch":
         from .torch_backend import TorchLoader
         cache = ShardCache(cache_dir, cache_bytes) if cache_dir and remote else None

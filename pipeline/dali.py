@@ -149,7 +149,10 @@ class DaliLoader(Loader):
         super().__init__(split, **kwargs)
         self.gpu = gpu
         # GPU: DALI's fused crop_mirror_normalize. CPU: uint8 out, the shared host Normalizer (faster there).
-        self.normalize_in_graph = gpu if normalize_in_graph is None else normalize_in_graph
+        # With --auto-augment/--reprob, uint8 out on both: the shared policy runs on the pixels (augment.py).
+        if normalize_in_graph and self.augments:
+            raise ValueError("normalize_in_graph leaves no uint8 pixels to augment")
+        self.normalize_in_graph = gpu and not self.augments if normalize_in_graph is None else normalize_in_graph
         if resize_on_host and (gpu or self.normalize_in_graph):
             raise ValueError("resize_on_host needs the CPU graph with normalisation on the host")
         # Train on CPU: DALI decodes the random window, torch resizes it (see _resize_windows).

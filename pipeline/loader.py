@@ -3,6 +3,7 @@ import contextlib
 
 import torch
 
+from .augment import AutoAugmenter, erase_batch
 from .normalize import Normalizer
 from .shard_format import ShardError
 from .shards import rank_plan, shard_segments
@@ -42,9 +43,10 @@ class Loader:
     the caller asks `shard_problem()` between steps (train.py does, and stops cleanly)."""
 
     backend = None  # resolved name, set by subclasses: 'dali' | 'dali-cpu' | 'torch'
+    augments_in_workers = False  # True: the backend's workers apply --auto-augment, keyed by (worker, position)
 
     def __init__(self, split, *, batch_size, rank, world_size, workers, device, image_size, seed, dtype,
-                 verify="background", verify_dir=""):
+                 verify="background", verify_dir="", auto_augment=None, reprob=0.0):
         self.split = split
         self.batch_size = batch_size
         self.rank = rank
@@ -56,7 +58,11 @@ class Loader:
         self.dtype = dtype
         self.epoch = 0
         # Backends deliver uint8 NHWC pixels; this one shared step makes them the contract's float batches.
-        self._normalize = Normalizer(device, dtype)
+        self._normalizer = Normalizer(device, dtype)
+        # Train only: automatic augmentation of the pixels and random erasing after normalisation (augment.py).
+        self._augmenter = AutoAugmenter(auto_augment) if auto_augment is not None and self.train else None
+        self._reprob = reprob if self.train else 0.0
+        self._batches_normalized = 0  # batches of this epoch so far: where the next batch's samples stand
         self._copier = DeviceCopier(device)  # host tensors to the device, off the training stream
         self.verify = verify
         self._verifier = None if verify == "off" else shared_verifier(verify_dir)
@@ -126,6 +132,7 @@ class Loader:
             if problem:
                 raise ShardError(problem)
         produced = 0
+        self._batches_normalized = 0
         for images, labels in self._epoch_batches(plan):
             produced += 1
             yield images, labels
@@ -136,6 +143,28 @@ class Loader:
 
     def _epoch_batches(self, plan):
         raise NotImplementedError
+
+    @property
+    def augments(self):
+        """True when batches must pass through _normalize (DALI's GPU graph then emits uint8 pixels)."""
+        return self._augmenter is not None or bool(self._reprob)
+
+    def _normalize(self, *parts):
+        """One batch from uint8 NHWC parts (concatenated along N): augmented (unless the workers did it),
+        normalised, erased. Each sample's draws are keyed by (seed, epoch, rank, its position in the rank's
+        epoch)."""
+        first = self._batches_normalized * self.batch_size
+        if self._augmenter is not None and not self.augments_in_workers:
+            parts = [part.to(self.device, non_blocking=True) for part in parts]
+            position = first
+            for part in parts:
+                self._augmenter(part, (self.seed, self.epoch, self.rank, position))
+                position += part.shape[0]
+        images = self._normalizer(*parts)
+        if self._reprob:
+            erase_batch(images, self._reprob, (self.seed, self.epoch, self.rank, first))
+        self._batches_normalized += 1
+        return images
 
     def __repr__(self):
         return (f"{type(self).__name__}(backend={self.backend!r}, split={self.split.name!r}, "

@@ -44,8 +44,10 @@ class _Failure:
 class ShardStream(IterableDataset):
     """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure."""
 
-    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None, cache=None):
+    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None, cache=None,
+                 augmenter=None):
         self.split, self.plan, self.cache = split, plan, cache
+        self.augmenter = augmenter  # augment.AutoAugmenter for train pixels, run here in the worker, or None
         self.image_size, self.seed, self.epoch, self.rank = image_size, seed, epoch, rank
         self.num_workers = max(1, num_workers)
         self.slots = slots  # BatchSlots shared with the main process, or None: a new tensor per batch
@@ -74,10 +76,12 @@ class ShardStream(IterableDataset):
     def _batches(self, share, rng, windows, worker):
         samples = self._samples(share, rng)
         remaining = share.batches * self.plan.batch_size if self.plan.train else share.stop - share.start
+        decoded = 0
         while remaining > 0:
             count = min(self.plan.batch_size, remaining)
-            yield self._decode_batch(samples, count, rng, windows, worker)
+            yield self._decode_batch(samples, count, rng, windows, worker, decoded)
             remaining -= count
+            decoded += count
         for _ in samples:  # read the rest of the share (the dropped remainder) so its shards get counted
             pass
 
@@ -98,9 +102,10 @@ class ShardStream(IterableDataset):
         while buffer:
             yield _pop_random(buffer, rng)
 
-    def _decode_batch(self, samples, count, rng, windows, worker):
+    def _decode_batch(self, samples, count, rng, windows, worker, decoded):
         """(images, labels): images is a uint8 NHWC tensor, or (worker, slot, count) naming the BatchSlots slot
-        that holds them when running in a worker process; labels is an int64 numpy array (sent by value)."""
+        that holds them when running in a worker process; labels is an int64 numpy array (sent by value).
+        `decoded`: samples this worker has decoded this epoch, which with the worker keys the augmentation."""
         size = self.image_size
         if worker is None or self.slots is None:
             images = handle = torch.empty((count, size, size, 3), dtype=torch.uint8)
@@ -117,6 +122,8 @@ class ShardStream(IterableDataset):
                              else decode_val(jpeg, size, windows))
             except DECODE_ERRORS as exc:
                 raise ShardError(f"shard {shard.path}: sample {key!r}: {exc}") from exc
+        if self.augmenter is not None:  # in the workers, in parallel, rather than in the main process
+            self.augmenter(images, (self.seed, self.epoch, self.rank, worker or 0, decoded))
         return handle, label_values
 
 
@@ -129,6 +136,7 @@ def _pop_random(buffer, rng):
 class TorchLoader(Loader):
     """cache: a ShardCache for shards in object storage, or None to read them with ranged requests."""
     backend = "torch"
+    augments_in_workers = True
 
     def __init__(self, *args, cache=None, **kwargs):
         self.cache = cache
@@ -145,7 +153,8 @@ class TorchLoader(Loader):
         worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // pieces, batches=plan.batches * pieces)
         slots = self._batch_slots(worker_plan.batch_size)
         dataset = ShardStream(self.split, worker_plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
-                              rank=self.rank, num_workers=self.workers, slots=slots, cache=self.cache)
+                              rank=self.rank, num_workers=self.workers, slots=slots, cache=self.cache,
+                              augmenter=self._augmenter)
         # Fresh workers every epoch: they fork with this epoch's plan and seed (persistent workers would not).
         # No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.workers,

@@ -170,7 +170,7 @@ def test_host_steps_benchmark_measures_each_step_against_its_baseline(tmp_path):
                             "--photos", photos)
     steps = data["steps"]
     assert {"normalise float32, output memory", "normalise bfloat16, output memory", "normalise float32, arithmetic",
-            "flip a resized window", "read a sample's members"} <= set(steps)
+            "flip a resized window", "read a sample's members", "RandAugment m9 mstd0.5"} <= set(steps)
     for figures in steps.values():
         assert figures["ours_ms"] > 0 and figures["baseline_ms"] > 0
         assert figures["ratio"] == pytest.approx(figures["baseline_ms"] / figures["ours_ms"])

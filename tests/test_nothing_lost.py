@@ -125,14 +125,15 @@ def test_a_folder_holding_a_run_of_the_prefix_is_refused_without_resume_or_overw
 
 
 def test_overwrite_replaces_the_run_of_the_prefix_only(tmp_path):
-    held = ["R_checkpoint.pth.tar", "R_checkpoint.prev.pth.tar", "R_model_best.pth.tar", "R_metrics.jsonl"]
-    for name in held + ["S_checkpoint.pth.tar"]:
+    held = ["R_checkpoint.pth.tar", "R_checkpoint.prev.pth.tar", "R_model_best.pth.tar", "R_metrics.jsonl",
+            "R_epoch3.pth.tar", "R_epoch11.pth.tar"]  # the last two kept by --keep-epochs
+    for name in held + ["S_checkpoint.pth.tar", "S_epoch3.pth.tar"]:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "R_tensorboard").mkdir()
     run = config.resolve(output_args(tmp_path, "--overwrite", "--workers", "0"), World(0, 0, 1, 1, torch.device("cpu")))
     lines = []
     checkpoint.prepare_output_dir(run, lines.append)
-    assert sorted(os.listdir(tmp_path)) == ["R_config.json", "S_checkpoint.pth.tar"]
+    assert sorted(os.listdir(tmp_path)) == ["R_config.json", "S_checkpoint.pth.tar", "S_epoch3.pth.tar"]
     assert lines == [f"removed {tmp_path / name} (--overwrite)" for name in held + ["R_tensorboard"]]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, ROOT, epoch_batches, run_make_shards
+from conftest import CPU_BACKENDS, ROOT, epoch_batches, needs_dali, run_make_shards
 
 from model import build_model
 from training.ema import WeightAverage
@@ -219,7 +219,210 @@ def test_a_resume_mid_schedule_trains_at_the_scheduled_size(learnable_shards, tm
 def test_bad_recipe_flags_are_one_line(learnable_shards):
     for flags, message in ((["--image-size", "160:200@0:4"], "multiples of 32"),
                            (["--lr-steps", "60,30"], "increasing"), (["--accum-steps", "0"], "--accum-steps"),
-                           (["--ema-decay", "1.5"], "--ema-decay"), (["--mixup", "-1"], "--mixup")):
+                           (["--ema-decay", "1.5"], "--ema-decay"), (["--mixup", "-1"], "--mixup"),
+                           (["--bce-target-thresh", "0.2"], "needs --loss bce")):
         result = run([PY, "train.py", *flags, learnable_shards], timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-1000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes as data: --config FILE.yaml
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """Enough of a shard folder for the flag checks (they look for manifest.json only)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    return str(tmp_path / "data")
+
+
+def write_recipe(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_recipe_sets_flags_and_the_command_line_overrides_it(tmp_path, data_dir):
+    from training.config import parse_args
+    recipe = write_recipe(tmp_path, "lr: 0.4\nbatch-size: 64\nlr_steps: [3, 6]\nno_bn_weight_decay: true\n"
+                                    "channels_last: false\nno_compile: true\nimage_size: '32:64@1:2'\n"
+                                    "att_type: CBAM\nema_decay: 0.99\ntensorboard: false\n")
+    args = parse_args(["--config", recipe, data_dir])
+    assert (args.lr, args.batch_size, args.lr_steps, args.no_bn_weight_decay) == (0.4, 64, (3, 6), True)
+    assert (args.channels_last, args.compile, str(args.image_size), args.att_type) == (False, "off", "32:64@1:2",
+                                                                                       "CBAM")
+    assert args.ema_decay == 0.99 and args.tensorboard is False and args.config == recipe
+    args = parse_args([data_dir, "--lr", "0.1", "--config", recipe, "--channels-last", "--compile", "model"])
+    assert (args.lr, args.batch_size, args.channels_last, args.compile) == (0.1, 64, True, "model")
+    assert args.val_image_size == 64  # derived from the recipe's schedule, as from a flag
+
+
+def test_the_shipped_recipes_parse(data_dir):
+    from training.config import parse_args
+    for name in ("seed", "fast", "rsb-a3"):
+        args = parse_args(["--config", os.path.join(ROOT, "recipes", f"{name}.yaml"), data_dir])
+        assert args.depth == 50 and args.att_type == "CBAM", name
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ("data: /x\n", "unknown key 'data'"),
+    ("lr: fast\n", "key 'lr': invalid float value: 'fast'"),
+    ("lr_schedule: linear\n", "key 'lr_schedule': invalid choice 'linear'"),
+    ("tensorboard: 1\n", "key 'tensorboard': expected true or false"),
+    ("image_size: '160:200@0:4'\n", "key 'image_size': "),
+    ("- lr\n", "expected a mapping"),
+    ("lr: [0.1\n", "not valid YAML"),
+    ("epochs: 0\n", "key 'epochs': --epochs must be >= 1"),
+    ("reprob: 1.5\n", "key 'reprob': --reprob must be in [0, 1]"),
+    ("loss: ce\nbce-target-thresh: 0.2\n", "key 'bce-target-thresh': --bce-target-thresh needs --loss bce"),
+])
+def test_bad_recipes_are_one_line_naming_file_and_key(tmp_path, data_dir, text, message):
+    from training.config import UsageError, parse_args
+    recipe = write_recipe(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        parse_args(["--config", recipe, data_dir])
+    text = str(caught.value)
+    assert message in text and "\n" not in text and recipe in text, text
+    with pytest.raises(UsageError, match="cannot read"):
+        parse_args(["--config", str(tmp_path / "missing.yaml"), data_dir])
+    if "--epochs" in message:  # a value from the command line is named as the flag alone
+        with pytest.raises(UsageError, match="^--epochs must be >= 1, got -1$"):
+            parse_args(["--config", recipe, "--epochs", "-1", data_dir])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimisation: --opt, --loss bce, --clip-grad, --sync-bn
+
+
+def test_bce_targets_are_smoothed_then_thresholded_and_the_loss_is_the_per_class_mean():
+    from training.losses import BinaryCrossEntropy
+    logits = torch.randn(4, 5)
+    labels = torch.tensor([0, 1, 2, 4])
+    plain = BinaryCrossEntropy(5)
+    expected = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), torch.eye(5)[labels])
+    torch.testing.assert_close(plain(logits, labels), expected)
+    smoothed = BinaryCrossEntropy(5, smoothing=0.1).targets(labels, torch.float32)
+    assert torch.allclose(smoothed[0], torch.tensor([0.92, 0.02, 0.02, 0.02, 0.02]))
+    mixed = torch.tensor([[0.85, 0.15, 0, 0, 0], [0.3, 0.7, 0, 0, 0]])  # mixup's soft targets
+    kept = BinaryCrossEntropy(5, smoothing=0.1, target_threshold=0.2).targets(mixed, torch.float32)
+    assert torch.equal(kept, torch.tensor([[1.0, 0, 0, 0, 0], [1.0, 1.0, 0, 0, 0]]))  # 0.15 is dropped, 0.3 kept
+
+
+def small_learner():
+    """A conv net small enough for many optimizer steps in a second, with BatchNorm and biases."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    return Learner(model, model, model, None, torch.amp.GradScaler("cpu", enabled=False),
+                   torch.nn.CrossEntropyLoss(), None)
+
+
+def test_clipping_happens_on_unscaled_gradients_under_the_fp16_loss_scale():
+    images = torch.randn(8, 3, 16, 16)
+    labels = torch.randint(0, 4, (8,))
+    results = []
+    for scaled in (False, True):
+        learner = small_learner()
+        learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=1.0)
+        learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        learner.clip_grad = 1e-3
+        before = torch.cat([p.detach().flatten().clone() for p in learner.model.parameters()])
+        learner.step(images, labels)
+        results.append(torch.cat([p.detach().flatten() for p in learner.model.parameters()]) - before)
+    assert float(results[0].norm()) == pytest.approx(1e-3, rel=1e-3)  # lr 1: the update is the clipped gradient
+    torch.testing.assert_close(results[1], results[0], rtol=1e-3, atol=1e-9)
+
+
+def test_lamb_and_adamw_keep_the_groups_and_lamb_fits_a_batch():
+    import types
+
+    from timm.optim import Lamb
+
+    from training.optim import make_optimizer
+    learner = small_learner()
+    for opt, kind in (("adamw", torch.optim.AdamW), ("lamb", Lamb)):
+        run = types.SimpleNamespace(opt=opt, lr=2e-3, weight_decay=0.02, no_bn_weight_decay=True, momentum=0.9)
+        learner.optimizer = make_optimizer(learner.model, run)
+        assert isinstance(learner.optimizer, kind)
+        assert [g["weight_decay"] for g in learner.optimizer.param_groups] == [0.02, 0.0]
+    learner.optimizer = make_optimizer(learner.model, types.SimpleNamespace(
+        opt="lamb", lr=0.05, weight_decay=0.02, no_bn_weight_decay=True, momentum=0.9))
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    losses = [float(learner.step(images, labels)[1].detach()) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_sync_bn_is_refused_where_the_process_group_cannot_run_it(data_dir):
+    from training import config
+    from training.distributed import World
+    args = config.parse_args(["--sync-bn", "--batch-size", "8", data_dir])
+    with pytest.raises(config.UsageError, match="--sync-bn needs CUDA devices"):
+        config.resolve(args, World(0, 0, 2, 2, torch.device("cpu")))
+    assert config.resolve(args, World(0, 0, 1, 1, torch.device("cpu"))).sync_bn  # one process: nothing to sync
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The RSB-style recipe at tiny sizes, every switch on (but --sync-bn, which gloo cannot run), then weight averaging
+
+TINY_RSB = """# recipes/rsb-a3.yaml at tiny sizes
+depth: 18
+att_type: CBAM
+epochs: 100
+batch_size: 16
+opt: lamb
+lr: 0.02
+weight_decay: 0.02
+no_bn_weight_decay: true
+lr_schedule: cosine
+warmup_epochs: 1
+loss: bce
+bce_target_thresh: 0.2
+auto_augment: rand-m6-mstd0.5-inc1
+reprob: 0.25
+mixup: 0.1
+cutmix: 1.0
+clip_grad: 5.0
+image_size: 32
+val_image_size: 64
+prefix: T
+"""
+
+
+@pytest.mark.slow
+@needs_dali
+def test_the_rsb_recipe_learns_under_torchrun_and_its_last_epochs_average(learnable_shards, tmp_path, capsys):
+    recipe, out = tmp_path / "rsb.yaml", tmp_path / "out"
+    recipe.write_text(TINY_RSB)
+    result = run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py",
+                  "--config", str(recipe), "--epochs", "3", "--keep-epochs", "2", "--backend", "dali-cpu",
+                  "--workers", "2", "--print-freq", "5", "--output-dir", str(out), learnable_shards])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    val = rows(out, "val")
+    assert len(val) == 3 and max(r["top1"] for r in val) >= 80.0, [r["top1"] for r in val]
+    with open(out / "T_config.json") as f:
+        resolved = json.load(f)
+    assert resolved["config"] == str(recipe) and resolved["epochs"] == 3  # the command line overrode the file
+    assert (resolved["opt"], resolved["loss"], resolved["auto_augment"]) == ("lamb", "bce", "rand-m6-mstd0.5-inc1")
+    assert sorted(os.listdir(out)) == ["T_checkpoint.pth.tar", "T_config.json", "T_epoch1.pth.tar",
+                                       "T_epoch2.pth.tar", "T_metrics.jsonl", "T_model_best.pth.tar"]
+
+    tool = [PY, "tools/average_checkpoints.py", str(out)]
+    averaged = run(tool + ["-n", "2", "--data", learnable_shards, "--backend", "dali-cpu"])
+    assert averaged.returncode == 0, averaged.stderr[-2000:]
+    report = json.loads(averaged.stdout.strip().splitlines()[-1])
+    assert report["images"] == 40 and f"Prec@1 {report['top1']:.3f}" in averaged.stdout
+    assert report["top1"] >= 50.0, report  # the average of two trained epochs still classifies (chance: 25 %)
+    epochs = [torch.load(out / f"T_epoch{e}.pth.tar", weights_only=True)["model"] for e in (1, 2)]
+    mean = torch.load(report["output"], weights_only=True)["model"]
+    for key in ("conv1.weight", "bn1.running_var", "fc.bias"):
+        torch.testing.assert_close(mean[key], (epochs[0][key] + epochs[1][key]) / 2)
+    assert torch.equal(mean["bn1.num_batches_tracked"], epochs[1]["bn1.num_batches_tracked"])
+    from tools.average_checkpoints import main as average_main
+    for extra, message in ((["-n", "3"], "keeps only 2 epochs"), (["--weights", "ema"], "holds no 'ema' weights"),
+                           (["--prefix", "U"], "holds no U_epoch<E>.pth.tar")):
+        assert average_main([str(out), *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cbam-average-checkpoints: error: ") and message in lines[0]

@@ -69,6 +69,21 @@ def _feed(digest, value):
         digest.update(f"{type(value).__name__} {value!r};".encode())
 
 
+EPOCH_INFIX = "_epoch"  # {prefix}_epoch{E}.pth.tar: the checkpoint at the end of 0-based epoch E (--keep-epochs)
+
+
+def epoch_path(output_dir, prefix, epoch):
+    return os.path.join(output_dir, f"{prefix}{EPOCH_INFIX}{epoch}.pth.tar")
+
+
+def kept_epochs(output_dir, prefix):
+    """{epoch: path} of the per-epoch checkpoints of `prefix` in output_dir."""
+    head, tail = f"{prefix}{EPOCH_INFIX}", ".pth.tar"
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return {int(name[len(head):-len(tail)]): os.path.join(output_dir, name) for name in names
+            if name.startswith(head) and name.endswith(tail) and name[len(head):-len(tail)].isdigit()}
+
+
 def rng_state():
     np_state = np.random.get_state()
     state = {
@@ -142,23 +157,33 @@ def _remove_quietly(path):
         pass
 
 
-def save(output_dir, prefix, state, is_best):
-    """Writes {prefix}_checkpoint.pth.tar with its checksum, keeping the one before as .prev, and copies it to
-    {prefix}_model_best.pth.tar when `is_best`; returns its path."""
+def save(output_dir, prefix, state, is_best, keep_epochs=0):
+    """Writes {prefix}_checkpoint.pth.tar with its checksum, keeping the one before as .prev; copies it to
+    {prefix}_model_best.pth.tar when `is_best`, and with keep_epochs K (at an epoch's end) to
+    {prefix}_epoch{E}.pth.tar, deleting the per-epoch copies older than the last K; returns its path."""
     path = checkpoint_path(output_dir, prefix)
     save_atomic({**state, CHECKSUM_KEY: content_sha256(state)}, path, previous_path(output_dir, prefix))
     if is_best:
-        best = best_path(output_dir, prefix)
-        tmp = f"{best}{TEMPORARY_MARK}{os.getpid()}"
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, best)
-        except OSError as exc:
-            _remove_quietly(tmp)
-            raise CheckpointError(f"cannot save checkpoint {best}: {exc.strerror or exc}; "
-                                  f"{os.path.getsize(path):,} bytes needed, "
-                                  f"{shutil.disk_usage(output_dir).free:,} free in {output_dir}") from None
+        _copy_atomic(path, best_path(output_dir, prefix), output_dir)
+    if keep_epochs:
+        epoch = state["epoch"] - 1  # the epoch just finished
+        _copy_atomic(path, epoch_path(output_dir, prefix, epoch), output_dir)
+        for old, old_path in kept_epochs(output_dir, prefix).items():
+            if old <= epoch - keep_epochs:
+                _remove_quietly(old_path)
     return path
+
+
+def _copy_atomic(path, target, output_dir):
+    tmp = f"{target}{TEMPORARY_MARK}{os.getpid()}"
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise CheckpointError(f"cannot save checkpoint {target}: {exc.strerror or exc}; "
+                              f"{os.path.getsize(path):,} bytes needed, "
+                              f"{shutil.disk_usage(output_dir).free:,} free in {output_dir}") from None
 
 
 def sweep_temporaries(output_dir, prefix):
@@ -170,7 +195,8 @@ def sweep_temporaries(output_dir, prefix):
     removed = []
     for name in os.listdir(output_dir):
         final, mark, pid = name.rpartition(TEMPORARY_MARK)
-        if not mark or final not in finals or not pid.isdigit() or _running(int(pid)):
+        kept = final.startswith(f"{prefix}{EPOCH_INFIX}") and final.endswith(".pth.tar")
+        if not mark or not (final in finals or kept) or not pid.isdigit() or _running(int(pid)):
             continue
         _remove_quietly(os.path.join(output_dir, name))
         removed.append(os.path.join(output_dir, name))
@@ -181,7 +207,8 @@ def run_files(output_dir, prefix):
     """The files of a run of `prefix` in output_dir (those that exist), which a new run would replace."""
     paths = [checkpoint_path(output_dir, prefix), previous_path(output_dir, prefix), best_path(output_dir, prefix),
              os.path.join(output_dir, f"{prefix}_metrics.jsonl")]
-    return [path for path in paths if os.path.exists(path)]
+    kept = [path for _, path in sorted(kept_epochs(output_dir, prefix).items())]  # --keep-epochs
+    return [path for path in paths if os.path.exists(path)] + kept
 
 
 def check_output_dir(args):
@@ -394,11 +421,13 @@ class Saver:
     def __init__(self, run, learner, elapsed_s):
         self.run, self.learner, self.elapsed_s = run, learner, elapsed_s
 
-    def save(self, position, is_best=False):
+    def save(self, position, is_best=False, epoch_end=False):
+        """epoch_end: the epoch's last save, which --keep-epochs also keeps as the epoch's own file."""
         run, path = self.run, None
         if run.world.is_main:
             position = replace(position, elapsed_s=self.elapsed_s())
-            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best)
+            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best,
+                        run.keep_epochs if epoch_end else 0)
         distributed.barrier(run.world)
         return path
 

@@ -8,10 +8,12 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import types
 from dataclasses import dataclass
 
 import torch
+import yaml
 
 from model import CBAM_IMPLS
 from pipeline import (
@@ -23,6 +25,7 @@ from pipeline import (
     default_record_dir,
     resolve_backend,
 )
+from pipeline.augment import parse_auto_augment
 from pipeline.storage import is_remote, normalize
 from training.compile import (
     COMPILE_CHOICES,
@@ -33,6 +36,8 @@ from training.compile import (
     resolve_cuda_graphs,
     use_cache_dir,
 )
+from training.losses import LOSSES
+from training.optim import OPTIMIZERS
 from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -164,12 +169,136 @@ def build_parser():
                    help="measure images/sec (end to end, loader alone, model alone); no training, no checkpoints")
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
     p.add_argument("--benchmark-steps", type=int, default=30, help="--benchmark: timed steps")
+    _add_recipe_flags(p)
     return p
+
+
+def _add_recipe_flags(p):
+    """Recipes as files, and the optimizer, loss, gradient, augmentation and weight-averaging switches of
+    "ResNet strikes back" (Wightman et al., 2021)."""
+    p.add_argument("--config", default="", metavar="FILE.yaml",
+                   help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
+                        "line override it (recipes/ holds the project's)")
+    p.add_argument("--opt", default="sgd", choices=OPTIMIZERS,
+                   help="optimizer: sgd (momentum --momentum), adamw or lamb (betas 0.9, 0.999; lamb is timm's, "
+                        "which clips the gradient norm to 1.0 itself); --lr, --weight-decay and the schedule apply")
+    p.add_argument("--loss", default="ce", choices=LOSSES,
+                   help="ce = softmax cross-entropy; bce = binary cross-entropy per class over the smoothed, mixed "
+                        "targets (RSB)")
+    p.add_argument("--bce-target-thresh", type=float, default=None, metavar="T",
+                   help="--loss bce: targets above T become 1, the rest 0 (RSB: 0.2); default: soft targets")
+    p.add_argument("--clip-grad", type=float, default=0.0, metavar="NORM",
+                   help="clip the gradients' global L2 norm to NORM before each optimizer step (after unscaling "
+                        "fp16's loss scale); 0 = off")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="synchronise BatchNorm statistics over all ranks (SyncBatchNorm; CUDA devices with NCCL)")
+    p.add_argument("--auto-augment", type=_flag_type(parse_auto_augment, "policy"), default=None,
+                   metavar="rand-m9-mstd0.5|trivial|imagenet",
+                   help="automatic augmentation of train images in every backend: timm's RandAugment in timm's "
+                        "notation (m magnitude 0-10, n layers, mstd magnitude noise, p each layer's probability), "
+                        "TrivialAugmentWide or AutoAugment's ImageNet policy; default off")
+    p.add_argument("--reprob", type=float, default=0.0, metavar="P",
+                   help="random erasing: each train sample gets a box of normal noise (2-33%% of its area) with "
+                        "probability P, on the device after normalisation; 0 = off")
+    p.add_argument("--keep-epochs", type=int, default=0, metavar="K",
+                   help="also keep the checkpoints of the last K epochs as {prefix}_epoch{E}.pth.tar (E 0-based), "
+                        "for cbam-average-checkpoints; 0 = only the latest and the best")
+
+
+def _recipe_checks(args):
+    return [
+        (args.clip_grad >= 0, f"--clip-grad must be >= 0 (0 = off), got {args.clip_grad}"),
+        (args.bce_target_thresh is None or 0 < args.bce_target_thresh < 1,
+         f"--bce-target-thresh must be in (0, 1), got {args.bce_target_thresh}"),
+        (args.bce_target_thresh is None or args.loss == "bce", "--bce-target-thresh needs --loss bce"),
+        (0 <= args.reprob <= 1, f"--reprob must be in [0, 1], got {args.reprob}"),
+        (args.keep_epochs >= 0, f"--keep-epochs must be >= 0, got {args.keep_epochs}"),
+    ]
+
+
+# --config: a YAML recipe becomes the parser's defaults, so the command line overrides it key by key.
+
+def _config_defaults(parser, path):
+    """({dest: value}, {dest: key as written}) of the recipe at `path`, each value converted and checked as its
+    flag would be."""
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if recipe is None:
+        return {}, {}
+    if not isinstance(recipe, dict):
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values, got {type(recipe).__name__}")
+    defaults, keys = {}, {}
+    for key, value in recipe.items():
+        flag = "--" + str(key).replace("_", "-")
+        action = parser._option_string_actions.get(flag)
+        if action is None or action.dest in ("config", "help"):
+            raise UsageError(f"--config {path}: unknown key {key!r} (keys are train.py flags; DATA goes on the "
+                             "command line)")
+        if action.nargs == 0 and value is False and not isinstance(action, argparse.BooleanOptionalAction):
+            continue  # a switch left off: the flag's own default stands
+        try:
+            defaults[action.dest] = _flag_value(action, flag, value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise UsageError(f"--config {path}: key {key!r}: {exc}") from None
+        keys[action.dest] = key
+    return defaults, keys
+
+
+def _flag_value(action, flag, value):
+    """What `flag VALUE` (or, for a switch, `flag` when VALUE is true) on the command line would set."""
+    if action.nargs == 0:  # a switch: store_true, store_const, --x/--no-x
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return value != flag.startswith("--no-")
+        return action.const
+    if isinstance(value, (dict, bool)) or value is None:
+        raise ValueError(f"expected a value for {flag}, got {value!r}")
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    try:
+        converted = action.type(text) if action.type else text
+    except ValueError:  # as argparse says it (a _flag_type raises ArgumentTypeError with its own reason)
+        raise ValueError(f"invalid {getattr(action.type, '__name__', 'value')} value: {text!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"invalid choice {text!r} (choose from {', '.join(map(str, action.choices))})")
+    return converted
+
+
+def _with_recipe(parser, argv):
+    """The parser with --config's values as defaults (a command-line flag still wins), and a function that
+    names the file and key in a check's message about a value the recipe set."""
+    known, _ = _ConfigOnly().parse_known_args(argv)
+    if not known.config:
+        return parser, lambda message, args: message
+    defaults, keys = _config_defaults(parser, known.config)
+    parser.set_defaults(**defaults)
+
+    def name_origin(message, args):
+        dest = message.split()[0].lstrip("-").replace("-", "_") if message.startswith("--") else ""
+        if dest in keys and getattr(args, dest) == defaults[dest]:
+            return f"--config {known.config}: key {keys[dest]!r}: {message}"
+        return message
+    return parser, name_origin
+
+
+class _ConfigOnly(argparse.ArgumentParser):
+    def __init__(self):
+        super().__init__(add_help=False)
+        self.add_argument("--config", default="")
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def parse_args(argv=None):
     """Parsed and validated flags as an argparse.Namespace; exits 2 with one line on any invalid value."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, name_origin = _with_recipe(build_parser(), argv)
     args = parser.parse_args(argv)
     for name, value in vars(args).items():  # inf and nan compare as valid to some bounds below
         if isinstance(value, float) and not math.isfinite(value):
@@ -205,10 +334,11 @@ def parse_args(argv=None):
         (not (args.overwrite and args.resume), "--overwrite and --resume exclude each other (replace the run in "
                                                "--output-dir, or continue it)"),
         (_data_problem(args.data) is None, _data_problem(args.data)),
+        *_recipe_checks(args),
     ]
     for ok, message in checks:
         if not ok:
-            raise UsageError(message)
+            raise UsageError(name_origin(message, args))
     args.att_type = {"none": "none", "se": "SE", "bam": "BAM", "cbam": "CBAM"}[args.att_type]
     if args.val_image_size is None:
         args.val_image_size = args.image_size.end
@@ -216,6 +346,8 @@ def parse_args(argv=None):
         args.prefix = f"RESNET{args.depth}_{args.att_type.upper()}"
     if not args.prefix or "/" in args.prefix or ".." in args.prefix or "\0" in args.prefix:
         raise UsageError(f"--prefix must be a plain file-name part, without '/' or '..', got {args.prefix!r}")
+    if args.config:
+        args.config = os.path.abspath(args.config)  # recorded in the resolved configuration
     return args
 
 
@@ -286,6 +418,9 @@ def resolve(args, world):
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
     device = world.device
+    if args.sync_bn and world.size > 1 and device.type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA devices (NCCL): PyTorch's SyncBatchNorm does not run on "
+                         f"{device.type} tensors, as these {world.size} processes have")
     amp = args.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"

@@ -12,6 +12,7 @@ from model.cbam_fused import triton_unavailable_reason
 
 from .compile import compile_model
 from .ema import WeightAverage
+from .losses import make_criterion
 from .mixing import BatchMixer
 from .optim import make_optimizer
 
@@ -27,6 +28,7 @@ class Learner:
     amp_dtype: torch.dtype
     mixer: BatchMixer = None     # mixup/cutmix, or None
     ema: WeightAverage = None    # the weight average, or None; made by checkpoint.restore after the weights load
+    clip_grad: float = 0.0       # the gradients' global norm is clipped to this before each optimizer step; 0 = off
     cuda_graphs: bool = False    # the compiled model replays CUDA graphs (set by prepare_to_run)
 
     def evaluation(self):
@@ -53,6 +55,9 @@ class Learner:
                 loss = self.criterion(logits.float(), targets)
             self.scaler.scale(loss * share if share != 1.0 else loss).backward()
         if last:
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -85,12 +90,15 @@ def build_learner(run, num_classes, log=print):
         log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(device)}")
     model = build_model(run.depth, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
     model = model.to(device, memory_format=run.memory_format)
+    if run.sync_bn and run.world.size > 1:  # before DDP; the same parameters and state-dict names
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif run.sync_bn:
+        log("note: --sync-bn with one process: there is nothing to synchronise, BatchNorm stays as it is")
     optimizer = make_optimizer(model, run)
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=run.label_smoothing)
     mixer = BatchMixer(run.mixup, run.cutmix, num_classes, run.seed)
-    return Learner(model, model, model, optimizer, scaler, criterion, run.amp_dtype,
-                   mixer if mixer.enabled else None)
+    return Learner(model, model, model, optimizer, scaler, make_criterion(run, num_classes), run.amp_dtype,
+                   mixer if mixer.enabled else None, clip_grad=run.clip_grad)
 
 
 def prepare_to_run(learner, run):

@@ -1,4 +1,7 @@
-"""The optimizer and its learning rate: SGD with momentum as in the CBAM authors' train_imagenet.py."""
+"""The optimizer and its learning rate: SGD with momentum as in the CBAM authors' train_imagenet.py, or (--opt)
+AdamW or LAMB (You et al., ICLR 2020; "ResNet strikes back" trains ResNet-50 with it at large batches), taken from
+timm, whose Lamb is the one RSB used: it clips the global gradient norm to 1.0 itself and applies the layer-wise
+trust ratio only to parameters with weight decay (so --no-bn-weight-decay also exempts BatchNorm from it)."""
 import torch
 
 from .schedule import learning_rate
@@ -13,9 +16,18 @@ def param_groups(model, weight_decay, no_bn_weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("sgd", "lamb", "adamw")
+ADAM_BETAS = (0.9, 0.999)  # AdamW and LAMB: the papers' and timm's defaults, which RSB keeps
+
+
 def make_optimizer(model, run):
-    return torch.optim.SGD(param_groups(model, run.weight_decay, run.no_bn_weight_decay), lr=run.lr,
-                           momentum=run.momentum)
+    groups = param_groups(model, run.weight_decay, run.no_bn_weight_decay)
+    if run.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=run.lr, betas=ADAM_BETAS)
+    if run.opt == "lamb":
+        from timm.optim import Lamb  # imported only when asked for: timm takes a second to import
+        return Lamb(groups, lr=run.lr, betas=ADAM_BETAS)
+    return torch.optim.SGD(groups, lr=run.lr, momentum=run.momentum)
 
 
 def set_learning_rate(optimizer, run, global_step, steps_per_epoch):
