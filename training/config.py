@@ -60,23 +60,24 @@ def build_parser():
                    "uploaded: s3://bucket/prefix (AWS environment, AWS_ENDPOINT_URL for S3-compatible stores), "
                    "http(s)://host/path, file://path")
     # The CBAM authors' flags (github.com/Jongchan/attention-module, train_imagenet.py).
-    p.add_argument("--arch", default="resnet", choices=["resnet"], help="architecture family")
+    p.add_argument("-a", "--arch", default="resnet", choices=["resnet"], help="architecture family")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
     p.add_argument("--att-type", default="none", type=str.lower, choices=["none", "se", "bam", "cbam"],
                    help="attention module (any case)")
     p.add_argument("--epochs", type=int, default=90, help="total epochs to run")
     p.add_argument("--start-epoch", type=int, default=0, help="epoch number to start at (useful on restarts)")
-    p.add_argument("--batch-size", type=int, default=256, help="GLOBAL batch size (images per step, all ranks)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate for --batch-size images per step")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="GLOBAL batch size (images per step, all ranks)")
+    p.add_argument("--lr", "--learning-rate", type=float, default=0.1,
+                   help="peak learning rate for --batch-size images per step")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
-    p.add_argument("--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
+    p.add_argument("--weight-decay", "--wd", type=float, default=1e-4, help="L2 weight decay")
+    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
     p.add_argument("--resume", default="", metavar="PATH",
                    help="checkpoint to resume from, or 'auto' for {output-dir}/{prefix}_checkpoint.pth.tar")
     p.add_argument("--evaluate", action="store_true", help="only evaluate the --resume checkpoint on val")
     p.add_argument("--seed", type=int, default=1234, help="random seed (model init, data order, augmentation)")
     p.add_argument("--prefix", default=None, help="checkpoint/metrics name prefix (default RESNET{depth}_{ATT})")
-    p.add_argument("--workers", type=int, default=4,
+    p.add_argument("-j", "--workers", type=int, default=4,
                    help="data-loading worker processes per node, shared among the node's ranks")
     p.add_argument("--ngpu", type=int, default=1,
                    help="processes to start on this node when not launched by torchrun (one per GPU)")
