@@ -1,8 +1,21 @@
 """After training: the authors' short flags, evaluation from the checkpoint alone (shards or a JPEG folder, flip
 TTA), prediction, export (ONNX, TorchScript, ExportedProgram), CBAM attention maps with Grad-CAM, fine-tuning."""
-import pytest
+import json
+import os
+import shutil
+import subprocess
+import sys
 
+import pytest
+import torch
+from conftest import imagenet_sample_files
+
+import train
+from model import build_model
 from training import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +33,142 @@ def test_the_authors_short_flags_are_aliases(data_dir):
                               "--lr", "0.2", "--weight-decay", "5e-5", data_dir])
     assert vars(short) == vars(long)
     assert (short.workers, short.batch_size, short.print_freq, short.lr, short.weight_decay) == (3, 64, 7, 0.2, 5e-5)
+
+
+# --- a checkpoint trained by train.py on real photographs ----------------------------------------------------------
+
+def run(args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    return subprocess.run([PY, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_error_line(result, status=2):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == status and len(lines) == 1, (result.returncode, result.stderr[-3000:])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(real_shards, tmp_path_factory):
+    """(checkpoint, shard folder, the JPEG tree the shards were written from): ResNet-18-CBAM, one epoch of 3
+    steps on the 24 photographs (24 classes), validated at 64 px."""
+    out = tmp_path_factory.mktemp("trained")
+    result = run(["train.py", "--depth", "18", "--att-type", "CBAM", "--image-size", "64", "-b", "8", "--epochs", "1",
+                  "-j", "1", "--backend", "torch", "--prefix", "R", "--output-dir", str(out), real_shards])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "R_checkpoint.pth.tar", real_shards, os.path.join(os.path.dirname(real_shards), "src")
+
+
+def score_line(stdout):
+    return next(line for line in stdout.splitlines() if line.startswith(" * "))
+
+
+def validate(capsys, *args):
+    """tools/validate.py in this process; (exit status, stdout, stderr)."""
+    from tools import validate as tool
+    status = tool.main([*map(str, args), "--workers", "0"])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_evaluate_needs_only_the_checkpoint_and_scores_a_jpeg_folder_as_its_shards(trained, capsys):
+    ckpt, shards, tree = trained
+    status, out, err = validate(capsys, ckpt, shards)
+    assert status == 0, err
+    assert "ResNet-18 CBAM, 24 classes, 64 px; saved at epoch 1, batch 0" in out
+    from_shards = score_line(out)
+    assert "(loss" in from_shards and "8 images)" in from_shards
+    # The same 8 val photographs as a plain val/<wnid>/*.JPEG tree (the authors' layout), through train.py.
+    status = train.cli(["--evaluate", "--resume", str(ckpt), "--workers", "0", "-b", "3", tree])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "FolderLoader(" in out and score_line(out) == from_shards
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_a_jpeg_folder_is_split_over_ranks_each_image_once(trained, world_size):
+    from pipeline.folder import FolderLoader
+    _, _, tree = trained
+    whole = FolderLoader(tree, 8, workers=0, image_size=32)
+    parts = [FolderLoader(tree, 2, rank=rank, world_size=world_size, workers=0, image_size=32)
+             for rank in range(world_size)]
+    labels = [int(v) for part in parts for _, batch in part for v in batch]
+    assert labels == [int(v) for _, batch in whole for v in batch] and len(labels) == 8
+    images = torch.cat([image for part in parts for image, _ in part])
+    assert torch.equal(images, next(iter(whole))[0])
+
+
+def test_flip_tta_scores_an_image_and_its_mirror_alike(trained, tmp_path, capsys):
+    from PIL import Image
+    ckpt, _, tree = trained
+    for name, mirror in (("plain", False), ("mirrored", True)):
+        for wnid in os.listdir(os.path.join(tree, "val")):
+            os.makedirs(tmp_path / name / wnid)
+            for file in os.listdir(os.path.join(tree, "val", wnid)):
+                image = Image.open(os.path.join(tree, "val", wnid, file)).convert("RGB")
+                image = image.resize((96, 80))
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else image
+                image.save(tmp_path / name / wnid / (file + ".png"))  # lossless: an exact mirror
+    lines = {}
+    for name in ("plain", "mirrored"):
+        for tta in ("none", "flip"):
+            status, out, err = validate(capsys, ckpt, tmp_path / name, "--tta", tta)
+            assert status == 0, err
+            lines[name, tta] = score_line(out)
+    assert lines["plain", "flip"] == lines["mirrored", "flip"] and "flip TTA" in lines["plain", "flip"]
+    assert lines["plain", "none"] != lines["mirrored", "none"]
+
+
+def test_evaluate_refuses_what_does_not_fit_in_one_line(trained, generated_shards, tmp_path, capsys):
+    from tools import validate as tool
+    ckpt, shards, tree = trained
+    os.makedirs(tmp_path / "alien" / "n99999999")
+    shutil.copy(imagenet_sample_files()[0], tmp_path / "alien" / "n99999999" / "a.JPEG")
+    cases = [
+        (train.cli, ["--evaluate", "--resume", "auto", "--output-dir", str(tmp_path), shards],
+         f"train.py: error: --evaluate --resume auto: no checkpoints (*_checkpoint.pth.tar) in {tmp_path}"),
+        (train.cli, ["--evaluate", "--resume", str(ckpt), "--depth", "50", shards],
+         "is ResNet-18 CBAM, this run is ResNet-50 none: pass the same --depth and --att-type"),
+        (tool.main, [str(tmp_path / "missing.pth.tar"), shards], "validate.py: error: checkpoint not found"),
+        (tool.main, [str(ckpt), generated_shards], "has other classes than checkpoint"),
+        (tool.main, [str(ckpt), str(tmp_path / "alien")], "n99999999 are not among the checkpoint's 24"),
+    ]
+    for entry, args, message in cases:
+        assert entry(args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+
+
+def test_predict_gives_the_models_top_k_with_names_and_names_bad_images(trained, tmp_path, capsys):
+    import pipeline
+    from tools import predict
+    ckpt, shards, tree = trained
+    # The model's own probabilities on the same photographs, through the val shards (one photograph per class).
+    model = build_model(18, "CBAM", num_classes=24)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    loader = pipeline.build_loader(shards, "val", 8, backend="torch", workers=0, device="cpu", image_size=64)
+    with torch.no_grad():
+        images, labels = next(iter(loader))
+        expected = dict(zip(labels.tolist(), torch.softmax(model.eval()(images), 1).tolist()))
+    classes = sorted(os.listdir(os.path.join(tree, "train")))
+    words = tmp_path / "words.txt"
+    words.write_text("".join(f"{wnid}\tname of {wnid}, with a comma\n" for wnid in classes))
+    torn = tmp_path / "torn.JPEG"
+    torn.write_bytes(open(imagenet_sample_files()[0], "rb").read()[:2000])
+    status = predict.main(["--checkpoint", str(ckpt), os.path.join(tree, "val"), str(torn), "--top-k", "3",
+                           "--words", str(words), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 1 and f"predict.py: {torn}: cannot decode" in err and "1 of 9 images" in err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 8
+    for row in rows:
+        wnid = row["image"].split(os.sep)[-2]
+        probs = expected[classes.index(wnid)]
+        best = sorted(range(24), key=lambda i: -probs[i])[:3]
+        assert [entry["label"] for entry in row["top"]] == best
+        assert [entry["prob"] for entry in row["top"]] == pytest.approx([probs[i] for i in best], abs=1e-4)
+        assert [entry["class"] for entry in row["top"]] == [classes[i] for i in best]
+        assert row["top"][0]["name"] == f"name of {classes[best[0]]}, with a comma"
+    assert predict.main(["--checkpoint", str(ckpt), imagenet_sample_files()[0], "--top-k", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == imagenet_sample_files()[0] and len(table) == 3 and table[1].split()[0] == "1"

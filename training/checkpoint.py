@@ -224,13 +224,14 @@ class Position:
     elapsed_s: float = 0.0
 
 
-def make_state(learner, position, run):
-    """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it."""
+def make_state(learner, position, run, classes=None):
+    """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it. `classes`, the
+    names of the labels in order (the shards' class list), lets a checkpoint be used without its shards."""
     cfg = run.as_dict()
     state = {"model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
              "scaler": learner.scaler.state_dict(), "epoch": position.epoch, "batch": position.batch,
              "step": position.step, "best_prec1": position.best_top1, "elapsed_s": position.elapsed_s,
-             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg}
+             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg, "classes": list(classes or [])}
     if learner.ema is not None:
         state["ema"] = learner.ema.state_dict()
     return state
@@ -269,14 +270,14 @@ class Saver:
     """The one checkpoint path of a run: rank 0 writes, every rank waits for it. `elapsed_s()` gives the
     wall-clock seconds trained so far, recorded with each checkpoint."""
 
-    def __init__(self, run, learner, elapsed_s):
-        self.run, self.learner, self.elapsed_s = run, learner, elapsed_s
+    def __init__(self, run, learner, elapsed_s, classes=None):
+        self.run, self.learner, self.elapsed_s, self.classes = run, learner, elapsed_s, classes
 
     def save(self, position, is_best=False):
         run, path = self.run, None
         if run.world.is_main:
             position = Position(position.epoch, position.batch, position.step, position.best_top1, self.elapsed_s())
-            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best)
+            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run, self.classes), is_best)
         distributed.barrier(run.world)
         return path
 
