@@ -172,3 +172,30 @@ def test_predict_gives_the_models_top_k_with_names_and_names_bad_images(trained,
     assert predict.main(["--checkpoint", str(ckpt), imagenet_sample_files()[0], "--top-k", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == imagenet_sample_files()[0] and len(table) == 3 and table[1].split()[0] == "1"
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("exported-program", ".pt2")])
+def test_export_writes_a_graph_with_a_dynamic_batch_that_matches_the_eager_model(trained, tmp_path, capsys, fmt,
+                                                                                  suffix):
+    from pipeline.folder import load_image, stack_images
+    from tools import export
+    ckpt, _, tree = trained
+    out = tmp_path / f"model{suffix}"
+    assert export.main(["--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{out}: {fmt}, ResNet-18 CBAM, 24 classes, input (N, 3, 64, 64)"), line
+    # The file on its own, on 5 real photographs (the tool traced 2 random images and checked 3).
+    images = stack_images([load_image(path, 64) for path in imagenet_sample_files()[:5]], "cpu").contiguous()
+    model = build_model(18, "CBAM", num_classes=24, cbam_impl="reference")
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    with torch.no_grad():
+        expected = model.eval()(images)
+        if fmt == "onnx":
+            import onnxruntime
+            session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+        elif fmt == "torchscript":
+            got = torch.jit.load(str(out))(images)
+        else:
+            got = torch.export.load(str(out)).module()(images)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
