@@ -199,3 +199,93 @@ def test_export_writes_a_graph_with_a_dynamic_batch_that_matches_the_eager_model
         else:
             got = torch.export.load(str(out)).module()(images)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# --- attention maps ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_attention_maps_are_the_gates_values(trained, impl):
+    from pipeline.folder import load_image, stack_images
+    from tools.attention_maps import STAGES, explain
+    ckpt, _, _ = trained
+    model = build_model(18, "CBAM", num_classes=24, cbam_impl=impl)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    model.eval()
+    images = stack_images([load_image(path, 64) for path in imagenet_sample_files()[:3]], "cpu").contiguous()
+    inputs = {}  # what each stage's last CBAM receives, caught by hooks of this test's own
+    handles = [getattr(model, stage)[-1].attn.register_forward_hook(
+        lambda module, args, out, stage=stage: inputs.__setitem__(stage, args[0].detach())) for stage in STAGES]
+    exp = explain(model, images)
+    for handle in handles:
+        handle.remove()
+    assert sorted(exp.spatial) == sorted(exp.channel) == list(STAGES)
+    with torch.no_grad():
+        for stage in STAGES:
+            cbam, x = getattr(model, stage)[-1].attn, inputs[stage]
+            mlp = cbam.channel_gate.mlp
+            channel = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
+            gated = x * channel[:, :, None, None]
+            pooled = torch.cat((gated.amax(dim=1, keepdim=True), gated.mean(dim=1, keepdim=True)), dim=1)
+            spatial = torch.sigmoid(cbam.spatial_gate.bn(cbam.spatial_gate.conv(pooled)))[:, 0]
+            torch.testing.assert_close(exp.channel[stage], channel, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(exp.spatial[stage], spatial, atol=1e-6, rtol=1e-5)
+            assert exp.spatial[stage].shape[-1] == 64 // (4 * 2 ** STAGES.index(stage))
+    assert exp.probs.shape == (3, 24) and exp.gradcam.shape == (3, 2, 2)
+
+
+def quadrant_images(n, size, generator):
+    """Grey noise with a square of the class's colour (red: 0, green: 1) somewhere inside a random quadrant;
+    returns (images, labels, quadrants numbered 0 1 / 2 3)."""
+    images = torch.randn(n, 3, size, size, generator=generator) * 0.3
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    quadrants = torch.randint(0, 4, (n,), generator=generator)
+    half, side = size // 2, size // 4
+    for i in range(n):
+        top = int(quadrants[i] // 2) * half + int(torch.randint(0, half - side + 1, (1,), generator=generator))
+        left = int(quadrants[i] % 2) * half + int(torch.randint(0, half - side + 1, (1,), generator=generator))
+        images[i, :, top:top + side, left:left + side] = -1.0
+        images[i, int(labels[i]), top:top + side, left:left + side] = 2.0
+    return images, labels, quadrants
+
+
+def test_grad_cam_peaks_in_the_quadrant_that_holds_the_class_evidence():
+    from tools.attention_maps import explain, upsample
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = build_model(18, "CBAM", num_classes=2, cbam_impl="torch")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(12):
+        images, labels, _ = quadrant_images(16, 64, generator)
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for module in model.modules():  # BatchNorm statistics of the trained weights (a cumulative average)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        for _ in range(4):
+            model(quadrant_images(16, 64, generator)[0])
+    images, labels, quadrants = quadrant_images(32, 64, generator)
+    exp = explain(model.eval(), images)
+    peak = upsample(exp.gradcam, 64).flatten(1).argmax(dim=1)
+    found = (peak // 64 >= 32).long() * 2 + (peak % 64 >= 32).long()
+    assert (exp.target == labels).float().mean() >= 0.9
+    assert (found == quadrants).float().mean() >= 0.9, (found.tolist(), quadrants.tolist())
+
+
+def test_attention_maps_draws_checkpoints_side_by_side(trained, tmp_path, capsys):
+    from tools import attention_maps
+    ckpt, _, tree = trained
+    plain = tmp_path / "resnet18.pth"  # a torchvision-layout state dict: ResNet-18 without attention
+    torch.save(build_model(18, "none", num_classes=24).state_dict(), plain)
+    out = tmp_path / "grid.png"
+    photos = imagenet_sample_files()[:2]
+    status = attention_maps.main(["--checkpoint", str(ckpt), "--checkpoint", str(plain), *photos, "--out", str(out),
+                                  "--class", "n01440764"])
+    assert status == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == f"{out}: 2 images x 2 checkpoints"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
+    status = attention_maps.main(["--checkpoint", str(ckpt), *photos, "--out", str(out), "--class", "n0"])
+    assert status == 2 and "class n0 is not among the 24 classes" in capsys.readouterr().err
