@@ -146,7 +146,10 @@ def main(argv=None):
     loader = train_loader or val_loader
     log(f"loader: {loader!r}")
     warn_about_empty_classes(run.data, log)
-    learner = build_learner(run, trained.num_classes if trained else len(loader.split.classes), log)
+    if trained:
+        learner = build_learner(run, trained.num_classes, log)
+    else:
+        learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
     position, resumed_from = checkpoint.restore(run, learner)
     if trained:
         log(f"=> evaluating checkpoint {resumed_from}: {trained.summary()}")

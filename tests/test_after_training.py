@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import imagenet_sample_files
+from conftest import imagenet_sample_files, run_make_shards
 
 import train
 from model import build_model
@@ -289,3 +289,90 @@ def test_attention_maps_draws_checkpoints_side_by_side(trained, tmp_path, capsys
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
     status = attention_maps.main(["--checkpoint", str(ckpt), *photos, "--out", str(out), "--class", "n0"])
     assert status == 2 and "class n0 is not among the 24 classes" in capsys.readouterr().err
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory):
+    """Shards of two disjoint sets of generated classes: task A (the even classes of tools/make_demo_data.py's 10,
+    24 train images each) to pretrain on, task B (the odd ones, 4 train images each: the few-sample case
+    fine-tuning is for; 20 val images each) to fine-tune on. Their hues, stripe angles and frequencies
+    interleave, so features learned on A serve B."""
+    from tools.make_demo_data import write_tree
+    base = tmp_path_factory.mktemp("tasks")
+    for task, wnids, train_per_class, val_per_class, seed in (("a", range(0, 10, 2), 24, 1, 11),
+                                                              ("b", range(1, 10, 2), 4, 20, 12)):
+        write_tree(str(base / f"all-{task}"), classes=10, train_per_class=train_per_class,
+                   val_per_class=val_per_class, size=40, seed=seed)
+        for split in ("train", "val"):
+            for i in wnids:
+                os.renames(base / f"all-{task}" / split / f"n{9000000 + i:08d}",
+                           base / task / split / f"n{9000000 + i:08d}")
+        run_make_shards(base / task, base / f"{task}-shards", 200)
+    return str(base / "a-shards"), str(base / "b-shards")
+
+
+def pretrain(shards, steps):
+    """ResNet-18 without attention trained for `steps` batches: its state dict, in torchvision's layout."""
+    import pipeline
+    torch.manual_seed(0)
+    model = build_model(18, "none", num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loader = pipeline.build_loader(shards, "train", 24, backend="torch", workers=0, device="cpu", image_size=32)
+    done = 0
+    while done < steps:
+        loader.set_epoch(done)
+        for images, labels in list(loader)[:steps - done]:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+    return model.state_dict()
+
+
+def test_fine_tuning_a_pretrained_resnet_with_fresh_cbam_beats_training_from_scratch(two_tasks, tmp_path):
+    task_a, task_b = two_tasks
+    torch.save(pretrain(task_a, 100), tmp_path / "resnet18.pth")
+    common = ["train.py", "--depth", "18", "--att-type", "CBAM", "--image-size", "32", "-b", "10", "-j", "1",
+              "--lr", "0.1", "--epochs", "8", "--print-freq", "5", "--backend", "torch", "--prefix", "F", task_b]
+    tuned = run([*common, "--pretrained", str(tmp_path / "resnet18.pth"), "--pretrained-lr-scale", "0.3",
+                 "--output-dir", str(tmp_path / "tuned")])
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    line = next(line for line in tuned.stdout.splitlines() if line.startswith("=> pretrained weights"))
+    assert "ResNet-18 none, 5 classes" in line and "new, initialised as model/resnet.py does: 8 modules " \
+        "(layer1.0.attn, layer1.1.attn, ..., layer4.1.attn)" in line and "classifier replaced" not in line, line
+    scratch = run([*common, "--output-dir", str(tmp_path / "scratch")])
+    assert scratch.returncode == 0, scratch.stderr[-3000:]
+    top1 = {name: [json.loads(row)["top1"] for row in open(tmp_path / name / "F_metrics.jsonl")
+                   if '"kind": "val"' in row] for name in ("tuned", "scratch")}
+    assert top1["tuned"][-1] >= top1["scratch"][-1] + 10, top1
+    ckpt = torch.load(tmp_path / "tuned" / "F_checkpoint.pth.tar", weights_only=True)
+    assert ckpt["classes"] == [f"n{9000000 + i:08d}" for i in range(1, 10, 2)]
+    assert sorted({group["lr_scale"] for group in ckpt["optimizer"]["param_groups"]}) == [0.3, 1.0]
+
+
+def test_pretrained_weights_load_by_name_and_the_line_says_what_is_new_replaced_or_dropped(tmp_path):
+    from test_model import _to_original_names
+
+    from training.load import load_pretrained
+    torch.manual_seed(0)
+    plain = build_model(18, "none", num_classes=5)
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    model = build_model(18, "CBAM", num_classes=3)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded, line = load_pretrained(model, str(tmp_path / "plain.pth"))
+    assert "new, initialised as model/resnet.py does: 8 modules" in line and "classifier replaced (5 -> 3 classes)" \
+        in line and "\n" not in line, line
+    state = model.state_dict()
+    assert torch.equal(state["conv1.weight"], plain.state_dict()["conv1.weight"]) and "conv1.weight" in loaded
+    assert torch.equal(state["fc.weight"], fresh["fc.weight"]) and "fc.weight" not in loaded
+    assert all(torch.equal(state[k], fresh[k]) for k in state if ".attn." in k)
+    # An authors'-layout CBAM checkpoint into a ResNet-18 without attention: its CBAM modules are dropped.
+    torch.save({"state_dict": _to_original_names(build_model(18, "CBAM", num_classes=3).state_dict()), "epoch": 90},
+               tmp_path / "authors.pth.tar")
+    _, line = load_pretrained(build_model(18, "none", num_classes=3), str(tmp_path / "authors.pth.tar"))
+    assert "ResNet-18 CBAM, 3 classes" in line and "dropped: 8 modules (layer1.0.attn" in line, line
+    with pytest.raises(config.UsageError, match="is ResNet-18 none, this run ResNet-34: pass --depth 18"):
+        load_pretrained(build_model(34, "CBAM", num_classes=3), str(tmp_path / "plain.pth"))

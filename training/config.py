@@ -131,6 +131,12 @@ def build_parser():
                         "(e.g. 0.9998), evaluated beside the raw weights and saved in checkpoints; 0 = off")
     p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
                    help="--evaluate: the checkpoint's trained weights or their moving average (--ema-decay)")
+    p.add_argument("--pretrained", default="", metavar="PATH",
+                   help="start a new run (epoch 0, fresh optimizer) from these weights: a checkpoint of ours, one "
+                        "released with the authors' code, or a torchvision-layout ResNet state dict (attention "
+                        "modules it lacks start fresh; the classifier is replaced when the classes differ)")
+    p.add_argument("--pretrained-lr-scale", type=float, default=1.0, metavar="S",
+                   help="--pretrained: the loaded parameters learn at S times the learning rate, new ones at 1x")
     p.add_argument("--tta", default="none", choices=["none", "flip"],
                    help="--evaluate: flip = average the logits of each image and its mirror image")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
@@ -190,6 +196,9 @@ def parse_args(argv=None):
         (args.resume in ("", "auto") or os.path.isfile(args.resume), f"--resume checkpoint not found: {args.resume}"),
         (args.cache_size > 0, f"--cache-size must be > 0 GiB, got {args.cache_size}"),
         (args.tta == "none" or args.evaluate, "--tta needs --evaluate"),
+        (not (args.pretrained and args.evaluate), "--pretrained starts training; --evaluate scores --resume PATH"),
+        (not args.pretrained or os.path.isfile(args.pretrained), f"--pretrained file not found: {args.pretrained}"),
+        (args.pretrained_lr_scale > 0, f"--pretrained-lr-scale must be > 0, got {args.pretrained_lr_scale}"),
         (_data_problem(args.data, args.evaluate) is None, _data_problem(args.data, args.evaluate)),
     ]
     for ok, message in checks:

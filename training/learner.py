@@ -11,6 +11,7 @@ from model.cbam_fused import triton_unavailable_reason
 
 from .compile import compile_model
 from .ema import WeightAverage
+from .load import load_pretrained
 from .mixing import BatchMixer
 from .optim import make_optimizer
 
@@ -49,16 +50,21 @@ class Learner:
         return logits, loss, labels
 
 
-def build_learner(run, num_classes, log=print):
-    """The Learner of a training.config.RunConfig. Compile and DDP come last, after a resume may have loaded
-    weights into the plain model (compiling in place keeps the state-dict names)."""
+def build_learner(run, num_classes, log=print, classes=None):
+    """The Learner of a training.config.RunConfig. With --pretrained, its weights are loaded first (`classes`, the
+    data's class names, decide whether the classifier is kept). Compile and DDP come last, after a resume may
+    have loaded weights into the plain model (compiling in place keeps the state-dict names)."""
     device = run.world.device
     fell_back = run.cbam_impl == "torch" and run.flags["cbam_impl"] == "auto"
     if run.att_type == "CBAM" and device.type == "cuda" and fell_back:
         log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(device)}")
     model = build_model(run.depth, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
+    loaded = ()
+    if run.pretrained:
+        loaded, line = load_pretrained(model, run.pretrained, classes)
+        log(line)
     model = model.to(device, memory_format=run.memory_format)
-    optimizer = make_optimizer(model, run)
+    optimizer = make_optimizer(model, run, loaded)
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=run.label_smoothing)
     mixer = BatchMixer(run.mixup, run.cutmix, num_classes, run.seed)

@@ -134,3 +134,55 @@ def class_names(trained, words):
         ids = list(words)
     ids = ids or [str(i) for i in range(trained.num_classes)]
     return [(name, words.get(name, "")) for name in ids]
+
+
+def load_pretrained(model, path, classes=None):
+    """Copies the weights of checkpoint `path` into `model`, a fresh build_model() of the same depth: what the
+    checkpoint lacks (attention modules a plain ResNet has not; the classifier when the class count, or the
+    class list, differs) keeps model/resnet.py's initialisation, the authors'. Returns (the names of the
+    parameters loaded, one line saying what was loaded, what is new and what was dropped)."""
+    source = read(path)
+    own = model.state_dict()
+    depth, att_type = architecture_of(own, "the model")
+    if source.depth != depth:
+        raise config.UsageError(f"--pretrained {path} is {source.arch}, this run ResNet-{depth}: pass --depth "
+                                f"{source.depth}")
+    classifier_fits = source.num_classes == own["fc.weight"].shape[0] and \
+        (source.classes is None or classes is None or tuple(source.classes) == tuple(classes))
+    weights = source.weights["raw"]
+    taken = {k: v for k, v in weights.items()
+             if k in own and v.shape == own[k].shape and (classifier_fits or not k.startswith("fc."))}
+    model.load_state_dict(taken, strict=False)
+    new = _modules(k for k in own if k not in taken and not k.endswith("num_batches_tracked") and
+                   not k.startswith("fc."))
+    dropped = _modules(k for k in weights if k not in own)
+    line = f"=> pretrained weights from {path} ({source.summary()}): {len(taken)} tensors loaded"
+    if new:
+        line += f"; new, initialised as model/resnet.py does: {len(new)} modules ({_span(new)})"
+    if not classifier_fits:
+        line += f"; classifier replaced ({source.num_classes} -> {own['fc.weight'].shape[0]} classes" + \
+            (", other class names)" if source.num_classes == own["fc.weight"].shape[0] else ")")
+    if dropped:
+        line += f"; not in ResNet-{depth} {att_type}, dropped: {len(dropped)} modules ({_span(dropped)})"
+    parameters = {name for name, _ in model.named_parameters()}
+    return {name for name in taken if name in parameters}, line
+
+
+def _modules(keys):
+    """The modules of state-dict keys, in order: attention modules whole (layer1.0.attn, bam1), else the
+    key's own module."""
+    found = []
+    for key in keys:
+        if ".attn." in key:
+            module = key[:key.index(".attn.") + len(".attn")]
+        elif key.startswith("bam"):
+            module = key.split(".")[0]
+        else:
+            module = key.rsplit(".", 1)[0]
+        if module not in found:
+            found.append(module)
+    return found
+
+
+def _span(modules):
+    return ", ".join(modules) if len(modules) <= 3 else f"{modules[0]}, {modules[1]}, ..., {modules[-1]}"
