@@ -35,6 +35,23 @@ def test_the_authors_short_flags_are_aliases(data_dir):
     assert (short.workers, short.batch_size, short.print_freq, short.lr, short.weight_decay) == (3, 64, 7, 0.2, 5e-5)
 
 
+@pytest.mark.parametrize("tool, prog, bad", [
+    ("validate", "validate.py", []),
+    ("predict", "predict.py", ["--checkpoint", "c.pth", "x.jpg", "--top-k", "0"]),
+    ("export", "export.py", ["--checkpoint", "c.pth", "--format", "gguf", "--out", "m"]),
+    ("attention_maps", "attention_maps.py", ["x.jpg", "--out", "g.png"]),
+])
+def test_every_tool_has_help_and_one_line_usage_errors(tool, prog, bad, capsys):
+    import importlib
+    main = importlib.import_module(f"tools.{tool}").main
+    with pytest.raises(SystemExit) as exit_help:
+        main(["--help"])
+    assert exit_help.value.code == 0 and capsys.readouterr().out.startswith(f"usage: {prog}")
+    assert main(bad) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), lines
+
+
 # --- a checkpoint trained by train.py on real photographs ----------------------------------------------------------
 
 def run(args, timeout=300):

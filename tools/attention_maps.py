@@ -33,7 +33,7 @@ from model import set_cbam_impl  # noqa: E402
 from model.cbam import CBAM  # noqa: E402
 from pipeline.folder import images_under, load_image, stack_images  # noqa: E402
 from training import load  # noqa: E402
-from training.config import UsageError  # noqa: E402
+from training.config import OneLineParser, UsageError  # noqa: E402
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -188,7 +188,7 @@ def target_labels(names, wanted, first, path):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="attention_maps.py", description=__doc__,
+    p = OneLineParser(prog="attention_maps.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     p.add_argument("--checkpoint", action="append", required=True,

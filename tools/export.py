@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: the project root on the path
 import torch  # noqa: E402
 
 from training import load  # noqa: E402
-from training.config import UsageError  # noqa: E402
+from training.config import OneLineParser, UsageError  # noqa: E402
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size than the export, so N is proven dynamic
@@ -79,7 +79,7 @@ def export(model, fmt, out, image_size, opset=17):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
+    p = OneLineParser(prog="export.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .pth.tar of train.py, or a state dict of the authors' code")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from pipeline.folder import images_under, load_image, stack_images  # noqa: E402
 from training import load  # noqa: E402
-from training.config import UsageError  # noqa: E402
+from training.config import OneLineParser, UsageError  # noqa: E402
 
 
 def predict(model, arrays, device, top_k):
@@ -45,7 +45,7 @@ def report(path, probs, labels, names, as_json):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+    p = OneLineParser(prog="predict.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of them")
     p.add_argument("--checkpoint", required=True, help="a .pth.tar of train.py, or a state dict of the authors' code")

@@ -16,18 +16,22 @@ if __package__ in (None, ""):  # run as a script: the project root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train  # noqa: E402
+from training.config import OneLineParser, UsageError  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="validate.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="validate.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .pth.tar of train.py, or a state dict of the authors' code")
     parser.add_argument("data", metavar="DATA", help="shard folder or URL, or a folder of <class>/*.JPEG")
     parser.add_argument("--tta", default="none", choices=["none", "flip"],
                         help="flip = average the logits of each image and its mirror image")
-    args, rest = parser.parse_known_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        sys.stderr.write(f"validate.py: error: checkpoint not found: {args.checkpoint}\n")
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if not os.path.isfile(args.checkpoint):
+            raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    except UsageError as exc:
+        sys.stderr.write(f"validate.py: error: {exc}\n")
         return 2
     return train.cli(["--evaluate", "--resume", args.checkpoint, "--tta", args.tta, *rest, args.data],
                      prog="validate.py")
