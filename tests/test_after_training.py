@@ -189,6 +189,17 @@ def test_predict_gives_the_models_top_k_with_names_and_names_bad_images(trained,
     assert predict.main(["--checkpoint", str(ckpt), imagenet_sample_files()[0], "--top-k", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == imagenet_sample_files()[0] and len(table) == 3 and table[1].split()[0] == "1"
+    # A checkpoint of the authors' code has no class list: a LOC_synset_mapping-style words file gives the order.
+    from test_model import _to_original_names
+    authors = tmp_path / "authors.pth.tar"
+    torch.save({"state_dict": _to_original_names(torch.load(ckpt, weights_only=True)["model"])}, authors)
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("".join(f"{wnid} name of {wnid}\n" for wnid in classes))
+    assert predict.main(["--checkpoint", str(authors), imagenet_sample_files()[0], "--words", str(mapping),
+                         "--json", "--top-k", "1"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"][0]
+    best = max(range(24), key=lambda i: expected[0][i])  # the first photograph is class 0's
+    assert (top["label"], top["class"], top["name"]) == (best, classes[best], f"name of {classes[best]}")
 
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("exported-program", ".pt2")])
