@@ -154,6 +154,13 @@ def test_evaluate_refuses_what_does_not_fit_in_one_line(trained, generated_shard
         assert entry(args) == 2, args
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, lines)
+    # A damaged photograph in the folder: named, exit 1 (as a damaged shard).
+    torn = tmp_path / "torn" / "n01440764" / "torn.JPEG"
+    os.makedirs(torn.parent)
+    torn.write_bytes(open(imagenet_sample_files()[0], "rb").read()[:2000])
+    assert tool.main([str(ckpt), str(tmp_path / "torn"), "--workers", "1"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"validate.py: error: {torn}: cannot decode: "), lines
 
 
 def test_predict_gives_the_models_top_k_with_names_and_names_bad_images(trained, tmp_path, capsys):

@@ -9,6 +9,8 @@ authors' 224 px. Errors are config.UsageError, one line naming the file.
 """
 from dataclasses import dataclass
 
+import torch
+
 from model import build_model, original_to_ours
 from model.resnet import DEPTHS
 
@@ -57,20 +59,22 @@ def read(path):
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict):
         raise config.UsageError(f"checkpoint {path} is not a dict of weights (got {type(ckpt).__name__})")
-    if "model" in ckpt and isinstance(ckpt.get("config"), dict):
-        cfg = ckpt["config"]
+    cfg = ckpt.get("config")
+    if "model" in ckpt and isinstance(cfg, dict):  # ours
         weights = {"raw": ckpt["model"], **({"ema": ckpt["ema"]} if "ema" in ckpt else {})}
         classes = tuple(ckpt["classes"]) if ckpt.get("classes") else None
         return Trained(path, cfg["depth"], cfg["att_type"], _num_classes(ckpt["model"], path), classes,
                        int(cfg.get("val_image_size") or AUTHORS_IMAGE_SIZE), ckpt["epoch"], ckpt.get("batch", 0),
                        weights)
-    state = ckpt.get("state_dict", ckpt)
-    state = {original_to_ours(key): value for key, value in state.items()
-             if not key.endswith("num_batches_tracked")}
+    state = ckpt.get("state_dict", ckpt)  # the authors' {'state_dict': ...}, or a bare state dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise config.UsageError(f"checkpoint {path} holds neither our 'model' and 'config' nor a state dict of "
+                                "tensors (bare or under 'state_dict')")
+    state = {original_to_ours(key): value for key, value in state.items() if not key.endswith("num_batches_tracked")}
     depth, att_type = architecture_of(state, path)
-    return Trained(path, depth, att_type, _num_classes(state, path), None, AUTHORS_IMAGE_SIZE,
-                   ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None, 0, {"raw": _complete(state,
-                   depth, att_type, path)})
+    epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None
+    return Trained(path, depth, att_type, _num_classes(state, path), None, AUTHORS_IMAGE_SIZE, epoch, 0,
+                   {"raw": _complete(state, depth, att_type, path)})
 
 
 def architecture_of(state, path):
