@@ -95,11 +95,11 @@ def test_evaluate_needs_only_the_checkpoint_and_scores_a_jpeg_folder_as_its_shar
     assert "ResNet-18 CBAM, 24 classes, 64 px; saved at epoch 1, batch 0" in out
     from_shards = score_line(out)
     assert "(loss" in from_shards and "8 images)" in from_shards
-    # The same 8 val photographs as a plain val/<wnid>/*.JPEG tree (the authors' layout), through train.py.
-    status = train.cli(["--evaluate", "--resume", str(ckpt), "--workers", "0", "-b", "3", tree])
-    out, err = capsys.readouterr()
-    assert status == 0, err
-    assert "FolderLoader(" in out and score_line(out) == from_shards
+    # The same 8 val photographs as a plain val/<wnid>/*.JPEG tree (the authors' layout), split over 2 ranks.
+    result = run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "tools/validate.py",
+                  str(ckpt), tree, "--workers", "2", "-b", "4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FolderLoader(" in result.stdout and score_line(result.stdout) == from_shards
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
