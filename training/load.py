@@ -7,6 +7,8 @@ model/authors_checkpoint.py) and plain ResNet state dicts in torchvision's layou
 architecture is read off the keys (blocks per stage, bottlenecks, attention modules) and the image size is the
 authors' 224 px. Errors are config.UsageError, one line naming the file.
 """
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +57,16 @@ class Trained:
 
 
 def read(path):
-    """The Trained of the checkpoint file at `path`."""
+    """The Trained of the checkpoint file at `path`. The last one read is kept while the file is unchanged:
+    train.py --evaluate reads it for its flags and again for its class list."""
+    if not os.path.isfile(path):
+        raise config.UsageError(f"checkpoint not found: {path}")
+    stat = os.stat(path)
+    return _read(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _read(path, mtime_ns, size):
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict):
         raise config.UsageError(f"checkpoint {path} is not a dict of weights (got {type(ckpt).__name__})")
