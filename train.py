@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline import ShardError
-from training import benchmark, checkpoint, config, distributed
+from training import benchmark, checkpoint, config, distributed, load
 from training import stop as stopping
 from training.checkpoint import Position
 from training.learner import build_learner, prepare_to_run
@@ -27,9 +27,10 @@ from training.metrics import EpochProgress, MetricsFile, RunningSums, summarize
 from training.optim import set_learning_rate
 
 
-def evaluate(learner, loader, world, weights="raw"):
+def evaluate(learner, loader, world, weights="raw", tta="none"):
     """(loss, top-1 %, top-5 %, n) over the whole split for the trained ("raw") or averaged ("ema") weights:
-    sums per rank, one all-reduce at the end. A damaged shard found by a rank's reader ends it on every rank."""
+    sums per rank, one all-reduce at the end. A damaged shard found by a rank's reader ends it on every rank.
+    tta "flip" averages each image's logits with its mirror's."""
     if world.size > 1:
         # DDP keeps the parameters equal but each rank updates its own BatchNorm running statistics after the
         # last broadcast; evaluate rank 0's (the checkpointed) model on every rank.
@@ -46,8 +47,11 @@ def evaluate(learner, loader, world, weights="raw"):
             if isinstance(batch, str):
                 problem = batch
                 break
-            logits = net(batch[0])
-            sums.add(torch.nn.functional.cross_entropy(logits.float(), batch[1]), logits, batch[1])
+            images, labels = batch
+            logits = net(images)
+            if tta == "flip":
+                logits = (logits + net(images.flip(3))) / 2
+            sums.add(torch.nn.functional.cross_entropy(logits.float(), labels), logits, labels)
     learner.net.train()
     stopping.raise_if_damaged(world, problem)
     return summarize(distributed.all_reduce_sum(world, sums.take()).cpu())
@@ -127,7 +131,7 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
     board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard") if run.tensorboard else None
     metrics = MetricsFile(os.path.join(run.output_dir, f"{run.prefix}_metrics.jsonl"), world.is_main,
                           position.step, position.elapsed_s, board, position.val_owed)
-    saver = checkpoint.Saver(run, learner, metrics.elapsed_s)
+    saver = checkpoint.Saver(run, learner, metrics.elapsed_s, train_loader.split.classes)
     stop.defer()  # from here on a signal stops the run after saving
     if position.val_owed:
         log(f"=> validating epoch {position.epoch - 1} first: the run stopped before its validation ended")
@@ -165,9 +169,9 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
     return 0
 
 
-def main():
+def main(argv=None):
     stop = stopping.StopRequest(at_once=True)  # until training starts a signal ends the rank where it is
-    args = config.parse_args()
+    args = config.parse_args(argv)
     checkpoint.check_output_dir(args)
     if args.ngpu > 1 and not distributed.launched_by_torchrun():
         config.check_world(args, args.ngpu)
@@ -179,20 +183,26 @@ def main():
     log("config " + json.dumps(run.as_dict(), sort_keys=True))
     torch.manual_seed(run.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
 
-    train_loader, val_loader = build_loaders(run)
+    trained = load.read(run.resume) if run.evaluate else None
+    train_loader, val_loader = build_loaders(run, trained)
     loader = train_loader or val_loader
     log(f"loader: {loader!r}")
     warn_about_empty_classes(run.data, log)
-    learner = build_learner(run, len(loader.split.classes), log)
+    if trained:
+        learner = build_learner(run, trained.num_classes, log)
+    else:
+        learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
     position, resumed_from = checkpoint.restore(run, learner, log)
-    if resumed_from:
+    if trained:
+        log(f"=> evaluating checkpoint {resumed_from}: {trained.summary()}")
+    elif resumed_from:
         log(f"=> loaded checkpoint {resumed_from} (next: epoch {position.epoch}, batch {position.batch})")
     prepare_to_run(learner, run)
 
     status = 0
     if run.evaluate:
-        loss, top1, top5, n = evaluate(learner, val_loader, world)
-        which = "EMA " if run.eval_weights == "ema" else ""
+        loss, top1, top5, n = evaluate(learner, val_loader, world, tta=run.tta)
+        which = ("EMA " if run.eval_weights == "ema" else "") + ("flip TTA " if run.tta == "flip" else "")
         log(f" * {which}Prec@1 {top1:.3f} Prec@5 {top5:.3f}  (loss {loss:.4f}, {n} images)")
     elif run.benchmark:
         result = benchmark.run(learner.step, train_loader, run)
@@ -204,22 +214,22 @@ def main():
     return status
 
 
-def cli():
-    """main() with its errors as one line each and the exit status: 2 for a setting to change, 1 for a failed
-    checkpoint save, a damaged shard or a diverged run, 128 + N for signal N (see the module docstring). An
-    error every rank has alike is printed by each node's first rank."""
+def cli(argv=None, prog="train.py"):
+    """main() with its errors as one line each ("{prog}: error: ...") and the exit status: 2 for a setting to
+    change, 1 for a failed checkpoint save, a damaged shard or a diverged run, 128 + N for signal N (see the
+    module docstring). An error every rank has alike is printed by each node's first rank."""
     status = 1  # what an uncaught exception leaves
     try:
-        status = main()
+        status = main(argv)
     except stopping.Interrupted as exc:  # every rank has it: the launcher signals them all
         status = 128 + exc.signum
         if os.environ.get("LOCAL_RANK", "0") == "0":
-            sys.stderr.write(f"train.py: {exc}\n")
+            sys.stderr.write(f"{prog}: {exc}\n")
     except (config.UsageError, checkpoint.CheckpointError, ShardError, stopping.Diverged) as exc:
         status = 2 if isinstance(exc, config.UsageError) else 1
         alike = isinstance(exc, config.UsageError) or getattr(exc, "same_on_every_rank", False)
         if not alike or os.environ.get("LOCAL_RANK", "0") == "0":
-            sys.stderr.write(f"train.py: error: {exc}\n")
+            sys.stderr.write(f"{prog}: error: {exc}\n")
     finally:
         distributed.record_exit_status(status)
     return status

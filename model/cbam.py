@@ -89,7 +89,7 @@ class CBAM(nn.Module):
     def forward(self, x, identity=None):
         """CBAM(x); given the block's shortcut `identity`, the whole block tail relu(CBAM(x) + identity)."""
         impl = resolve_impl(self.impl, x.device)
-        if impl == "triton":
+        if impl == "triton" and isinstance(self.spatial_gate.bn, nn.BatchNorm2d):  # not SyncBatchNorm (see below)
             from .cbam_fused import fused_cbam
             return fused_cbam(self, x, identity)
         if impl == "reference":
@@ -102,7 +102,10 @@ class CBAM(nn.Module):
     def block_tail(self, z, bn, identity):
         """relu(CBAM(bn(z)) + identity) for the block's last BatchNorm `bn`: under torch.compile the "torch"
         implementation folds bn into its pools (model/cbam_folded.py), so that inductor fuses the whole tail."""
-        if torch.compiler.is_compiling() and resolve_impl(self.impl, z.device) == "torch":
+        # SyncBatchNorm (--sync-bn) is no nn.BatchNorm2d: its statistics span the ranks, which the folded pools
+        # do not, so it keeps its own module.
+        foldable = isinstance(bn, nn.BatchNorm2d) and isinstance(self.spatial_gate.bn, nn.BatchNorm2d)
+        if foldable and torch.compiler.is_compiling() and resolve_impl(self.impl, z.device) == "torch":
             from .cbam_folded import folded_block_tail
             return folded_block_tail(self, bn, z, identity)
         return self(bn(z), identity)

@@ -27,6 +27,10 @@ print("== val top-1 by epoch (chance = 10%): " + " -> ".join(f"{r['top1']:.1f}%"
 PYEOF
 $PY tools/plot_metrics.py "$DATA/checkpoints/DEMO_metrics.jsonl" -o "$DATA/checkpoints/DEMO_metrics.png"
 
+echo "== where CBAM attends: tools/attention_maps.py on the best checkpoint, one val image of four classes"
+$PY tools/attention_maps.py --checkpoint "$DATA/checkpoints/DEMO_model_best.pth.tar" \
+  "$DATA"/images/val/n0900000[0369]/*_00000.JPEG --out "$DATA/checkpoints/DEMO_attention.png"
+
 echo "== benchmark (same model and data)"
 $PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" train.py \
   --depth 18 --att-type CBAM --batch-size 32 --image-size 64 --workers 2 --benchmark \

@@ -372,14 +372,15 @@ class Position:
     val_owed: bool = False
 
 
-def make_state(learner, position, run):
-    """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it."""
+def make_state(learner, position, run, classes=None):
+    """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it. `classes`, the
+    names of the labels in order (the shards' class list), lets a checkpoint be used without its shards."""
     cfg = run.as_dict()
     state = {"model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
              "scaler": learner.scaler.state_dict(), "epoch": position.epoch, "batch": position.batch,
              "step": position.step, "best_prec1": position.best_top1, "elapsed_s": position.elapsed_s,
              "val_owed": position.val_owed,
-             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg}
+             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg, "classes": list(classes or [])}
     if learner.ema is not None:
         state["ema"] = learner.ema.state_dict()
     return state
@@ -418,15 +419,15 @@ class Saver:
     """The one checkpoint path of a run: rank 0 writes, every rank waits for it. `elapsed_s()` gives the
     wall-clock seconds trained so far, recorded with each checkpoint."""
 
-    def __init__(self, run, learner, elapsed_s):
-        self.run, self.learner, self.elapsed_s = run, learner, elapsed_s
+    def __init__(self, run, learner, elapsed_s, classes=None):
+        self.run, self.learner, self.elapsed_s, self.classes = run, learner, elapsed_s, classes
 
     def save(self, position, is_best=False, epoch_end=False):
         """epoch_end: the epoch's last save, which --keep-epochs also keeps as the epoch's own file."""
         run, path = self.run, None
         if run.world.is_main:
             position = replace(position, elapsed_s=self.elapsed_s())
-            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run), is_best,
+            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run, self.classes), is_best,
                         run.keep_epochs if epoch_end else 0)
         distributed.barrier(run.world)
         return path

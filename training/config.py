@@ -26,6 +26,7 @@ from pipeline import (
     resolve_backend,
 )
 from pipeline.augment import parse_auto_augment
+from pipeline.folder import folder_problem
 from pipeline.storage import is_remote, normalize
 from training.compile import (
     COMPILE_CHOICES,
@@ -73,23 +74,26 @@ def build_parser():
                    "uploaded: s3://bucket/prefix (AWS environment, AWS_ENDPOINT_URL for S3-compatible stores), "
                    "http(s)://host/path, file://path")
     # The CBAM authors' flags (github.com/Jongchan/attention-module, train_imagenet.py).
-    p.add_argument("--arch", default="resnet", choices=["resnet"], help="architecture family")
+    p.add_argument("-a", "--arch", default="resnet", choices=["resnet"], help="architecture family")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
     p.add_argument("--att-type", default="none", type=str.lower, choices=["none", "se", "bam", "cbam"],
                    help="attention module (any case)")
     p.add_argument("--epochs", type=int, default=90, help="total epochs to run")
     p.add_argument("--start-epoch", type=int, default=0, help="epoch number to start at (useful on restarts)")
-    p.add_argument("--batch-size", type=int, default=256, help="GLOBAL batch size (images per step, all ranks)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate for --batch-size images per step")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="GLOBAL batch size (images per step, all ranks)")
+    p.add_argument("--lr", "--learning-rate", type=float, default=0.1,
+                   help="peak learning rate for --batch-size images per step")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
-    p.add_argument("--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
+    p.add_argument("--weight-decay", "--wd", type=float, default=1e-4, help="L2 weight decay")
+    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
     p.add_argument("--resume", default="", metavar="PATH",
                    help="checkpoint to resume from, or 'auto' for {output-dir}/{prefix}_checkpoint.pth.tar")
-    p.add_argument("--evaluate", action="store_true", help="only evaluate the --resume checkpoint on val")
+    p.add_argument("--evaluate", action="store_true",
+                   help="only evaluate the --resume checkpoint on val (its depth, attention type and val image "
+                        "size come from the checkpoint); DATA may also be a folder of val/<class>/*.JPEG")
     p.add_argument("--seed", type=int, default=1234, help="random seed (model init, data order, augmentation)")
     p.add_argument("--prefix", default=None, help="checkpoint/metrics name prefix (default RESNET{depth}_{ATT})")
-    p.add_argument("--workers", type=int, default=4,
+    p.add_argument("-j", "--workers", type=int, default=4,
                    help="data-loading worker processes per node, shared among the node's ranks")
     p.add_argument("--ngpu", type=int, default=1,
                    help="processes to start on this node when not launched by torchrun (one per GPU)")
@@ -144,6 +148,14 @@ def build_parser():
                         "(e.g. 0.9998), evaluated beside the raw weights and saved in checkpoints; 0 = off")
     p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
                    help="--evaluate: the checkpoint's trained weights or their moving average (--ema-decay)")
+    p.add_argument("--pretrained", default="", metavar="PATH",
+                   help="start a new run (epoch 0, fresh optimizer) from these weights: a checkpoint of ours, one "
+                        "released with the authors' code, or a torchvision-layout ResNet state dict (attention "
+                        "modules it lacks start fresh; the classifier is replaced when the classes differ)")
+    p.add_argument("--pretrained-lr-scale", type=float, default=1.0, metavar="S",
+                   help="--pretrained: the loaded parameters learn at S times the learning rate, new ones at 1x")
+    p.add_argument("--tta", default="none", choices=["none", "flip"],
+                   help="--evaluate: flip = average the logits of each image and its mirror image")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup with lam ~ Beta(ALPHA, ALPHA) on the device batch (e.g. 0.2); 0 = off")
     p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
@@ -333,13 +345,19 @@ def parse_args(argv=None):
         (args.cache_size > 0, f"--cache-size must be > 0 GiB, got {args.cache_size}"),
         (not (args.overwrite and args.resume), "--overwrite and --resume exclude each other (replace the run in "
                                                "--output-dir, or continue it)"),
-        (_data_problem(args.data) is None, _data_problem(args.data)),
         *_recipe_checks(args),
+        (args.tta == "none" or args.evaluate, "--tta needs --evaluate"),
+        (not (args.pretrained and args.evaluate), "--pretrained starts training; --evaluate scores --resume PATH"),
+        (not args.pretrained or os.path.isfile(args.pretrained), f"--pretrained file not found: {args.pretrained}"),
+        (args.pretrained_lr_scale > 0, f"--pretrained-lr-scale must be > 0, got {args.pretrained_lr_scale}"),
+        (_data_problem(args.data, args.evaluate) is None, _data_problem(args.data, args.evaluate)),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(name_origin(message, args))
     args.att_type = {"none": "none", "se": "SE", "bam": "BAM", "cbam": "CBAM"}[args.att_type]
+    if args.evaluate:
+        _take_architecture_from_checkpoint(args, _given(argv, ("depth", "att_type", "image_size", "val_image_size")))
     if args.val_image_size is None:
         args.val_image_size = args.image_size.end
     if args.prefix is None:
@@ -358,9 +376,51 @@ def check_world(args, world_size):
                          f"world size {world_size}")
 
 
-def _data_problem(data):
-    """Why DATA cannot be a shard folder (checked before any process starts), or None. A URL is checked when its
-    manifest is read."""
+def _given(argv, dests):
+    """The flags among `dests` that the command line sets (not left at their default)."""
+    probe = build_parser()
+    probe.set_defaults(**dict.fromkeys(dests))
+    given = probe.parse_args(argv)
+    return {dest for dest in dests if getattr(given, dest) is not None}
+
+
+def _evaluated_checkpoint(args):
+    """The file --evaluate scores: --resume PATH, or with 'auto' {prefix}_checkpoint.pth.tar in --output-dir (with
+    no --prefix: the folder's only checkpoint). UsageError when there is none: never score initial weights."""
+    if args.resume != "auto":
+        return args.resume
+    folder = args.output_dir
+    if args.prefix is not None:
+        path = os.path.join(folder, f"{args.prefix}_checkpoint.pth.tar")
+        if not os.path.isfile(path):
+            raise UsageError(f"--evaluate --resume auto: no checkpoint {path}")
+        return path
+    found = sorted(name for name in os.listdir(folder) if name.endswith("_checkpoint.pth.tar")) \
+        if os.path.isdir(folder) else []
+    if len(found) != 1:
+        raise UsageError(f"--evaluate --resume auto: {len(found) or 'no'} checkpoints (*_checkpoint.pth.tar) in "
+                         f"{folder}{': ' + ', '.join(found) if found else ''}; pass --resume PATH or --prefix")
+    return os.path.join(folder, found[0])
+
+
+def _take_architecture_from_checkpoint(args, given):
+    """--evaluate: depth, attention type and val image size are the checkpoint's; an explicit --depth or
+    --att-type that differs is refused (its weights would not fit), an explicit image size is honoured."""
+    from .load import read
+    args.resume = _evaluated_checkpoint(args)
+    trained = read(args.resume)
+    flags = (args.depth, args.att_type)
+    args.depth, args.att_type = trained.depth, trained.att_type
+    if {"depth", "att_type"} & given and flags != (trained.depth, trained.att_type):
+        raise UsageError(f"checkpoint {args.resume} is {trained.arch}, this run is ResNet-{flags[0]} {flags[1]}: "
+                         "pass the same --depth and --att-type, or neither (--evaluate reads them from the checkpoint)")
+    if "val_image_size" not in given:
+        args.val_image_size = args.image_size.end if "image_size" in given else trained.image_size
+
+
+def _data_problem(data, evaluate=False):
+    """Why DATA cannot be a shard folder (or, for --evaluate, a folder of images), checked before any process
+    starts, or None. A URL is checked when its manifest is read."""
     try:
         location = normalize(data)
     except ShardError as exc:
@@ -369,6 +429,8 @@ def _data_problem(data):
         return None
     if not os.path.isdir(location):
         return f"DATA folder not found: {data}"
+    if not os.path.isfile(os.path.join(location, "manifest.json")) and evaluate:
+        return folder_problem(location)
     if not os.path.isfile(os.path.join(location, "manifest.json")):
         return f"DATA has no manifest.json (write it with tools/make_shards.py): {data}"
     return None

@@ -12,6 +12,7 @@ from model.cbam_fused import triton_unavailable_reason
 
 from .compile import compile_model
 from .ema import WeightAverage
+from .load import load_pretrained
 from .losses import make_criterion
 from .mixing import BatchMixer
 from .optim import make_optimizer
@@ -81,20 +82,25 @@ class Learner:
             buffer.copy_(saved)
 
 
-def build_learner(run, num_classes, log=print):
-    """The Learner of a training.config.RunConfig. Compile and DDP come last, after a resume may have loaded
-    weights into the plain model (compiling in place keeps the state-dict names)."""
+def build_learner(run, num_classes, log=print, classes=None):
+    """The Learner of a training.config.RunConfig. With --pretrained, its weights are loaded first (`classes`, the
+    data's class names, decide whether the classifier is kept). Compile and DDP come last, after a resume may
+    have loaded weights into the plain model (compiling in place keeps the state-dict names)."""
     device = run.world.device
     fell_back = run.cbam_impl == "torch" and run.flags["cbam_impl"] == "auto" and run.compile == "off"
     if run.att_type == "CBAM" and device.type == "cuda" and fell_back:
         log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(device)}")
     model = build_model(run.depth, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
+    loaded = ()
+    if run.pretrained:
+        loaded, line = load_pretrained(model, run.pretrained, classes)
+        log(line)
     model = model.to(device, memory_format=run.memory_format)
     if run.sync_bn and run.world.size > 1:  # before DDP; the same parameters and state-dict names
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif run.sync_bn:
         log("note: --sync-bn with one process: there is nothing to synchronise, BatchNorm stays as it is")
-    optimizer = make_optimizer(model, run)
+    optimizer = make_optimizer(model, run, loaded)
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
     mixer = BatchMixer(run.mixup, run.cutmix, num_classes, run.seed)
     return Learner(model, model, model, optimizer, scaler, make_criterion(run, num_classes), run.amp_dtype,

@@ -1,15 +1,25 @@
 """The train and val loaders of a run (pipeline.build_loader with the RunConfig's settings)."""
+import os
+
 import torch
 
 from pipeline import BackendUnavailable, ShardError, build_loader
+from pipeline.folder import FolderLoader
+from pipeline.shard_format import MANIFEST
 from pipeline.shards import read_manifest
+from pipeline.storage import is_remote, normalize
 
 from .config import UsageError
 
 
-def build_loaders(run):
+def build_loaders(run, trained=None):
     """(train loader, or None with --evaluate; val loader, or None without a val split). A shard folder that
-    cannot be used is found here, before any training: a UsageError naming it."""
+    cannot be used is found here, before any training: a UsageError naming it. With --evaluate, `trained` is the
+    checkpoint's training.load.Trained: DATA may be an image folder, and its classes must be the checkpoint's."""
+    if run.evaluate and is_image_folder(run.data):
+        return None, _folder_loader(run, trained)
+    if run.evaluate:
+        check_classes(trained, read_manifest(run.data)["classes"], run.data)
     common = dict(rank=run.world.rank, world_size=run.world.size, workers=run.loader_workers,
                   device=run.world.device, seed=run.seed, dtype=run.amp_dtype or torch.float32, backend=run.backend,
                   verify=run.verify_shards, verify_dir="" if run.verify_record == "none" else run.verify_record,
@@ -31,9 +41,42 @@ def build_loaders(run):
     return train, val
 
 
+def is_image_folder(data):
+    """True for a local folder without manifest.json: --evaluate reads its images (pipeline/folder.py)."""
+    location = normalize(data)
+    return not is_remote(location) and not os.path.isfile(os.path.join(location, MANIFEST))
+
+
+def _folder_loader(run, trained):
+    try:
+        loader = FolderLoader(normalize(run.data), run.per_rank_batch, classes=trained.classes,
+                              rank=run.world.rank, world_size=run.world.size, workers=run.loader_workers,
+                              device=run.world.device, image_size=run.val_image_size,
+                              dtype=run.amp_dtype or torch.float32)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_classes(trained, loader.classes, run.data)
+    return loader
+
+
+def check_classes(trained, classes, data):
+    """UsageError unless DATA's class list (shards) is the checkpoint's, or, for a checkpoint without one, has
+    as many classes as its classifier."""
+    if trained.classes is not None and tuple(classes) != tuple(trained.classes):
+        differ = next((i for i, (a, b) in enumerate(zip(classes, trained.classes)) if a != b), None)
+        where = f"class {differ} is {classes[differ]} there, {trained.classes[differ]} in the checkpoint" \
+            if differ is not None else f"{len(classes)} classes there, {len(trained.classes)} in the checkpoint"
+        raise UsageError(f"{data} has other classes than checkpoint {trained.path} was trained on: {where}")
+    if trained.classes is None and len(classes) != trained.num_classes:
+        raise UsageError(f"{data} has {len(classes)} classes, checkpoint {trained.path} {trained.num_classes} and no "
+                         "class list to match them by name")
+
+
 def warn_about_empty_classes(data, log):
     """Names the classes a split has no sample of (make_shards records per-class counts, and stores such a split
     only with --allow-empty-classes): a class without train samples cannot be learned."""
+    if is_image_folder(data):
+        return
     manifest = read_manifest(data)
     for split, entry in manifest["splits"].items():
         empty = [name for name, count in zip(manifest["classes"], entry.get("class_counts") or []) if count == 0]

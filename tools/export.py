@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""A checkpoint as a self-contained inference graph, checked against the eager model in the same command.
+
+    python tools/export.py --checkpoint CKPT --format onnx|torchscript|exported-program --out FILE
+
+The graph is the model in eval mode with CBAM on plain PyTorch ops (cbam_impl "torch": no Triton kernel in
+the graph, so it runs wherever its runtime does), input `images` (N, 3, S, S) float32 normalised as the loaders
+deliver them (pipeline/normalize.py) with a dynamic batch dimension N, output `logits` (N, classes). S is the
+checkpoint's val image size unless --image-size is given (the global average pool takes any S >= 32 in eager
+mode; the graph is checked at S).
+
+- onnx: torch.onnx.export's TorchScript-based exporter (opset --opset), checked with onnxruntime.
+- torchscript: torch.jit.trace, checked by torch.jit.load.
+- exported-program: torch.export with a dynamic batch dimension, saved with torch.export.save (a .pt2 file),
+  checked by torch.export.load.
+The check runs the saved file on a batch of another size than the one traced and compares with the eager
+model: the largest difference is printed; beyond --atol (relative to the logits' scale) the command exits 1.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+import warnings
+
+if __package__ in (None, ""):  # run as a script: the project root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from training import load  # noqa: E402
+from training.config import OneLineParser, UsageError  # noqa: E402
+
+FORMATS = ("onnx", "torchscript", "exported-program")
+TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size than the export, so N is proven dynamic
+
+
+def export_onnx(model, example, out, opset):
+    # The TorchScript-based exporter: torch's newer torch.export-based one needs the onnxscript package too.
+    warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+    torch.onnx.export(model, (example,), out, dynamo=False, opset_version=opset, input_names=["images"],
+                      output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+    def run(images):
+        import onnxruntime
+        session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+    return run
+
+
+def export_torchscript(model, example, out, opset):
+    warnings.filterwarnings("ignore", ".*torch.jit.*is deprecated", FutureWarning)  # still what C++ users load
+    torch.jit.trace(model, example).save(out)
+    return lambda images: torch.jit.load(out)(images)
+
+
+def export_program(model, example, out, opset):
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), out)
+    return lambda images: torch.export.load(out).module()(images)
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program}
+
+
+def export(model, fmt, out, image_size, opset=17):
+    """Writes `model` to `out`; returns (the largest |saved - eager| logit difference on a batch of CHECK_BATCH,
+    the largest |eager| logit)."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(TRACE_BATCH, 3, image_size, image_size, generator=generator)
+    check = torch.randn(CHECK_BATCH, 3, image_size, image_size, generator=generator)
+    with torch.no_grad():
+        run_saved = EXPORTERS[fmt](model, example, out, opset)
+        expected = model(check)
+        got = run_saved(check)
+    if got.shape != expected.shape:
+        raise RuntimeError(f"{out}: output shape {tuple(got.shape)} for a batch of {CHECK_BATCH}, eager "
+                           f"{tuple(expected.shape)}")
+    return float((got - expected).abs().max()), float(expected.abs().max())
+
+
+def parse_args(argv):
+    p = OneLineParser(prog="export.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a .pth.tar of train.py, or a state dict of the authors' code")
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--image-size", type=int, default=None, help="input side S in pixels (default: the checkpoint's)")
+    p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
+                   help="the trained weights or their moving average (--ema-decay)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="largest allowed |saved - eager| logit difference, times max(1, largest |logit|)")
+    args = p.parse_args(argv)
+    if args.image_size is not None and args.image_size < 32:
+        p.error(f"--image-size must be >= 32 pixels, got {args.image_size}")
+    return args
+
+
+def run(args):
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    if args.format == "exported-program" and not args.out.endswith(".pt2"):
+        raise UsageError(f"--out {args.out}: an exported program is a .pt2 archive (torch.export.save); name it .pt2")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out folder does not exist: {folder}")
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if args.format == "onnx" and missing:
+        raise UsageError(f"--format onnx needs {' and '.join(missing)}: pip install -e '.[onnx]'")
+    trained = load.read(args.checkpoint)
+    model = trained.build("torch", args.eval_weights)
+    size = args.image_size or trained.image_size
+    difference, scale = export(model, args.format, args.out, size, args.opset)
+    ok = difference <= args.atol * max(1.0, scale)
+    print(f"{args.out}: {args.format}, {trained.arch}, {trained.num_classes} classes, input (N, 3, {size}, {size}); "
+          f"batch of {CHECK_BATCH} vs eager: max |difference| {difference:.2e} (logits up to {scale:.2f})"
+          f"{'' if ok else ', above --atol'}")
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    try:
+        return run(parse_args(argv))
+    except UsageError as exc:
+        print(f"export.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
