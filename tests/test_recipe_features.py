@@ -267,7 +267,7 @@ def test_the_shipped_recipes_parse(data_dir):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ("learn_rate: 0.1\n", "unknown key 'learn_rate'"),
     ("data: /x\n", "unknown key 'data'"),
     ("lr: fast\n", "key 'lr': invalid float value: 'fast'"),
     ("lr_schedule: linear\n", "key 'lr_schedule': invalid choice 'linear'"),
@@ -406,8 +406,9 @@ def test_the_rsb_recipe_learns_under_torchrun_and_its_last_epochs_average(learna
         resolved = json.load(f)
     assert resolved["config"] == str(recipe) and resolved["epochs"] == 3  # the command line overrode the file
     assert (resolved["opt"], resolved["loss"], resolved["auto_augment"]) == ("lamb", "bce", "rand-m6-mstd0.5-inc1")
-    assert sorted(os.listdir(out)) == ["T_checkpoint.pth.tar", "T_config.json", "T_epoch1.pth.tar",
-                                       "T_epoch2.pth.tar", "T_metrics.jsonl", "T_model_best.pth.tar"]
+    assert sorted(os.listdir(out)) == ["T_checkpoint.prev.pth.tar", "T_checkpoint.pth.tar", "T_config.json",
+                                       "T_epoch1.pth.tar", "T_epoch2.pth.tar", "T_metrics.jsonl",
+                                       "T_model_best.pth.tar"]
 
     tool = [PY, "tools/average_checkpoints.py", str(out)]
     averaged = run(tool + ["-n", "2", "--data", learnable_shards, "--backend", "dali-cpu"])

@@ -26,7 +26,8 @@ ADAM_BETAS = (0.9, 0.999)  # AdamW and LAMB: the papers' and timm's defaults, wh
 def make_optimizer(model, run, pretrained=()):
     """The --opt optimizer over param_groups(): `pretrained` names the parameters --pretrained loaded, whose
     learning rate is scaled by --pretrained-lr-scale."""
-    groups = param_groups(model, run.weight_decay, run.no_bn_weight_decay, pretrained, run.pretrained_lr_scale)
+    groups = param_groups(model, run.weight_decay, run.no_bn_weight_decay, pretrained,
+                          run.pretrained_lr_scale if pretrained else 1.0)
     if run.opt == "adamw":
         return torch.optim.AdamW(groups, lr=run.lr, betas=ADAM_BETAS)
     if run.opt == "lamb":
