@@ -21,8 +21,9 @@ import torch
 from model import load_original_checkpoint
 from pipeline import ShardError
 
-from . import config, distributed
+from . import distributed
 from .ema import WeightAverage
+from .errors import UsageError
 from .stop import OTHER_RANK_DAMAGED
 
 
@@ -113,7 +114,7 @@ class CheckpointError(Exception):
     """A checkpoint could not be written; the message is one line naming the file, the folder and the bytes."""
 
 
-class DamagedCheckpoint(config.UsageError):
+class DamagedCheckpoint(UsageError):
     """A checkpoint file that cannot be used as saved: empty, unreadable, or not matching its checksum."""
 
 
@@ -219,17 +220,17 @@ def check_output_dir(args):
         return
     folder = args.output_dir
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise config.UsageError(f"--output-dir {folder} is a file, not a folder")
+        raise UsageError(f"--output-dir {folder} is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{args.prefix}_write_test.")
         os.close(handle)
         os.remove(probe)
     except OSError as exc:
-        raise config.UsageError(f"--output-dir {folder} cannot be written: {exc.strerror or exc}") from None
+        raise UsageError(f"--output-dir {folder} cannot be written: {exc.strerror or exc}") from None
     held = run_files(folder, args.prefix)
     if held and not args.resume and not args.overwrite:
-        raise config.UsageError(f"--output-dir {folder} already holds a run of prefix {args.prefix} ("
+        raise UsageError(f"--output-dir {folder} already holds a run of prefix {args.prefix} ("
                                 + ", ".join(os.path.basename(path) for path in held) + "): pass --resume auto to "
                                 "continue it, --overwrite to replace it, or another --output-dir or --prefix")
 
@@ -294,7 +295,7 @@ def load_for_resume(resume, output_dir, prefix, log):
         return None, {}
     if resume != "auto":
         if not os.path.isfile(resume):
-            raise config.UsageError(f"--resume checkpoint not found: {resume}")
+            raise UsageError(f"--resume checkpoint not found: {resume}")
         return resume, load(resume)
     latest = checkpoint_path(output_dir, prefix)
     others = [previous_path(output_dir, prefix), best_path(output_dir, prefix)]
@@ -310,7 +311,7 @@ def load_for_resume(resume, output_dir, prefix, log):
             return path, ckpt
         intact.append((path, ckpt))
     if found and not intact:
-        raise config.UsageError(f"--resume auto: no intact checkpoint of prefix {prefix} in {output_dir} (every one "
+        raise UsageError(f"--resume auto: no intact checkpoint of prefix {prefix} in {output_dir} (every one "
                                 "of " + ", ".join(os.path.basename(p) for p in found) + " is damaged)")
     if not intact:
         return None, {}
@@ -333,7 +334,7 @@ def load_model_weights(model, ckpt, path, cfg=None):
         was = (saved.get("depth"), saved.get("att_type"))
         now = (cfg.get("depth"), cfg.get("att_type"))
         if None not in was and was != now:
-            raise config.UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} "
+            raise UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} "
                                     f"{now[1]}: pass the same --depth and --att-type")
     try:
         if is_original_format(ckpt):
@@ -341,7 +342,7 @@ def load_model_weights(model, ckpt, path, cfg=None):
         else:
             model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
-        raise config.UsageError(f"checkpoint {path} does not fit this model: {exc}") from None
+        raise UsageError(f"checkpoint {path} does not fit this model: {exc}") from None
 
 
 # Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.
@@ -355,7 +356,7 @@ def check_mid_epoch_resume(saved_cfg, cfg, path):
     changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS
                if str(saved_cfg.get(k)) != str(cfg.get(k))}
     if changed:
-        raise config.UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
+        raise UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
                     + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))
 
 
@@ -397,7 +398,7 @@ def restore(run, learner, log=print):
         load_model_weights(learner.model, ckpt, path, cfg)
     if run.evaluate and run.eval_weights == "ema":
         if "ema" not in ckpt:
-            raise config.UsageError(f"checkpoint {path} holds no weight average (it was trained without "
+            raise UsageError(f"checkpoint {path} holds no weight average (it was trained without "
                                     "--ema-decay): use --eval-weights raw")
         learner.model.load_state_dict(ckpt["ema"])
     if run.ema_decay and not run.evaluate:

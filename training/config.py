@@ -37,16 +37,13 @@ from training.compile import (
     resolve_cuda_graphs,
     use_cache_dir,
 )
+from training.errors import UsageError
 from training.losses import LOSSES
 from training.optim import OPTIMIZERS
 from training.schedule import AUTHORS_LR_STEPS, epoch_list, image_size_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-
-
-class UsageError(Exception):
-    """A flag, file or setting the user must change: one line naming it; train.py exits 2 (argparse's status)."""
 
 
 def _flag_type(parse, name):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import config
+from .errors import UsageError
 
 
 @dataclass
@@ -103,7 +103,7 @@ def setup():
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            raise config.UsageError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs visible "
+            raise UsageError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs visible "
                                     "on this node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -5,7 +5,7 @@ export.py and attention_maps.py. It reads our checkpoints (their config and clas
 released with the CBAM authors' code (github.com/Jongchan/attention-module; key names mapped by
 model/authors_checkpoint.py) and plain ResNet state dicts in torchvision's layout; for the last two the
 architecture is read off the keys (blocks per stage, bottlenecks, attention modules) and the image size is the
-authors' 224 px. Errors are config.UsageError, one line naming the file.
+authors' 224 px. Errors are UsageError, one line naming the file.
 """
 import functools
 import os
@@ -16,7 +16,8 @@ import torch
 from model import build_model, original_to_ours
 from model.resnet import DEPTHS
 
-from . import checkpoint, config
+from . import checkpoint
+from .errors import UsageError
 
 AUTHORS_IMAGE_SIZE = 224  # their validation: resize to 256, centre crop 224
 # (blocks in layer3, bottleneck blocks) -> depth, from model/resnet.py's DEPTHS.
@@ -49,7 +50,7 @@ class Trained:
     def build(self, cbam_impl="torch", weights="raw"):
         """The model with these weights, in eval mode on the CPU."""
         if weights not in self.weights:
-            raise config.UsageError(f"checkpoint {self.path} holds no weight average (it was trained without "
+            raise UsageError(f"checkpoint {self.path} holds no weight average (it was trained without "
                                     "--ema-decay): use --eval-weights raw")
         model = build_model(self.depth, self.att_type, num_classes=self.num_classes, cbam_impl=cbam_impl)
         model.load_state_dict(self.weights[weights])
@@ -60,7 +61,7 @@ def read(path):
     """The Trained of the checkpoint file at `path`. The last one read is kept while the file is unchanged:
     train.py --evaluate reads it for its flags and again for its class list."""
     if not os.path.isfile(path):
-        raise config.UsageError(f"checkpoint not found: {path}")
+        raise UsageError(f"checkpoint not found: {path}")
     stat = os.stat(path)
     return _read(path, stat.st_mtime_ns, stat.st_size)
 
@@ -69,7 +70,7 @@ def read(path):
 def _read(path, mtime_ns, size):
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict):
-        raise config.UsageError(f"checkpoint {path} is not a dict of weights (got {type(ckpt).__name__})")
+        raise UsageError(f"checkpoint {path} is not a dict of weights (got {type(ckpt).__name__})")
     cfg = ckpt.get("config")
     if "model" in ckpt and isinstance(cfg, dict):  # ours
         weights = {"raw": ckpt["model"], **({"ema": ckpt["ema"]} if "ema" in ckpt else {})}
@@ -79,7 +80,7 @@ def _read(path, mtime_ns, size):
                        weights)
     state = ckpt.get("state_dict", ckpt)  # the authors' {'state_dict': ...}, or a bare state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise config.UsageError(f"checkpoint {path} holds neither our 'model' and 'config' nor a state dict of "
+        raise UsageError(f"checkpoint {path} holds neither our 'model' and 'config' nor a state dict of "
                                 "tensors (bare or under 'state_dict')")
     state = {original_to_ours(key): value for key, value in state.items() if not key.endswith("num_batches_tracked")}
     depth, att_type = architecture_of(state, path)
@@ -94,7 +95,7 @@ def architecture_of(state, path):
     bottleneck = any(key.startswith("layer1.0.conv3.") for key in state)
     depth = DEPTH_OF.get((len(stage3), bottleneck))
     if depth is None:
-        raise config.UsageError(f"checkpoint {path} is not a ResNet-18/34/50/101 state dict ({len(stage3)} blocks "
+        raise UsageError(f"checkpoint {path} is not a ResNet-18/34/50/101 state dict ({len(stage3)} blocks "
                                 f"in layer3{', bottleneck' if bottleneck else ''}; keys like {next(iter(state), '')})")
     if any(key.startswith("bam1.") for key in state):
         return depth, "BAM"
@@ -105,7 +106,7 @@ def architecture_of(state, path):
 
 def _num_classes(state, path):
     if "fc.weight" not in state:
-        raise config.UsageError(f"checkpoint {path} has no classifier (fc.weight): not a ResNet state dict")
+        raise UsageError(f"checkpoint {path} has no classifier (fc.weight): not a ResNet state dict")
     return int(state["fc.weight"].shape[0])
 
 
@@ -118,7 +119,7 @@ def _complete(state, depth, att_type, path):
     unexpected = sorted(k for k in state if k not in own)
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        raise config.UsageError(f"checkpoint {path} does not fit ResNet-{depth} {att_type}: missing "
+        raise UsageError(f"checkpoint {path} does not fit ResNet-{depth} {att_type}: missing "
                                 f"{missing[:5]}, unexpected {unexpected[:5]}, other shapes {wrong[:5]}")
     return {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
 
@@ -134,10 +135,10 @@ def read_words(path):
                     continue
                 parts = line.strip().split(None, 1)
                 if len(parts) != 2:
-                    raise config.UsageError(f"{path}:{number}: expected 'WNID NAME', got {line.strip()[:60]!r}")
+                    raise UsageError(f"{path}:{number}: expected 'WNID NAME', got {line.strip()[:60]!r}")
                 words[parts[0]] = parts[1].strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise config.UsageError(f"cannot read words file {path}: {exc}") from None
+        raise UsageError(f"cannot read words file {path}: {exc}") from None
     return words
 
 
@@ -160,7 +161,7 @@ def load_pretrained(model, path, classes=None):
     own = model.state_dict()
     depth, att_type = architecture_of(own, "the model")
     if source.depth != depth:
-        raise config.UsageError(f"--pretrained {path} is {source.arch}, this run ResNet-{depth}: pass --depth "
+        raise UsageError(f"--pretrained {path} is {source.arch}, this run ResNet-{depth}: pass --depth "
                                 f"{source.depth}")
     classifier_fits = source.num_classes == own["fc.weight"].shape[0] and \
         (source.classes is None or classes is None or tuple(source.classes) == tuple(classes))

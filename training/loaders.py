@@ -9,7 +9,7 @@ from pipeline.shard_format import MANIFEST
 from pipeline.shards import read_manifest
 from pipeline.storage import is_remote, normalize
 
-from .config import UsageError
+from .errors import UsageError
 
 
 def build_loaders(run, trained=None):
