@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -476,6 +477,18 @@ def test_cuda_graphs_are_off_by_default_and_on_is_refused_where_it_cannot_run(da
         make_run(data_dir, "--cuda-graphs", "on")
     with pytest.raises(config.UsageError, match="invalid choice: 'maybe'"):
         make_run(data_dir, "--cuda-graphs", "maybe")
+
+
+def test_help_groups_the_flags_and_states_each_default_once():
+    text = config.build_parser().format_help()
+    for title in ("DATA and how it is read:", "the model:", "optimisation:", "schedule:", "speed (", "output, resume",
+                  "evaluation only:", "benchmark:", "recipes ("):
+        assert title in text, title
+    entries = re.split(r"\n  (?=-)", text)  # one entry per flag
+    assert entries and all(entry.count("default") <= 1 for entry in entries), \
+        [entry for entry in entries if entry.count("default") > 1]
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: 0.0)" in next(entry for entry in entries if entry.startswith("--warmup-epochs"))
 
 
 def test_run_config_is_frozen(data_dir):

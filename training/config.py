@@ -57,6 +57,18 @@ def _flag_type(parse, name):
     return convert
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help only where the help does not state its default itself and there is
+    one to state (not for switches that default to off)."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if "default" in (action.help or "") or default is None or default is False or default == "" \
+                or default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage block before an error; we raise a one-line UsageError instead."""
 
@@ -65,38 +77,30 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser():
+    """train.py's flags in groups; the CBAM authors' train_imagenet.py flags keep their names, short forms and
+    defaults."""
     p = OneLineParser(prog="train.py", description="ImageNet training of ResNet + CBAM/BAM/SE with DDP.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=_HelpFormatter)
+    _add_data_flags(p.add_argument_group('DATA and how it is read'))
+    _add_model_flags(p.add_argument_group('the model'))
+    _add_optimisation_flags(p.add_argument_group('optimisation'))
+    _add_schedule_flags(p.add_argument_group('schedule'))
+    _add_speed_flags(p.add_argument_group('speed (each default resolved for this machine in the config line)'))
+    _add_output_flags(p.add_argument_group('output, resume and launch'))
+    _add_evaluate_flags(p.add_argument_group('evaluation only'))
+    _add_benchmark_flags(p.add_argument_group('benchmark'))
+    _add_recipe_flags(p.add_argument_group("recipes (\"ResNet strikes back\" switches)"))
+    return p
+
+
+def _add_data_flags(p):
     p.add_argument("data", metavar="DATA", help="shard folder written by tools/make_shards.py, or where it was "
                    "uploaded: s3://bucket/prefix (AWS environment, AWS_ENDPOINT_URL for S3-compatible stores), "
                    "http(s)://host/path, file://path")
-    # The CBAM authors' flags (github.com/Jongchan/attention-module, train_imagenet.py).
-    p.add_argument("-a", "--arch", default="resnet", choices=["resnet"], help="architecture family")
-    p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
-    p.add_argument("--att-type", default="none", type=str.lower, choices=["none", "se", "bam", "cbam"],
-                   help="attention module (any case)")
-    p.add_argument("--epochs", type=int, default=90, help="total epochs to run")
-    p.add_argument("--start-epoch", type=int, default=0, help="epoch number to start at (useful on restarts)")
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="GLOBAL batch size (images per step, all ranks)")
-    p.add_argument("--lr", "--learning-rate", type=float, default=0.1,
-                   help="peak learning rate for --batch-size images per step")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", "--wd", type=float, default=1e-4, help="L2 weight decay")
-    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
-    p.add_argument("--resume", default="", metavar="PATH",
-                   help="checkpoint to resume from, or 'auto' for {output-dir}/{prefix}_checkpoint.pth.tar")
-    p.add_argument("--evaluate", action="store_true",
-                   help="only evaluate the --resume checkpoint on val (its depth, attention type and val image "
-                        "size come from the checkpoint); DATA may also be a folder of val/<class>/*.JPEG")
-    p.add_argument("--seed", type=int, default=1234, help="random seed (model init, data order, augmentation)")
-    p.add_argument("--prefix", default=None, help="checkpoint/metrics name prefix (default RESNET{depth}_{ATT})")
-    p.add_argument("-j", "--workers", type=int, default=4,
-                   help="data-loading worker processes per node, shared among the node's ranks")
-    p.add_argument("--ngpu", type=int, default=1,
-                   help="processes to start on this node when not launched by torchrun (one per GPU)")
-    # Ours.
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="data loader: auto = dali with DALI+CUDA, else torch")
+    p.add_argument("-j", "--workers", type=int, default=4,
+                   help="data-loading worker processes per node, shared among the node's ranks")
     p.add_argument("--verify-shards", default="background", choices=VERIFY_MODES,
                    help="check every shard against the sha256 in the manifest: background = while training (a "
                         "damaged shard stops the run at the next step, checkpoint saved), before = before each "
@@ -110,13 +114,67 @@ def build_parser():
                         "default: ranged requests every epoch. The DALI backends keep their index files here")
     p.add_argument("--cache-size", type=float, default=DEFAULT_CACHE_BYTES / 2**30, metavar="GIB",
                    help="--cache-dir holds at most this many GiB of shards; the least recently used go first")
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                   help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
+    p.add_argument("--image-size", type=_flag_type(image_size_schedule, "size"), default=image_size_schedule("224"),
+                   metavar="PX|START:END@E0:E1",
+                   help="train crop side in pixels, or a progressive schedule: START px until epoch E0, then a "
+                        "linear ramp to END px at epoch E1, in steps of 32 (e.g. 160:192@28:34)")
+    p.add_argument("--val-image-size", type=int, default=None, help="val crop side in pixels (default: --image-size)")
+    p.add_argument("--seed", type=int, default=1234, help="random seed (model init, data order, augmentation)")
+
+
+def _add_model_flags(p):
+    p.add_argument("-a", "--arch", default="resnet", choices=["resnet"], help="architecture family")
+    p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
+    p.add_argument("--att-type", default="none", type=str.lower, choices=["none", "se", "bam", "cbam"],
+                   help="attention module (any case)")
     p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
                    help="how CBAM is computed (same parameters and numbers for all): triton = fused Triton "
                         "kernels (CUDA); torch = plain PyTorch ops, with the block's last BatchNorm folded into the "
                         "gates when compiled; reference = the authors' formulation; auto = torch when the model is "
                         "compiled on CUDA, triton when it runs eager there, torch elsewhere")
+    p.add_argument("--pretrained", default="", metavar="PATH",
+                   help="start a new run (epoch 0, fresh optimizer) from these weights: a checkpoint of ours, one "
+                        "released with the authors' code, or a torchvision-layout ResNet state dict (attention "
+                        "modules it lacks start fresh; the classifier is replaced when the classes differ)")
+
+
+def _add_optimisation_flags(p):
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="GLOBAL batch size (images per step, all ranks)")
+    p.add_argument("--lr", "--learning-rate", type=float, default=0.1,
+                   help="peak learning rate for --batch-size images per step")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", "--wd", type=float, default=1e-4, help="L2 weight decay")
+    p.add_argument("--no-bn-weight-decay", "--no-bn-wd", action="store_true", dest="no_bn_weight_decay",
+                   help="no weight decay on BatchNorm parameters and biases")
+    p.add_argument("--accum-steps", type=int, default=1, metavar="N",
+                   help="gradient accumulation: one optimizer step per N batches, so the effective batch is N x "
+                        "--batch-size (DDP synchronises gradients on the last of the N only)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup with lam ~ Beta(ALPHA, ALPHA) on the device batch (e.g. 0.2); 0 = off")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="cutmix with lam ~ Beta(ALPHA, ALPHA) (e.g. 1.0); with --mixup too, each step uses one "
+                        "of the two at random; 0 = off")
+    p.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
+                   help="keep an exponential moving average of the weights with this decay per optimizer step "
+                        "(e.g. 0.9998), evaluated beside the raw weights and saved in checkpoints; 0 = off")
+    p.add_argument("--pretrained-lr-scale", type=float, default=1.0, metavar="S",
+                   help="--pretrained: the loaded parameters learn at S times the learning rate, new ones at 1x")
+
+
+def _add_schedule_flags(p):
+    p.add_argument("--epochs", type=int, default=90, help="total epochs to run")
+    p.add_argument("--start-epoch", type=int, default=0, help="epoch number to start at (useful on restarts)")
+    p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
+                   help="step = x0.1 at each --lr-steps epoch; cosine = per-step cosine to 0")
+    p.add_argument("--lr-steps", type=_flag_type(epoch_list, "epochs"), default=AUTHORS_LR_STEPS, metavar="E1,E2,..",
+                   help="epochs where --lr-schedule step multiplies the LR by 0.1 (default: the authors' 30,60,90)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up length, in epochs")
+
+
+def _add_speed_flags(p):
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model (the loader always delivers channels_last images)")
     p.add_argument("--compile", nargs="?", const="blocks", default="auto", choices=COMPILE_CHOICES,
@@ -133,53 +191,39 @@ def build_parser():
                         "'none' leaves torch's own default")
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN time its convolution algorithms once for the fixed shapes (CUDA only)")
-    p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
-                   help="step = x0.1 at each --lr-steps epoch; cosine = per-step cosine to 0")
-    p.add_argument("--lr-steps", type=_flag_type(epoch_list, "epochs"), default=AUTHORS_LR_STEPS, metavar="E1,E2,..",
-                   help="epochs where --lr-schedule step multiplies the LR by 0.1 (default: the authors' 30,60,90)")
-    p.add_argument("--accum-steps", type=int, default=1, metavar="N",
-                   help="gradient accumulation: one optimizer step per N batches, so the effective batch is N x "
-                        "--batch-size (DDP synchronises gradients on the last of the N only)")
-    p.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
-                   help="keep an exponential moving average of the weights with this decay per optimizer step "
-                        "(e.g. 0.9998), evaluated beside the raw weights and saved in checkpoints; 0 = off")
-    p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
-                   help="--evaluate: the checkpoint's trained weights or their moving average (--ema-decay)")
-    p.add_argument("--pretrained", default="", metavar="PATH",
-                   help="start a new run (epoch 0, fresh optimizer) from these weights: a checkpoint of ours, one "
-                        "released with the authors' code, or a torchvision-layout ResNet state dict (attention "
-                        "modules it lacks start fresh; the classifier is replaced when the classes differ)")
-    p.add_argument("--pretrained-lr-scale", type=float, default=1.0, metavar="S",
-                   help="--pretrained: the loaded parameters learn at S times the learning rate, new ones at 1x")
-    p.add_argument("--tta", default="none", choices=["none", "flip"],
-                   help="--evaluate: flip = average the logits of each image and its mirror image")
-    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
-                   help="mixup with lam ~ Beta(ALPHA, ALPHA) on the device batch (e.g. 0.2); 0 = off")
-    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
-                   help="cutmix with lam ~ Beta(ALPHA, ALPHA) (e.g. 1.0); with --mixup too, each step uses one "
-                        "of the two at random; 0 = off")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write the metrics as TensorBoard scalars to {output-dir}/{prefix}_tensorboard "
-                        "(needs the tensorboard package: pip install -e '.[tensorboard]')")
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up length, in epochs")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--no-bn-weight-decay", "--no-bn-wd", action="store_true", dest="no_bn_weight_decay",
-                   help="no weight decay on BatchNorm parameters and biases")
-    p.add_argument("--image-size", type=_flag_type(image_size_schedule, "size"), default=image_size_schedule("224"),
-                   metavar="PX|START:END@E0:E1",
-                   help="train crop side in pixels, or a progressive schedule: START px until epoch E0, then a "
-                        "linear ramp to END px at epoch E1, in steps of 32 (e.g. 160:192@28:34)")
-    p.add_argument("--val-image-size", type=int, default=None, help="val crop side in pixels (default: --image-size)")
+
+
+def _add_output_flags(p):
     p.add_argument("--output-dir", default="checkpoints", help="where checkpoints and metrics go")
+    p.add_argument("--prefix", default=None, help="checkpoint/metrics name prefix (default RESNET{depth}_{ATT})")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --output-dir that holds a run of this --prefix, replacing it (without "
                         "this or --resume such a folder is refused)")
+    p.add_argument("--resume", default="", metavar="PATH",
+                   help="checkpoint to resume from, or 'auto' for {output-dir}/{prefix}_checkpoint.pth.tar")
+    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard scalars to {output-dir}/{prefix}_tensorboard "
+                        "(needs the tensorboard package: pip install -e '.[tensorboard]')")
+    p.add_argument("--ngpu", type=int, default=1,
+                   help="processes to start on this node when not launched by torchrun (one per GPU)")
+
+
+def _add_evaluate_flags(p):
+    p.add_argument("--evaluate", action="store_true",
+                   help="only evaluate the --resume checkpoint on val (its depth, attention type and val image "
+                        "size come from the checkpoint); DATA may also be a folder of val/<class>/*.JPEG")
+    p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
+                   help="--evaluate: the checkpoint's trained weights or their moving average (--ema-decay)")
+    p.add_argument("--tta", default="none", choices=["none", "flip"],
+                   help="--evaluate: flip = average the logits of each image and its mirror image")
+
+
+def _add_benchmark_flags(p):
     p.add_argument("--benchmark", action="store_true",
                    help="measure images/sec (end to end, loader alone, model alone); no training, no checkpoints")
     p.add_argument("--benchmark-warmup", type=int, default=10, help="--benchmark: untimed steps first")
     p.add_argument("--benchmark-steps", type=int, default=30, help="--benchmark: timed steps")
-    _add_recipe_flags(p)
-    return p
 
 
 def _add_recipe_flags(p):
