@@ -81,14 +81,14 @@ def build_parser():
     defaults."""
     p = OneLineParser(prog="train.py", description="ImageNet training of ResNet + CBAM/BAM/SE with DDP.",
                       formatter_class=_HelpFormatter)
-    _add_data_flags(p.add_argument_group('DATA and how it is read'))
-    _add_model_flags(p.add_argument_group('the model'))
-    _add_optimisation_flags(p.add_argument_group('optimisation'))
-    _add_schedule_flags(p.add_argument_group('schedule'))
-    _add_speed_flags(p.add_argument_group('speed (each default resolved for this machine in the config line)'))
-    _add_output_flags(p.add_argument_group('output, resume and launch'))
-    _add_evaluate_flags(p.add_argument_group('evaluation only'))
-    _add_benchmark_flags(p.add_argument_group('benchmark'))
+    _add_data_flags(p.add_argument_group("DATA and how it is read"))
+    _add_model_flags(p.add_argument_group("the model"))
+    _add_optimisation_flags(p.add_argument_group("optimisation"))
+    _add_schedule_flags(p.add_argument_group("schedule"))
+    _add_speed_flags(p.add_argument_group("speed (auto values resolved for this machine in the config line)"))
+    _add_output_flags(p.add_argument_group("output, resume and launch"))
+    _add_evaluate_flags(p.add_argument_group("evaluation only"))
+    _add_benchmark_flags(p.add_argument_group("benchmark"))
     _add_recipe_flags(p.add_argument_group("recipes (\"ResNet strikes back\" switches)"))
     return p
 
