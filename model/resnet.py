@@ -10,13 +10,8 @@ import functools
 import torch
 from torch import nn
 
-from .bam import BAM
+from .attention import ATTENTION, canonical_attention
 from .cbam import CBAM, SpatialGate, check_impl
-from .se import SqueezeExcite
-
-ATTENTION_TYPES = ("none", "SE", "BAM", "CBAM")
-# Attention modules that go inside every residual block.
-BLOCK_ATTENTION = {"SE": SqueezeExcite, "CBAM": CBAM}
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -77,7 +72,8 @@ class ResNet(nn.Module):
     def __init__(self, block, layers, num_classes=1000, att_type="none", cbam_impl="auto"):
         super().__init__()
         self.att_type = att_type
-        attention = BLOCK_ATTENTION.get(att_type)
+        entry = ATTENTION[att_type]
+        attention = entry.module if entry.where == "block" else None
         if attention is CBAM:
             attention = functools.partial(CBAM, impl=cbam_impl)
         self.inplanes = 64
@@ -89,10 +85,10 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], 2, attention)
         self.layer3 = self._make_layer(block, 256, layers[2], 2, attention)
         self.layer4 = self._make_layer(block, 512, layers[3], 2, attention)
-        use_bam = att_type == "BAM"
-        self.bam1 = BAM(64 * block.expansion) if use_bam else None
-        self.bam2 = BAM(128 * block.expansion) if use_bam else None
-        self.bam3 = BAM(256 * block.expansion) if use_bam else None
+        stage = entry.module if entry.where == "stage" else None
+        self.bam1 = stage(64 * block.expansion) if stage else None
+        self.bam2 = stage(128 * block.expansion) if stage else None
+        self.bam3 = stage(256 * block.expansion) if stage else None
         # Global average pooling (not the original fixed 7x7 pool): any input side >= 32 works.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
@@ -163,9 +159,7 @@ def build_model(depth, att_type="none", num_classes=1000, cbam_impl="auto"):
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth!r}")
-    canonical = {name.lower(): name for name in ATTENTION_TYPES}.get(str(att_type).lower())
-    if canonical is None:
-        raise ValueError(f"att_type must be one of {', '.join(ATTENTION_TYPES)} (any case), got {att_type!r}")
+    canonical = canonical_attention(att_type)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_impl(cbam_impl)

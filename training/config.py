@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import yaml
 
-from model import CBAM_IMPLS
+from model import ATTENTION, CBAM_IMPLS
+from model.attention import canonical_attention
 from pipeline import (
     BACKENDS,
     DEFAULT_CACHE_BYTES,
@@ -125,7 +126,7 @@ def _add_data_flags(p):
 def _add_model_flags(p):
     p.add_argument("-a", "--arch", default="resnet", choices=["resnet"], help="architecture family")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
-    p.add_argument("--att-type", default="none", type=str.lower, choices=["none", "se", "bam", "cbam"],
+    p.add_argument("--att-type", default="none", type=str.lower, choices=[name.lower() for name in ATTENTION],
                    help="attention module (any case)")
     p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
                    help="how CBAM is computed (same parameters and numbers for all): triton = fused Triton "
@@ -396,7 +397,7 @@ def parse_args(argv=None):
     for ok, message in checks:
         if not ok:
             raise UsageError(name_origin(message, args))
-    args.att_type = {"none": "none", "se": "SE", "bam": "BAM", "cbam": "CBAM"}[args.att_type]
+    args.att_type = canonical_attention(args.att_type)
     if args.evaluate:
         _take_architecture_from_checkpoint(args, _given(argv, ("depth", "att_type", "image_size", "val_image_size")))
     if args.val_image_size is None:

@@ -1,0 +1,43 @@
+"""The attention types a ResNet can carry: one registry, read by the model (model/resnet.py) and by train.py's
+--att-type flag alike.
+
+The contract of a block attention module (where = "block": one module in every residual block, built as
+`cls(channels)` for the block's output channels):
+- `forward(x, identity=None)`: attention(x); given the block's shortcut, the whole block tail
+  relu(attention(x) + identity);
+- `block_tail(z, bn, identity)`: relu(attention(bn(z)) + identity) for the block's last BatchNorm `bn` and its
+  input `z`, which model/resnet.py's residual_tail calls, so that an implementation may fuse the BatchNorm, the
+  gate, the add and the ReLU (the compiled CBAM does: model/cbam_folded.py).
+A stage attention module (where = "stage") sits after a whole stage (BAM: after the first three, on
+`cls(stage output channels)`), forward(x) -> x's shape. "none" has no module.
+"""
+from dataclasses import dataclass
+
+from .bam import BAM
+from .cbam import CBAM
+from .se import SqueezeExcite
+
+
+@dataclass(frozen=True)
+class Attention:
+    name: str        # as the flag and the checkpoints spell it
+    module: type     # the nn.Module class, None for "none"
+    where: str       # "block", "stage" or "" (none)
+    source: str      # the paper
+
+
+ATTENTION = {a.name: a for a in (
+    Attention("none", None, "", "He et al., CVPR 2016 (plain ResNet)"),
+    Attention("SE", SqueezeExcite, "block", "Hu, Shen, Sun, CVPR 2018"),
+    Attention("BAM", BAM, "stage", "Park, Woo, Lee, Kweon, BMVC 2018"),
+    Attention("CBAM", CBAM, "block", "Woo, Park, Lee, Kweon, ECCV 2018"),
+)}
+ATTENTION_TYPES = tuple(ATTENTION)
+
+
+def canonical_attention(name):
+    """The registered spelling of `name` (any case), or ValueError naming the choices."""
+    found = {key.lower(): key for key in ATTENTION}.get(str(name).lower())
+    if found is None:
+        raise ValueError(f"att_type must be one of {', '.join(ATTENTION)} (any case), got {name!r}")
+    return found
