@@ -137,9 +137,9 @@ class EpochProgress:
 
 
 class MetricsFile:
-    """Appends one JSON object per line to {output}/{prefix}_metrics.jsonl (rank 0 only; else a no-op), each with
-    `elapsed_s`, the wall-clock seconds of training so far (over resumed runs too), and, with a TensorBoard
-    folder, the same numbers as TensorBoard scalars named {kind}/{key} at the row's step."""
+    """The metrics rows of a run, on rank 0 only (else a no-op): each row gets `elapsed_s`, the wall-clock seconds
+    of training so far (over resumed runs too), and goes to every sink: {output}/{prefix}_metrics.jsonl always,
+    TensorBoard with a folder. Another logger is one sink class (write(record), close()) added here."""
 
     def __init__(self, path, enabled, resumed_step=None, elapsed_before=0.0, tensorboard_dir=None, val_owed=False):
         """resumed_step: the step of the checkpoint a run resumes from. Rows written after it (by a run killed
@@ -148,17 +148,35 @@ class MetricsFile:
         its epoch's validation, which runs again: a val row of its step is dropped too."""
         self.path = path if enabled else None
         self._started, self._elapsed_before = time.monotonic(), elapsed_before
-        self._board = None
+        self.sinks = []
         if self.path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            if os.path.exists(path):
-                self._keep_until(resumed_step, val_owed)
+            self.sinks.append(JsonLinesSink(path, resumed_step, val_owed))
             if tensorboard_dir:
-                from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked by config
-                self._board = SummaryWriter(tensorboard_dir, purge_step=resumed_step)
+                self.sinks.append(TensorBoardSink(tensorboard_dir, resumed_step))
 
     def elapsed_s(self):
         return self._elapsed_before + time.monotonic() - self._started
+
+    def write(self, **record):
+        if not self.sinks:
+            return
+        record.setdefault("elapsed_s", round(self.elapsed_s(), 3))
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
+
+
+class JsonLinesSink:
+    """One JSON object per line, appended; a resumed run first drops the rows it will write again."""
+
+    def __init__(self, path, resumed_step=None, val_owed=False):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            self._keep_until(resumed_step, val_owed)
 
     def _keep_until(self, step, val_owed):
         """Keeps the complete rows (of steps up to `step` unless it is None; with `val_owed`, no val row of
@@ -175,22 +193,30 @@ class MetricsFile:
                 f.writelines(kept)
             os.replace(tmp, self.path)
 
-    def write(self, **record):
-        if not self.path:
-            return
-        record.setdefault("elapsed_s", round(self.elapsed_s(), 3))
+    def write(self, record):
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._board is not None:
-            for key, value in record.items():
-                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)) and value is not None:
-                    self._board.add_scalar(f"{record['kind']}/{key}", value, record.get("step", 0))
-            if record["kind"] != "train":  # an epoch's end: make it visible now
-                self._board.flush()
 
     def close(self):
-        if self._board is not None:
-            self._board.close()
+        pass
+
+
+class TensorBoardSink:
+    """Every numeric field of a row as the TensorBoard scalar {kind}/{key} at the row's step (--tensorboard)."""
+
+    def __init__(self, folder, resumed_step=None):
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked by config
+        self._board = SummaryWriter(folder, purge_step=resumed_step)
+
+    def write(self, record):
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)) and value is not None:
+                self._board.add_scalar(f"{record['kind']}/{key}", value, record.get("step", 0))
+        if record["kind"] != "train":  # an epoch's end: make it visible now
+            self._board.flush()
+
+    def close(self):
+        self._board.close()
 
 
 def _row(line):
