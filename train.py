@@ -205,7 +205,7 @@ def main(argv=None):
         which = ("EMA " if run.eval_weights == "ema" else "") + ("flip TTA " if run.tta == "flip" else "")
         log(f" * {which}Prec@1 {top1:.3f} Prec@5 {top5:.3f}  (loss {loss:.4f}, {n} images)")
     elif run.benchmark:
-        result = benchmark.run(learner.step, train_loader, run)
+        result = benchmark.measure(learner.step, train_loader, run)
         log(benchmark.table(result))
         log(json.dumps(result))
     else:
@@ -227,7 +227,7 @@ def cli(argv=None, prog="train.py"):
             sys.stderr.write(f"{prog}: {exc}\n")
     except (config.UsageError, checkpoint.CheckpointError, ShardError, stopping.Diverged) as exc:
         status = 2 if isinstance(exc, config.UsageError) else 1
-        alike = isinstance(exc, config.UsageError) or getattr(exc, "same_on_every_rank", False)
+        alike = isinstance(exc, (config.UsageError, stopping.AgreedError))
         if not alike or os.environ.get("LOCAL_RANK", "0") == "0":
             sys.stderr.write(f"{prog}: error: {exc}\n")
     finally:

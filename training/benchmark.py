@@ -63,7 +63,7 @@ def device_name(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads/rank)"
 
 
-def run(train_step, loader, config):
+def measure(train_step, loader, config):
     """The three rates and the configuration (a training.config.RunConfig) as one dict: the JSON line train.py
     prints."""
     world = config.world

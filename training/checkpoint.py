@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from model import load_original_checkpoint
-from pipeline import ShardError
 
 from . import distributed
 from .ema import WeightAverage
 from .errors import UsageError
-from .stop import OTHER_RANK_DAMAGED
+from .stop import OTHER_RANK_DAMAGED, AgreedShardError
 
 
 def checkpoint_path(output_dir, prefix):
@@ -439,6 +438,4 @@ class Saver:
         if save:
             path = self.save(position)
             log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
-        error = ShardError(distributed.first_message(self.run.world, problem) or OTHER_RANK_DAMAGED)
-        error.same_on_every_rank = True
-        raise error
+        raise AgreedShardError(distributed.first_message(self.run.world, problem) or OTHER_RANK_DAMAGED)

@@ -22,9 +22,16 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class Diverged(Exception):
+class AgreedError(Exception):
+    """An error every rank raised alike after agreeing on it: each node's first rank alone prints it."""
+
+
+class Diverged(AgreedError):
     """The loss or the weights are not finite: the run stops without saving (exit 1)."""
-    same_on_every_rank = True  # the ranks agree on it
+
+
+class AgreedShardError(ShardError, AgreedError):
+    """A damaged shard the ranks agreed on (the first rank's message on every rank): exit 1."""
 
 
 class StopRequest:
@@ -85,9 +92,7 @@ def raise_if_damaged(world, problem):
     """Raises, on every rank, the ShardError of the first rank whose `problem` (its message or None) is set."""
     message = distributed.first_message(world, problem)
     if message:
-        error = ShardError(message)
-        error.same_on_every_rank = True
-        raise error
+        raise AgreedShardError(message)
 
 
 def check_finite(world, learner, loss, epoch, step, steps, saving=False):
