@@ -86,6 +86,13 @@ def test_weight_average_follows_the_formula_and_copies_batchnorm_statistics():
         assert torch.equal(state[name], buffer)  # running statistics copied, not averaged
     assert any(not torch.equal(state[name], value) for name, value in learner.model.state_dict().items()
                if name.endswith("weight"))
+    # A checkpoint without an average (trained without --ema-decay) restarts it from the weights just loaded.
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.add_(1.0)
+    learner.ema.restart()
+    for name, value in learner.model.state_dict().items():
+        assert torch.equal(learner.ema.model.state_dict()[name], value), name
 
 
 def test_mixing_keeps_the_label_mass_and_pastes_exactly_the_share_it_claims():

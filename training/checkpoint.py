@@ -21,7 +21,6 @@ import torch
 from model import load_original_checkpoint
 
 from . import distributed
-from .ema import WeightAverage
 from .errors import UsageError
 from .stop import OTHER_RANK_DAMAGED, AgreedShardError
 
@@ -400,10 +399,11 @@ def restore(run, learner, log=print):
             raise UsageError(f"checkpoint {path} holds no weight average (it was trained without "
                                     "--ema-decay): use --eval-weights raw")
         learner.model.load_state_dict(ckpt["ema"])
-    if run.ema_decay and not run.evaluate:
-        learner.ema = WeightAverage(learner.model, run.ema_decay)
+    if learner.ema is not None:
         if "ema" in ckpt:
             learner.ema.load_state_dict(ckpt["ema"])
+        else:  # the average starts from the weights just loaded
+            learner.ema.restart()
     if not path or run.evaluate or is_original_format(ckpt):
         return start, path
     learner.optimizer.load_state_dict(ckpt["optimizer"])

@@ -30,6 +30,13 @@ class WeightAverage:
         self._update(self._averaged, [p.detach() for p in self._trained], None)
 
     @torch.no_grad()
+    def restart(self):
+        """The average becomes the trained weights as they are now (after a checkpoint without one loaded)."""
+        for averaged, trained in zip(self.model.parameters(), self._trained):
+            averaged.copy_(trained)
+        self.sync_buffers()
+
+    @torch.no_grad()
     def sync_buffers(self):
         """Copies the trained model's buffers (BatchNorm running statistics) into the average."""
         for averaged, trained in zip(self.model.buffers(), self._source.buffers()):

@@ -28,7 +28,7 @@ class Learner:
     criterion: torch.nn.Module
     amp_dtype: torch.dtype
     mixer: BatchMixer = None     # mixup/cutmix, or None
-    ema: WeightAverage = None    # the weight average, or None; made by checkpoint.restore after the weights load
+    ema: WeightAverage = None    # the weight average (--ema-decay), or None; checkpoint.restore loads or restarts it
     clip_grad: float = 0.0       # the gradients' global norm is clipped to this before each optimizer step; 0 = off
     cuda_graphs: bool = False    # the compiled model replays CUDA graphs (set by prepare_to_run)
 
@@ -103,8 +103,9 @@ def build_learner(run, num_classes, log=print, classes=None):
     optimizer = make_optimizer(model, run, loaded)
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
     mixer = BatchMixer(run.mixup, run.cutmix, num_classes, run.seed)
+    ema = WeightAverage(model, run.ema_decay) if run.ema_decay and not run.evaluate else None
     return Learner(model, model, model, optimizer, scaler, make_criterion(run, num_classes), run.amp_dtype,
-                   mixer if mixer.enabled else None, clip_grad=run.clip_grad)
+                   mixer if mixer.enabled else None, ema, clip_grad=run.clip_grad)
 
 
 def prepare_to_run(learner, run):
