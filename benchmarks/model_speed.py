@@ -15,8 +15,8 @@ Block benchmark (--blocks): forward + backward of one block tail with its last B
 shapes (channels x side) 256x56, 512x28, 1024x14 and 2048x7, batch 256 on a GPU (bf16 activations, autocast as
 in training) and 8 on the CPU (fp32), channels_last. Each stage first times a device copy of one such tensor
 (one read + one write = 2 passes); every tail is reported in ms and in passes = time / (copy time / 2), the
-number of single reads or writes of the gate's input tensor its time is worth (DESIGN.md: count passes when
-designing kernels).
+number of single reads or writes of the gate's input tensor its time is worth (the unit of BENCHMARKS.md's
+bytes-moved models).
 
 Every case is warmed up first (torch.compile compiles here; the warm-up seconds print when it ends), then timed:
 --repeats loops of --steps calls between device synchronizations, median per call reported. Each row prints the
