@@ -46,8 +46,8 @@ def resolve_compile(choice, device, att_type="none", cbam_choice="auto"):
 
 def resolve_cbam(choice, device, compile_how):
     """--cbam-impl auto -> the CBAM implementation measured fastest for how the model runs: compiled on CUDA,
-    "torch" (inductor fuses it with BatchNorm folded in, model/cbam_folded.py: on an H100 the compiled plain
-    PyTorch gates ran 81.3 ms per ResNet-50-CBAM step against 95.5 ms for the fused Triton op eager, BENCHMARKS.md);
+    "torch" (inductor fuses it with BatchNorm folded in, model/cbam_folded.py; compiled plain-PyTorch gates beat
+    the fused Triton op eager on an H100: BENCHMARKS.md, "CBAM the compiler can see");
     eager on CUDA, "triton"; elsewhere "torch". RuntimeError when an explicit choice cannot run on `device`."""
     if choice == "auto" and torch.device(device).type == "cuda" and compile_how != "off":
         return "torch"
