@@ -1,9 +1,9 @@
 """A bounded local copy of shards read from object storage (`--cache-dir`, `--cache-size`).
 
-The first reader of a shard copies it whole to the cache folder in ranged chunks (pipeline/storage.py), hashing
+The first reader of a shard copies it whole to the cache folder in ranged chunks (shards/storage.py), hashing
 as it goes; only a copy whose sha256 equals the manifest's is renamed into place, so whatever the cache holds was
 verified once, and later epochs read it from local disk at local speed. Its index and member checksums are copied
-beside it, kept only while they match the manifest's size and sha256 (shard_format.check_side_file).
+beside it, kept only while they match the manifest's size and sha256 (shards/format.check_side_file).
 
 Every rank and loader worker of a machine may share one folder: a shard is copied under an exclusive lock on its
 own lock file, so it is downloaded once however many processes want it at the same time; the others wait and then
@@ -18,8 +18,9 @@ import hashlib
 import os
 import tempfile
 
-from . import storage
-from .shard_format import ShardError, local_side_file_ok, read_side_file
+from shards import storage
+from shards.format import ShardError
+from shards.read import local_side_file_ok, read_side_file
 
 LOCK_SUFFIX = ".lock"
 

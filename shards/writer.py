@@ -1,4 +1,4 @@
-"""Writes one WebDataset shard: the tar, its DALI index and its member checksums (pipeline/shard_format.py) in a
+"""Writes one WebDataset shard: the tar, its DALI index and its member checksums (shards/format.py) in a
 single pass, under temporary names that are renamed only once all are complete; or reuses the shard an earlier run
 completed.
 
@@ -13,8 +13,8 @@ import os
 import re
 from collections import namedtuple
 
-from pipeline.shard_format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
-from tools.imagecheck import encode_jpeg
+from .format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
+from .imagecheck import encode_jpeg
 
 WRITEBACK_STEP = 8 << 20  # bytes between two start_writeback calls while a shard is written
 # Member names are `<key>.<ext>`. The .idx and .crc32 are lines of space-separated fields, webdataset splits the
