@@ -20,7 +20,7 @@ import shutil
 import tempfile
 
 from shards import storage
-from shards.format import ShardError
+from shards.errors import ShardError
 from shards.manifest import check_index_file, load_split
 
 from . import augment

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from shards.format import ShardError
+from shards.errors import ShardError
 
 from .jpeg_decode import DECODE_ERRORS, decode_val
 from .normalize import Normalizer

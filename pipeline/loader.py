@@ -3,7 +3,7 @@ import contextlib
 
 import torch
 
-from shards.format import ShardError
+from shards.errors import ShardError
 
 from .augment import AutoAugmenter, erase_batch
 from .normalize import Normalizer

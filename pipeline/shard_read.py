@@ -15,9 +15,10 @@ import tarfile
 
 from webdataset.tariterators import tar_file_iterator
 
-from shards.format import BLOCK, SAMPLE_MEMBERS, ShardError, member_checksum
+from shards.errors import ShardError, StorageError
+from shards.format import BLOCK, SAMPLE_MEMBERS, member_checksum
 from shards.read import read_checksums, read_index, read_member
-from shards.storage import RangeReader, StorageError, is_remote
+from shards.storage import RangeReader, is_remote
 
 WANTED = SAMPLE_MEMBERS  # the only members ever decoded; anything else in a shard is skipped unread
 _READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.format import ShardError, parse_label
+from shards.errors import ShardError
+from shards.format import parse_label
 from shards.storage import is_remote
 
 from .batch_slots import BatchSlots, EpochClosed

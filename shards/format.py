@@ -25,7 +25,7 @@ import hashlib
 import tarfile
 import zlib
 
-from .errors import ShardError  # noqa: F401  (the error of every shard check; shards/errors.py)
+from .errors import ShardError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

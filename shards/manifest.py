@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 
 from . import storage
-from .format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, ShardError
+from .errors import ShardError, StorageError
+from .format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT
 from .read import read_side_file
 
 
@@ -49,7 +50,7 @@ def read_manifest(shard_dir):
     if storage.is_remote(shard_dir):
         try:
             text = storage.read_bytes(path)
-        except storage.StorageError as exc:
+        except StorageError as exc:
             if exc.missing:
                 raise ShardError(f"{path} not found: not a shard folder, or it was not uploaded whole") from exc
             raise
@@ -153,7 +154,7 @@ def check_shard_file(shard, size=-1):
     if size == -1:
         try:
             size = storage.size(shard.path)
-        except storage.StorageError as exc:
+        except StorageError as exc:
             if not exc.missing:
                 raise
             size = None
@@ -174,7 +175,7 @@ def check_index_file(shard):
         raise ShardError(f"the manifest names no DALI index for shard {shard.path}; the DALI backends need one")
     try:
         text = read_side_file(shard, "index")
-    except (OSError, storage.StorageError) as exc:
+    except (OSError, StorageError) as exc:
         raise ShardError(f"DALI index {shard.index_path} is missing or unreadable: {exc}") from exc
     header = text.split(b"\n", 1)[0].split()
     last_line = text.rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
@@ -196,7 +197,7 @@ def find_corrupt_shard(shards, hash_remote=True):
     for shard in shards:
         try:
             check_shard_file(shard)
-        except storage.StorageError:
+        except StorageError:
             raise
         except ShardError:
             return shard

@@ -3,7 +3,8 @@ manifest and the format (shards/format.py): what every backend and the verifier 
 import os
 
 from . import storage
-from .format import BLOCK, INDEX_VERSION, ShardError, check_side_file, member_header_ok
+from .errors import ShardError
+from .format import BLOCK, INDEX_VERSION, check_side_file, member_header_ok
 
 
 def read_member(shard, reader, offset, size):

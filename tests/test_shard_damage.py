@@ -9,7 +9,7 @@ import torch
 from conftest import CPU_BACKENDS, dali_importable, epoch_batches, manifest
 
 import pipeline
-from shards.format import ShardError
+from shards.errors import ShardError
 
 
 def damaged_copy(shard_dir, tmp_path):
