@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from shards import storage
-from shards.format import ShardError
+from shards.errors import ShardError
+from shards.files import write_atomic
 from shards.manifest import find_corrupt_shard
 from shards.read import local_side_file_ok, read_side_file
 
@@ -303,9 +304,7 @@ def with_local_indexes(split, folder):
         local = os.path.join(folder, storage.basename(shard.index_path))
         if not local_side_file_ok(shard, "index", local):
             data = read_side_file(shard, "index")
-            with open(local + ".part", "wb") as handle:
-                handle.write(data)
-            os.replace(local + ".part", local)
+            write_atomic(local, data, durable=False)
         shards.append(dataclasses.replace(shard, index_path=local))
     return dataclasses.replace(split, shards=tuple(shards))
 

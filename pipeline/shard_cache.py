@@ -16,10 +16,10 @@ import dataclasses
 import fcntl
 import hashlib
 import os
-import tempfile
 
 from shards import storage
-from shards.format import ShardError
+from shards.errors import ShardError
+from shards.files import write_atomic
 from shards.read import local_side_file_ok, read_side_file
 
 LOCK_SUFFIX = ".lock"
@@ -135,20 +135,10 @@ def _has_size(path, size):
 
 
 def _write_atomically(path, chunks, check=None):
-    """Writes the chunks to a temporary file beside `path`, runs check(), then renames it into place; the
-    temporary file is removed on any failure (a disk that fills up is named with the folder)."""
-    handle = tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".part-", delete=False)
+    """shards.files.write_atomic of the chunks, check() before the rename; a failure to write (a disk that fills
+    up) is a ShardError naming the folder."""
     try:
-        with handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        if check is not None:
-            check()
-        os.replace(handle.name, path)
+        write_atomic(path, chunks, durable=False, check=check, unique=True)
     except OSError as exc:
-        os.unlink(handle.name)
         raise ShardError(f"cache folder {os.path.dirname(path)}: cannot write {os.path.basename(path)}: "
                          f"{exc.strerror or exc}") from exc
-    except BaseException:
-        os.unlink(handle.name)
-        raise

@@ -23,6 +23,8 @@ import os
 import threading
 
 from shards import storage
+from shards.errors import ShardError, StorageError
+from shards.files import user_cache_dir
 from shards.format import BLOCK, member_checksum, member_header_ok
 from shards.read import read_checksums, read_index
 
@@ -31,8 +33,7 @@ _LOW_PRIORITY = 10  # nice increment of the hashing thread: the loader's decodin
 
 
 def default_record_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "cbam-imagenet", "verified-shards")
+    return user_cache_dir("verified-shards")
 
 
 class ShardVerifier:
@@ -104,7 +105,7 @@ class ShardVerifier:
             if record and os.path.exists(record):
                 return None
             digest = storage.sha256(shard.path, shard.bytes)
-        except storage.StorageError as exc:
+        except StorageError as exc:
             return str(exc)
         except OSError as exc:
             return f"shard {shard.path} is unreadable: {exc}"
@@ -157,8 +158,6 @@ def _changed_member(shard):
 
 def _undecodable_member(shard):
     from PIL import Image
-
-    from shards.format import ShardError
 
     from .shard_read import read_samples
 

@@ -9,13 +9,14 @@ import sys
 import time
 
 from .errors import ConvertError
+from .files import fsync_dir, write_atomic
 from .format import CLASSES_FILE, MANIFEST, SHARD_ENTRY
 from .imagecheck import Check, check_file
 from .outdir import OUR_FILE, CheckJournal, lock_out, prepare_out, run_identity
 from .plan import plan_shards
 from .sources import escaped, find_classes, find_sources, name_problem
 from .workers import Progress, Workers
-from .writer import fsync_dir, make_durable, write_atomic, write_shard
+from .writer import make_durable, write_shard
 
 
 def check_sources(split, sources, journal, workers):

@@ -8,9 +8,9 @@ import re
 import shutil
 
 from .errors import ConvertError
+from .files import named, write_atomic
 from .format import FORMAT_VERSION
 from .imagecheck import Check
-from .writer import named, write_atomic
 
 STATE_DIR = ".make_shards"  # run identity, check journal and shard completion records (kept after the run)
 # Files this tool writes in OUT (with --overwrite, the only ones it deletes): shards, indexes, member checksums,

@@ -862,7 +862,7 @@ def test_a_full_disk_at_a_side_file_names_it_and_leaves_no_temporary(tmp_path, n
 @pytest.mark.parametrize("durable", [False, True])  # the side files (.idx, .crc32, records), the manifest
 def test_an_atomic_write_that_fails_names_its_file_and_removes_its_temporary(tmp_path, durable):
     target = tmp_path / "train-000003.idx"
-    code = (f"from shards.writer import write_atomic\n"
+    code = (f"from shards.files import write_atomic\n"
             f"write_atomic({str(target)!r}, b'v1.2 9\\n' * 3000, durable={durable})")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
                             preexec_fn=limited_to(5_000))
