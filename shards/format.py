@@ -116,6 +116,13 @@ def index_text(samples):
     return "\n".join(lines) + "\n"
 
 
+def index_header(first_line):
+    """(fields, sample count) of a DALI index's first line; the count is None unless the line is
+    `v1.2 <samples>`-shaped (two fields, the second a decimal number)."""
+    fields = first_line.split()
+    return fields, int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else None
+
+
 # ---------------------------------------------------------------------------------------------------- member checksums
 
 def checksums_text(members):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import storage
 from .errors import ShardError, StorageError
-from .format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT
+from .format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, index_header
 from .read import read_side_file
 
 
@@ -177,9 +177,9 @@ def check_index_file(shard):
         text = read_side_file(shard, "index")
     except (OSError, StorageError) as exc:
         raise ShardError(f"DALI index {shard.index_path} is missing or unreadable: {exc}") from exc
-    header = text.split(b"\n", 1)[0].split()
+    header, count = index_header(text.split(b"\n", 1)[0])
     last_line = text.rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
-    if len(header) != 2 or not header[1].isdigit() or int(header[1]) != shard.samples:
+    if count != shard.samples:
         raise ShardError(f"DALI index {shard.index_path} describes {header[1:] or 'no'} samples but the manifest "
                          f"says {shard.samples} for {os.path.basename(shard.path)}")
     # Index records are `ext offset size name` groups; the last one of the file ends furthest into the tar.

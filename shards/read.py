@@ -4,7 +4,7 @@ import os
 
 from . import storage
 from .errors import ShardError
-from .format import BLOCK, INDEX_VERSION, check_side_file, member_header_ok
+from .format import BLOCK, INDEX_VERSION, check_side_file, index_header, member_header_ok
 
 
 def read_member(shard, reader, offset, size):
@@ -46,11 +46,11 @@ def read_index(shard):
     unless it matches the manifest (check_side_file), is well formed and holds the manifest's sample count."""
     try:
         lines = read_side_file(shard, "index").split(b"\n")
-        header = lines[0].split()
-        if len(header) != 2 or not header[1].isdigit():
+        _, count = index_header(lines[0])
+        if count is None:
             raise ValueError(f"its first line {lines[0][:40]!r} is not `{INDEX_VERSION} <samples>`")
-        if int(header[1]) != shard.samples:
-            raise ShardError(f"shard {shard.path}: its DALI index {shard.index_path} lists {int(header[1])} samples "
+        if count != shard.samples:
+            raise ShardError(f"shard {shard.path}: its DALI index {shard.index_path} lists {count} samples "
                              f"but the manifest says {shard.samples}: damaged or replaced; re-run "
                              "tools/make_shards.py")
         records = []
