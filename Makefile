@@ -19,7 +19,7 @@ bench-loader: setup
 	$(PY) benchmarks/loader.py
 
 bench-shards: setup
-	$(PY) benchmarks/shards.py
+	$(PY) benchmarks/make_shards.py
 
 bench-model: setup
 	$(PY) benchmarks/model_speed.py

@@ -17,7 +17,7 @@
 #           compile cache), then with GPU_SUITE_BASELINE_FLAGS                              project + photographs
 #   dali    train.py --benchmark, dali backend, ResNet-50-CBAM and ResNet-50 with the default flags     + DALI
 #   loader  benchmarks/loader.py (torch, dali-cpu, dali, stock torchvision)                            + DALI
-#   shards  benchmarks/shards.py                                                          + photographs
+#   shards  benchmarks/make_shards.py                                                     + photographs
 # WHEEL_DIR (default .whl): wheels the machine lacks, for its Python (3.12 on the lent H100/H200): for the DALI
 #   stages nvidia-dali-cuda130 and its dependencies nvidia-nvimgcodec-cu13, nvidia-libnvcomp-cu13, optree, gast,
 #   astunparse, libcst, makefun, nvtx; webdataset and braceexpand for all. A wheel too large for one transfer may
@@ -137,7 +137,7 @@ fi
 if wants loader && need_dali loader && need_data; then
   run $PY benchmarks/loader.py --src "$DATA/images" --workers 8 --batch-size 256 --repeats 3 --epochs 1
 fi
-wants shards && need_data && run $PY benchmarks/shards.py --src "$DATA/images" --workers 1,2,8 --repeats 3
+wants shards && need_data && run $PY benchmarks/make_shards.py --src "$DATA/images" --workers 1,2,8 --repeats 3
 note "train.py --benchmark JSON lines so far:"
 grep '^{"benchmark": true' "$RESULTS" | tee "$RESULTS.json"
 note "all results in $RESULTS"

@@ -90,7 +90,7 @@ def read_rows(photographs):
     import sys
 
     from pipeline.shard_read import read_indexed_samples, read_streamed_samples
-    from pipeline.shards import load_split
+    from shards.manifest import load_split
 
     if not photographs:
         return []

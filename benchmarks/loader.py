@@ -49,9 +49,10 @@ import torch
 
 import pipeline
 from benchmarks.common import ROOT, machine, markdown_table, record
-from pipeline import augment, storage
+from pipeline import augment
 from pipeline.info import summary
-from pipeline.shards import read_manifest
+from shards import storage
+from shards.manifest import read_manifest
 
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")

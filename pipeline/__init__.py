@@ -19,10 +19,12 @@ import os
 import shutil
 import tempfile
 
-from . import augment, storage
+from shards import storage
+from shards.errors import ShardError
+from shards.manifest import check_index_file, load_split
+
+from . import augment
 from .shard_cache import ShardCache
-from .shard_format import ShardError
-from .shards import check_index_file, load_split
 from .verify import MODES as VERIFY_MODES
 from .verify import default_record_dir
 
@@ -106,7 +108,7 @@ def build_loader(shard_dir, split, batch_size, *, backend="auto", rank=0, world_
     bfloat16. verify: 'background' (default) hashes the rank's shards against the manifest's sha256 while
     loading, 'before' waits for that at each epoch's start, 'off' skips it (see Loader and pipeline/verify.py);
     verify_dir: where shards found intact are recorded (default default_record_dir(); '' records nothing).
-    shard_dir may be a URL (s3://bucket/prefix, http(s)://host/path, file://; pipeline/storage.py). cache_dir:
+    shard_dir may be a URL (s3://bucket/prefix, http(s)://host/path, file://; shards/storage.py). cache_dir:
     where the torch backend keeps verified copies of remote shards, at most cache_bytes of them (None: remote
     shards are read with ranged requests every epoch); the DALI backends keep only their index files there.
     auto_augment: an augment.AutoAugmentPolicy (or its text, e.g. 'rand-m9-mstd0.5') applied to train samples;

@@ -26,10 +26,15 @@ import os
 import numpy as np
 import torch
 
-from . import augment, storage
+from shards import storage
+from shards.errors import ShardError
+from shards.files import write_atomic
+from shards.manifest import find_corrupt_shard
+from shards.read import local_side_file_ok, read_side_file
+
+from . import augment
 from .loader import Loader, host_work_threads
-from .shard_format import local_side_file_ok, read_side_file
-from .shards import SHUFFLE_BUFFER, ShardError, epoch_seed, find_corrupt_shard, shard_segments
+from .rank_plan import SHUFFLE_BUFFER, epoch_seed, shard_segments
 
 # Host/device buffer sizes for the GPU decoder, from NVIDIA's ResNet-50 example: large enough for nearly every
 # ImageNet image, so nvJPEG does not reallocate mid-epoch.
@@ -299,9 +304,7 @@ def with_local_indexes(split, folder):
         local = os.path.join(folder, storage.basename(shard.index_path))
         if not local_side_file_ok(shard, "index", local):
             data = read_side_file(shard, "index")
-            with open(local + ".part", "wb") as handle:
-                handle.write(data)
-            os.replace(local + ".part", local)
+            write_atomic(local, data, durable=False)
         shards.append(dataclasses.replace(shard, index_path=local))
     return dataclasses.replace(split, shards=tuple(shards))
 

@@ -11,9 +11,10 @@ import os
 import numpy as np
 import torch
 
+from shards.errors import ShardError
+
 from .jpeg_decode import DECODE_ERRORS, decode_val
 from .normalize import Normalizer
-from .shard_format import ShardError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 

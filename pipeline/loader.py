@@ -3,10 +3,11 @@ import contextlib
 
 import torch
 
+from shards.errors import ShardError
+
 from .augment import AutoAugmenter, erase_batch
 from .normalize import Normalizer
-from .shard_format import ShardError
-from .shards import rank_plan, shard_segments
+from .rank_plan import rank_plan, shard_segments
 from .transfer import DeviceCopier
 from .verify import shared_verifier
 

@@ -1,9 +1,9 @@
 """A bounded local copy of shards read from object storage (`--cache-dir`, `--cache-size`).
 
-The first reader of a shard copies it whole to the cache folder in ranged chunks (pipeline/storage.py), hashing
+The first reader of a shard copies it whole to the cache folder in ranged chunks (shards/storage.py), hashing
 as it goes; only a copy whose sha256 equals the manifest's is renamed into place, so whatever the cache holds was
 verified once, and later epochs read it from local disk at local speed. Its index and member checksums are copied
-beside it, kept only while they match the manifest's size and sha256 (shard_format.check_side_file).
+beside it, kept only while they match the manifest's size and sha256 (shards/format.check_side_file).
 
 Every rank and loader worker of a machine may share one folder: a shard is copied under an exclusive lock on its
 own lock file, so it is downloaded once however many processes want it at the same time; the others wait and then
@@ -16,10 +16,11 @@ import dataclasses
 import fcntl
 import hashlib
 import os
-import tempfile
 
-from . import storage
-from .shard_format import ShardError, local_side_file_ok, read_side_file
+from shards import storage
+from shards.errors import ShardError
+from shards.files import write_atomic
+from shards.read import local_side_file_ok, read_side_file
 
 LOCK_SUFFIX = ".lock"
 
@@ -134,20 +135,10 @@ def _has_size(path, size):
 
 
 def _write_atomically(path, chunks, check=None):
-    """Writes the chunks to a temporary file beside `path`, runs check(), then renames it into place; the
-    temporary file is removed on any failure (a disk that fills up is named with the folder)."""
-    handle = tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".part-", delete=False)
+    """shards.files.write_atomic of the chunks, check() before the rename; a failure to write (a disk that fills
+    up) is a ShardError naming the folder."""
     try:
-        with handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        if check is not None:
-            check()
-        os.replace(handle.name, path)
+        write_atomic(path, chunks, durable=False, check=check, unique=True)
     except OSError as exc:
-        os.unlink(handle.name)
         raise ShardError(f"cache folder {os.path.dirname(path)}: cannot write {os.path.basename(path)}: "
                          f"{exc.strerror or exc}") from exc
-    except BaseException:
-        os.unlink(handle.name)
-        raise

@@ -4,7 +4,7 @@ With the shard's DALI .idx (make_shards always writes one) each member is read a
 header; without it the tar is streamed with webdataset, counting samples against the manifest. Either way a
 damaged shard raises a ShardError naming the file.
 
-A shard in object storage (pipeline/storage.py) is read the indexed way, one ranged request per run of up to
+A shard in object storage (shards/storage.py) is read the indexed way, one ranged request per run of up to
 `run` consecutive samples (the loader passes its batch size) instead of one per member, and every member is
 checked against the shard's member checksums (.crc32) as it arrives: the bytes are checked where they are used,
 without downloading each shard a second time to hash it. With a ShardCache the shard is first copied whole to
@@ -15,8 +15,10 @@ import tarfile
 
 from webdataset.tariterators import tar_file_iterator
 
-from .shard_format import BLOCK, SAMPLE_MEMBERS, ShardError, member_checksum, read_checksums, read_index, read_member
-from .storage import RangeReader, StorageError, is_remote
+from shards.errors import ShardError, StorageError
+from shards.format import BLOCK, SAMPLE_MEMBERS, member_checksum
+from shards.read import read_checksums, read_index, read_member
+from shards.storage import RangeReader, is_remote
 
 WANTED = SAMPLE_MEMBERS  # the only members ever decoded; anything else in a shard is skipped unread
 _READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls

@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shards.errors import ShardError
+from shards.format import parse_label
+from shards.storage import is_remote
+
 from .batch_slots import BatchSlots, EpochClosed
 from .jpeg_decode import DECODE_ERRORS, decode_train, decode_val, window_decoder
 from .loader import Loader, host_work_threads
-from .shard_format import ShardError, parse_label
+from .rank_plan import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
 from .shard_read import read_samples
-from .shards import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
-from .storage import is_remote
 
 # Train batches travel from the workers in this many equal pieces, joined by the main process while it normalises
 # (no extra copy). A worker's share is then counted in half batches, so the workers finish an epoch together

@@ -12,7 +12,7 @@ size, modification time) and the manifest's sha256, so a shard is hashed once pe
 run: in epoch e+1 a rank reads the range another rank verified in epoch e. Changing a file changes its
 modification time; to hash everything again, delete the folder (or pass a fresh one).
 
-A damaged shard gets one line naming it and, from its member checksums (pipeline/shard_format.py), the sample
+A damaged shard gets one line naming it and, from its member checksums (shards/format.py), the sample
 whose bytes changed.
 """
 import collections
@@ -22,16 +22,18 @@ import io
 import os
 import threading
 
-from . import storage
-from .shard_format import BLOCK, member_checksum, member_header_ok, read_checksums, read_index
+from shards import storage
+from shards.errors import ShardError, StorageError
+from shards.files import user_cache_dir
+from shards.format import BLOCK, member_checksum, member_header_ok
+from shards.read import read_checksums, read_index
 
 MODES = ("background", "before", "off")
 _LOW_PRIORITY = 10  # nice increment of the hashing thread: the loader's decoding comes first
 
 
 def default_record_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "cbam-imagenet", "verified-shards")
+    return user_cache_dir("verified-shards")
 
 
 class ShardVerifier:
@@ -103,7 +105,7 @@ class ShardVerifier:
             if record and os.path.exists(record):
                 return None
             digest = storage.sha256(shard.path, shard.bytes)
-        except storage.StorageError as exc:
+        except StorageError as exc:
             return str(exc)
         except OSError as exc:
             return f"shard {shard.path} is unreadable: {exc}"
@@ -157,7 +159,6 @@ def _changed_member(shard):
 def _undecodable_member(shard):
     from PIL import Image
 
-    from .shard_format import ShardError
     from .shard_read import read_samples
 
     try:

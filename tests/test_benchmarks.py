@@ -29,7 +29,7 @@ def run_benchmark(script, *args):
 
 def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
     write_tree(str(tmp_path / "src"), classes=3, train_per_class=4, val_per_class=2, size=48, seed=5)
-    stdout, data = run_benchmark("shards.py", "--src", tmp_path / "src", "--copies", 2, "--repeats", 1,
+    stdout, data = run_benchmark("make_shards.py", "--src", tmp_path / "src", "--copies", 2, "--repeats", 1,
                                  "--max-count", 5)
     assert data["files"] == 2 * 3 * (4 + 2) and data["copies"] == 2
     assert set(data["results"]) == {"tar cf", "full decode (1 process)", "check, 1/8-scale decode (1 process)",

@@ -151,7 +151,7 @@ def test_truncated_and_corrupt_data_raise_a_clear_error(decoder, photos):
 def test_everything_the_make_shards_check_accepts_decodes(decoder):
     """Damaged variants of real photographs (byte flips, cuts, zeroed runs): whatever tools/make_shards.py's check
     lets into a shard, the loader's decoder must read; it may accept more (a window needs less of the file)."""
-    from tools.imagecheck import check_bytes
+    from shards.imagecheck import check_bytes
 
     rng = np.random.default_rng(7)
     accepted = 0

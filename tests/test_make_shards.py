@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shards.imagecheck import Check, check_bytes
+from shards.outdir import CheckJournal
+from shards.sources import Source
 from tools import make_shards
-from tools.imagecheck import check_bytes
 from tools.make_demo_data import write_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -420,18 +422,18 @@ def test_sigkill_mid_write_then_rerun_gives_exactly_the_same_samples(tmp_path):
 
 def test_check_journal_survives_a_torn_line(tmp_path):
     journal_path = tmp_path / "check-train.jsonl"
-    source = make_shards.Source("train/a/x.JPEG", "/x", 0, 10, 5, None)
-    other = make_shards.Source("train/a/y.JPEG", "/y", 0, 11, 6, None)
-    journal = make_shards.CheckJournal(str(journal_path))
-    journal.record(source, make_shards.Check("ok", "", 3, 4))
+    source = Source("train/a/x.JPEG", "/x", 0, 10, 5, None)
+    other = Source("train/a/y.JPEG", "/y", 0, 11, 6, None)
+    journal = CheckJournal(str(journal_path))
+    journal.record(source, Check("ok", "", 3, 4))
     journal.close()
     with open(journal_path, "a") as f:
         f.write('["train/a/y.JPEG", 11, 6, "o')  # a record cut short by SIGKILL
-    journal = make_shards.CheckJournal(str(journal_path))
+    journal = CheckJournal(str(journal_path))
     assert journal.lookup(source) == ("ok", "", 3, 4) and journal.lookup(other) is None
-    journal.record(other, make_shards.Check("skipped", "empty file", 0, 0))
+    journal.record(other, Check("skipped", "empty file", 0, 0))
     journal.close()
-    journal = make_shards.CheckJournal(str(journal_path))
+    journal = CheckJournal(str(journal_path))
     assert journal.lookup(other) == ("skipped", "empty file", 0, 0)
     assert journal.lookup(source._replace(size=99)) is None  # a changed file is checked again
     journal.close()
@@ -766,7 +768,7 @@ def test_a_list_file_that_is_not_utf8_names_its_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("key, ext", [("a\nb", "jpg"), ("caf\u00e9", "jpg"), ("k", "j pg"), ("k" * 98, "jpg")])
 def test_the_shard_writer_refuses_member_names_its_files_cannot_hold(key, ext):
-    from tools.shardwriter import ShardWriter
+    from shards.writer import ShardWriter
     with pytest.raises(ValueError, match="key and extension must be ASCII letters, digits"):
         ShardWriter(io.BytesIO()).add_sample(key, {ext: b"x"})
 
@@ -860,7 +862,7 @@ def test_a_full_disk_at_a_side_file_names_it_and_leaves_no_temporary(tmp_path, n
 @pytest.mark.parametrize("durable", [False, True])  # the side files (.idx, .crc32, records), the manifest
 def test_an_atomic_write_that_fails_names_its_file_and_removes_its_temporary(tmp_path, durable):
     target = tmp_path / "train-000003.idx"
-    code = (f"from tools.shardwriter import write_atomic\n"
+    code = (f"from shards.files import write_atomic\n"
             f"write_atomic({str(target)!r}, b'v1.2 9\\n' * 3000, durable={durable})")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
                             preexec_fn=limited_to(5_000))

@@ -1,4 +1,4 @@
-"""Shards in object storage (pipeline/storage.py, pipeline/shard_cache.py) against real servers on loopback:
+"""Shards in object storage (shards/storage.py, pipeline/shard_cache.py) against real servers on loopback:
 moto's S3 server and an HTTP server with Range support (tests/range_http_server.py), each in its own process.
 Two-process torchrun epochs equal the local folder's, train.py trains and resumes from s3://, and the faults a
 store has: failing requests, missing and refused objects, changed bytes, a server that goes away."""
@@ -17,7 +17,8 @@ import torch
 from conftest import ROOT, dali_importable, epoch_batches, labels_of
 from object_stores import HttpServer, S3Server, StaticHttpServer
 
-from pipeline import BackendUnavailable, ShardError, build_loader, storage
+from pipeline import BackendUnavailable, ShardError, build_loader
+from shards import storage
 
 PY = sys.executable
 TRAIN = ["--depth", "18", "--att-type", "CBAM", "--image-size", "32", "--workers", "2", "--batch-size", "4",
@@ -115,7 +116,7 @@ def test_a_server_that_ignores_range_gives_the_local_folders_batches_with_or_wit
                                                                                                  tmp_path, caplog):
     """`python -m http.server` answers every ranged GET with the whole file: found once, noted once, and each
     shard read whole; train and val epochs equal the local folder's, image for image."""
-    caplog.set_level(logging.WARNING, logger="pipeline.storage")
+    caplog.set_level(logging.WARNING, logger="shards.storage")
     with StaticHttpServer(real_shards, tmp_path) as server:
         for cache in (None, str(tmp_path / "cache")):
             for split, epoch in (("train", 3), ("val", 0)):

@@ -1,10 +1,10 @@
-"""The rank and worker split (pipeline/shards.py): pure functions, every rank, world size and epoch."""
+"""The rank and worker split (pipeline/rank_plan.py): pure functions, every rank, world size and epoch."""
 
 import numpy as np
 import pytest
 
-import pipeline
-from pipeline.shards import rank_plan, shard_segments, worker_plans
+from pipeline.rank_plan import rank_plan, shard_segments, worker_plans
+from shards.manifest import Shard
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -54,7 +54,7 @@ def test_worker_plans_add_up_to_the_rank_quota(train):
 def test_shard_segments_follow_uneven_shards():
     sizes = [7, 1, 3, 9, 2]
     offsets = np.cumsum([0] + sizes[:-1])
-    shards = [pipeline.shards.Shard(f"s{i}", "", n, 0, "", int(o)) for i, (n, o) in enumerate(zip(sizes, offsets))]
+    shards = [Shard(f"s{i}", "", n, 0, "", int(o)) for i, (n, o) in enumerate(zip(sizes, offsets))]
     for start in range(sum(sizes)):
         for stop in range(start, sum(sizes) + 1):
             indices = [s.offset + i for s, first, end in shard_segments(shards, start, stop) for i in range(first, end)]

@@ -9,7 +9,7 @@ import torch
 from conftest import CPU_BACKENDS, dali_importable, epoch_batches, manifest
 
 import pipeline
-from pipeline.shards import ShardError
+from shards.errors import ShardError
 
 
 def damaged_copy(shard_dir, tmp_path):
@@ -185,8 +185,8 @@ def test_an_index_of_another_shard_is_named_before_reading(generated_shards, tmp
 def test_member_checksums_of_another_shard_are_named_by_the_damage_report(generated_shards, tmp_path):
     """A shard whose sha256 differs is explained from its .crc32; a .crc32 that is not its own is named instead of
     blaming an intact member."""
-    from pipeline.shards import load_split
     from pipeline.verify import damage_report
+    from shards.manifest import load_split
 
     shard_dir = damaged_copy(generated_shards, tmp_path)
     checksums = swap_side_file(shard_dir, "crc32", source=3, target=1)

@@ -10,9 +10,9 @@ from conftest import CPU_BACKENDS, build_sample_tree, run_make_shards
 from PIL import Image
 
 import pipeline
-from pipeline.shard_format import read_index
-from pipeline.shards import load_split
 from pipeline.verify import ShardVerifier
+from shards.manifest import load_split
+from shards.read import read_index
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import torch
 from model.cbam import resolve_impl
 from model.cbam_fused import triton_unavailable_reason
 from model.resnet import BasicBlock, Bottleneck
+from shards.files import user_cache_dir
 
 COMPILE_CHOICES = ("auto", "off", "blocks", "model")
 CUDA_GRAPH_CHOICES = ("auto", "on", "off")
@@ -74,8 +75,7 @@ def resolve_cuda_graphs(choice, device, compile_how, accum_steps=1):
 
 
 def default_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "cbam-imagenet", "torch-compile")
+    return user_cache_dir("torch-compile")
 
 
 def use_cache_dir(path):

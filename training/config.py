@@ -28,7 +28,7 @@ from pipeline import (
 )
 from pipeline.augment import parse_auto_augment
 from pipeline.folder import folder_problem
-from pipeline.storage import is_remote, normalize
+from shards.storage import is_remote, normalize
 from training.compile import (
     COMPILE_CHOICES,
     CUDA_GRAPH_CHOICES,

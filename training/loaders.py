@@ -5,9 +5,9 @@ import torch
 
 from pipeline import BackendUnavailable, ShardError, build_loader
 from pipeline.folder import FolderLoader
-from pipeline.shard_format import MANIFEST
-from pipeline.shards import read_manifest
-from pipeline.storage import is_remote, normalize
+from shards.format import MANIFEST
+from shards.manifest import read_manifest
+from shards.storage import is_remote, normalize
 
 from .errors import UsageError
 

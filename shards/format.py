@@ -1,4 +1,5 @@
-"""The shard format, in one place: what tools/make_shards.py writes and every backend reads.
+"""The shard format, in one place: what tools/make_shards.py writes and every backend reads. Pure: names,
+headers, side-file text and checks of bytes; reading them from storage is shards/read.py.
 
 A shard directory holds:
     manifest.json        format_version, classes, and per split its shards (written last: its presence means done)
@@ -21,9 +22,10 @@ sample is then found by decoding, see pipeline/verify.py). A file is listed once
 listed twice would be read twice per epoch.
 """
 import hashlib
-import os
 import tarfile
 import zlib
+
+from .errors import ShardError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,10 +38,6 @@ INDEX_VERSION = "v1.2"
 LABEL_DIGITS_MAX = 9  # a `.cls` member longer than this is not a label
 SHARD_ENTRY = ("tar", "index", "checksums", "samples", "bytes", "sha256", "index_bytes", "index_sha256",
                "checksums_bytes", "checksums_sha256")
-
-
-class ShardError(RuntimeError):
-    """A shard directory, manifest or shard file that cannot be used; the message names the file."""
 
 
 def shard_name(split, number):
@@ -91,33 +89,7 @@ def member_header_ok(header, size):
     return info.size == size
 
 
-def read_member(shard, reader, offset, size):
-    """The `size` bytes at `offset` of the shard open in `reader` (storage.RangeReader), after checking the
-    member's own tar header before them."""
-    header = reader.pread(BLOCK, offset - BLOCK) if offset >= BLOCK else b""
-    if not member_header_ok(header, size):
-        raise ShardError(f"shard {shard.path}: no intact tar header for the {size}-byte member at offset {offset} "
-                         f"that {os.path.basename(shard.index_path)} lists: the file is damaged (overwritten); "
-                         "re-run tools/make_shards.py")
-    data = reader.pread(size, offset)
-    if len(data) != size:
-        raise ShardError(f"shard {shard.path} ends inside the member at offset {offset}: the file is cut short; "
-                         "re-run tools/make_shards.py")
-    return data
-
-
 # ---------------------------------------------------------------------------------------------------- side files
-
-def read_side_file(shard, kind):
-    """The bytes of the shard's DALI index (kind "index") or member checksums ("checksums"), checked against the
-    manifest (check_side_file)."""
-    from .storage import read_bytes  # storage imports ShardError from here
-
-    path = getattr(shard, f"{kind}_path")
-    data = read_bytes(path)
-    check_side_file(shard, kind, path, data)
-    return data
-
 
 def check_side_file(shard, kind, path, data):
     """ShardError naming `path` and its shard unless `data` has the size and sha256 the manifest records for the
@@ -134,16 +106,6 @@ def check_side_file(shard, kind, path, data):
                          "another shard's or changed; re-run tools/make_shards.py (or copy its folder again)")
 
 
-def local_side_file_ok(shard, kind, local):
-    """True when `local` (a copy of the shard's `kind` file) exists and matches the manifest."""
-    try:
-        with open(local, "rb") as handle:
-            check_side_file(shard, kind, local, handle.read())
-    except (OSError, ShardError):
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------------------------------- DALI index
 
 def index_text(samples):
@@ -154,31 +116,11 @@ def index_text(samples):
     return "\n".join(lines) + "\n"
 
 
-def read_index(shard):
-    """[{ext: (offset, size, member name)}] per sample from the shard's DALI index; ShardError naming the file
-    unless it matches the manifest (check_side_file), is well formed and holds the manifest's sample count."""
-    try:
-        lines = read_side_file(shard, "index").split(b"\n")
-        header = lines[0].split()
-        if len(header) != 2 or not header[1].isdigit():
-            raise ValueError(f"its first line {lines[0][:40]!r} is not `{INDEX_VERSION} <samples>`")
-        if int(header[1]) != shard.samples:
-            raise ShardError(f"shard {shard.path}: its DALI index {shard.index_path} lists {int(header[1])} samples "
-                             f"but the manifest says {shard.samples}: damaged or replaced; re-run "
-                             "tools/make_shards.py")
-        records = []
-        for line in lines[1:1 + shard.samples]:
-            fields = line.split()
-            if not fields or len(fields) % 4:
-                raise ValueError(f"line {len(records) + 2} is not `ext offset size name` groups")
-            records.append({fields[i].decode(): (int(fields[i + 1]), int(fields[i + 2]), fields[i + 3].decode())
-                            for i in range(0, len(fields), 4)})
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"DALI index {shard.index_path} is unusable: {exc}") from exc
-    if len(records) != shard.samples:
-        raise ShardError(f"DALI index {shard.index_path} lists {len(records)} samples but the manifest says "
-                         f"{shard.samples}")
-    return records
+def index_header(first_line):
+    """(fields, sample count) of a DALI index's first line; the count is None unless the line is
+    `v1.2 <samples>`-shaped (two fields, the second a decimal number)."""
+    fields = first_line.split()
+    return fields, int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else None
 
 
 # ---------------------------------------------------------------------------------------------------- member checksums
@@ -186,16 +128,3 @@ def read_index(shard):
 def checksums_text(members):
     """The `.crc32` file of a tar; `members` holds (member name, crc32) in tar order."""
     return "".join(f"{name} {crc:08x}\n" for name, crc in members)
-
-
-def read_checksums(shard):
-    """[(member name, crc32)] from the shard's `.crc32` file; ShardError when it does not match the manifest
-    (check_side_file), ValueError or OSError when it is unreadable or malformed."""
-    path = shard.checksums_path
-    members = []
-    for number, line in enumerate(read_side_file(shard, "checksums").decode("utf-8").splitlines(), 1):
-        fields = line.split()
-        if len(fields) != 2 or len(fields[1]) != 8:
-            raise ValueError(f"{path} line {number} is not `<member name> <crc32>`")
-        members.append((fields[0], int(fields[1], 16)))
-    return members

@@ -6,7 +6,7 @@ conversion. libjpeg-turbo can instead decode at 1/8 scale and only the luma plan
 it still reads and Huffman-decodes every entropy-coded byte of every component (the entropy decoder must, to find
 where each block ends), so it fails exactly where a full decode fails, but computes one value per 8x8 luma block.
 On the shared ImageNet photographs it agreed with a full decode on all of 4,000 truncations (eight cut points per
-file) and 2,000 random corruptions, and runs faster (benchmarks/shards.py measures it; BENCHMARKS.md).
+file) and 2,000 random corruptions, and runs faster (benchmarks/make_shards.py measures it; BENCHMARKS.md).
 """
 import contextlib
 import io

@@ -2,7 +2,7 @@
 
   tar cf        `tar cf` of the split folders: the cost of reading and writing the bytes, nothing checked
   full decode   Pillow `Image.open(...).load()` of every file in one process: the honest check we replace
-  check         tools/imagecheck.check_file in one process: the 1/8-scale decode make_shards uses, which still
+  check         shards/imagecheck.check_file in one process: the 1/8-scale decode make_shards uses, which still
                 entropy-decodes every byte (truncated and corrupt files are caught like with a full decode); and
                 the same over 2 processes the way make_shards runs it (its Workers pool, pool start included)
   make_shards   the whole tool (`python tools/make_shards.py SRC OUT --workers N --max-count 50`, a fresh OUT
@@ -22,7 +22,7 @@ ImageFolder tree in a temporary folder); --src takes any ImageFolder tree (SRC/t
 per-run costs that do not split over workers (interpreter start, pool start, scanning, the manifest) then weigh
 as little as they do on a real dataset, where they are a fraction of a second in an hour-long run.
 
-    .venv/bin/python benchmarks/shards.py [--src DIR] [--copies 1] [--repeats 5] [--workers 1,2] [--record]
+    .venv/bin/python benchmarks/make_shards.py [--src DIR] [--copies 1] [--repeats 5] [--workers 1,2] [--record]
 """
 import argparse
 import io
@@ -39,8 +39,8 @@ import time
 from PIL import Image, features
 
 from benchmarks.common import ROOT, markdown_table, record
-from tools.imagecheck import check_file
-from tools.make_shards import Workers
+from shards.imagecheck import check_file
+from shards.workers import Workers
 
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")
@@ -52,7 +52,7 @@ def sample_tree(dest, copies=1):
     """Copies the shared `<wnid>_<name>.JPEG` photographs into dest/train/<wnid>/ (ImageFolder layout), each
     `copies` times."""
     if not os.path.isdir(SAMPLE_DIR):
-        sys.exit(f"shards.py: error: {SAMPLE_DIR} not found; pass --src with an ImageFolder tree")
+        sys.exit(f"benchmarks/make_shards.py: error: {SAMPLE_DIR} not found; pass --src with an ImageFolder tree")
     for name in sorted(os.listdir(SAMPLE_DIR)):
         folder = os.path.join(dest, "train", name.split("_")[0])
         os.makedirs(folder, exist_ok=True)
@@ -81,7 +81,7 @@ def place(path, folder, copies):
 def split_files(src):
     splits = [s for s in ("train", "val") if os.path.isdir(os.path.join(src, s))]
     if not splits:
-        sys.exit(f"shards.py: error: {src} has no train/ or val/ folder")
+        sys.exit(f"benchmarks/make_shards.py: error: {src} has no train/ or val/ folder")
     files = [os.path.join(d, f) for s in splits for d, _, names in os.walk(os.path.join(src, s)) for f in names]
     return splits, sorted(files)
 
@@ -116,7 +116,7 @@ def run_make_shards(src, out, splits, workers, max_count, phases):
     seconds = time.perf_counter() - start
     found = [(float(c), float(w)) for c, w in PHASES.findall(result.stdout)]
     if len(found) != len(splits):
-        sys.exit(f"shards.py: error: no phase times in make_shards' output:\n{result.stdout[-2000:]}")
+        sys.exit(f"benchmarks/make_shards.py: error: no phase times in make_shards' output:\n{result.stdout[-2000:]}")
     phases.append((sum(c for c, _ in found), sum(w for _, w in found)))
     return seconds
 
@@ -236,7 +236,7 @@ def main(argv=None):
                       "results": {k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()},
                       **{k: None if v is None else round(v, 3) for k, v in ratios.items()}}))
     if args.record:
-        record("make_shards throughput (benchmarks/shards.py)", table,
+        record("make_shards throughput (benchmarks/make_shards.py)", table,
                note=summary + ". make_shards times include interpreter start-up; other work may share the "
                               "machine.")
     return 0

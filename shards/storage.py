@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 
-from .shard_format import ShardError
+from .errors import ShardError, StorageError
 
 REMOTE_SCHEMES = ("s3", "http", "https")
 ATTEMPTS = 6            # tries per request before a transient error is given up on
@@ -39,10 +39,6 @@ _SIZE_QUERIES = 16      # concurrent size requests where a store cannot list (HT
 log = logging.getLogger(__name__)
 _whole_object_servers = set()  # scheme://host:port of servers found to ignore Range in this process
 _probed_servers = set()
-
-
-class StorageError(ShardError):
-    """A remote object that cannot be read; the message names its URL."""
 
 
 def scheme_of(path):
@@ -179,7 +175,7 @@ def retrying(path, what, request):
             kind = classify(exc)
             detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
             if kind == "missing":
-                raise StorageError(f"{path} not found (404) while {what}") from exc
+                raise StorageError(f"{path} not found (404) while {what}", missing=True) from exc
             if kind == "denied":
                 raise StorageError(f"{path}: access denied (403) while {what}; check the credentials "
                                    f"(AWS_ACCESS_KEY_ID/AWS_PROFILE) and the bucket policy") from exc
@@ -303,7 +299,7 @@ def _size_or_none(path):
     try:
         return size(path)
     except StorageError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError) or "not found (404)" in str(exc):
+        if exc.missing:
             return None
         raise
 

@@ -1,4 +1,4 @@
-"""Writes one WebDataset shard: the tar, its DALI index and its member checksums (pipeline/shard_format.py) in a
+"""Writes one WebDataset shard: the tar, its DALI index and its member checksums (shards/format.py) in a
 single pass, under temporary names that are renamed only once all are complete; or reuses the shard an earlier run
 completed.
 
@@ -13,8 +13,9 @@ import os
 import re
 from collections import namedtuple
 
-from pipeline.shard_format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
-from tools.imagecheck import encode_jpeg
+from .files import fsync_dir, fsync_path, named, temporary_name, write_atomic
+from .format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
+from .imagecheck import encode_jpeg
 
 WRITEBACK_STEP = 8 << 20  # bytes between two start_writeback calls while a shard is written
 # Member names are `<key>.<ext>`. The .idx and .crc32 are lines of space-separated fields, webdataset splits the
@@ -114,52 +115,6 @@ def start_writeback(fd, offset, length):
     Only an optimisation: a failure is ignored, the fsync before the manifest is what guarantees durability."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def named(exc, path):
-    """`exc` with `path` as its file name when it names none (a failed write or fsync of an open file names no
-    file; a worker's error would reach the user as a bare `[Errno 28] No space left on device`)."""
-    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, path)
-
-
-def fsync_path(path):
-    """fsync of a file or a directory by name (a directory: makes the renames inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise named(exc, path) from None
-    finally:
-        os.close(fd)
-
-
-fsync_dir = fsync_path  # the name says why it is called: a rename is only on disk once its directory is synced
-
-
-def temporary_name(path):
-    """`path.<pid>.tmp`: the process id keeps two writers of the same file (a rerun and a straggler of a killed
-    run) from writing into one temporary file; each renames a complete file, and both write the same bytes."""
-    return f"{path}.{os.getpid()}.tmp"
-
-
-def write_atomic(path, data, durable=True):
-    """Writes bytes to `path` via a temporary file and a rename, so readers never see a torn file; with `durable`,
-    the data is fsynced before the rename (a crash then leaves the old file or the complete new one). A failure
-    (full disk, quota, file-size limit) removes the temporary file and raises an OSError naming `path`."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(exc, OSError):
-            raise named(exc, path) from None
-        raise
 
 
 def verified_record(task):
