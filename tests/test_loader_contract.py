@@ -1,4 +1,4 @@
-"""The loader contract (DESIGN.md section 2) on both CPU backends: shapes, dtypes, layout, rank coverage, labels,
+"""The loader contract (pipeline/loader.py) on both CPU backends: shapes, dtypes, layout, rank coverage, labels,
 reproducibility, and the caller's state left as it was.
 
 The 'unique' shards have one image per class, so a label identifies a sample: that is how the tests check that no
