@@ -313,7 +313,8 @@ def remote_comparison(url, args, device):
     return 0
 
 
-def main(argv=None):
+def parse_args(argv):
+    """The flags, checked (argparse's own error and exit status 2 otherwise)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", help="ImageFolder tree whose train/ split is read (default: the shared samples), "
                         "or the URL of a shard folder in object storage (s3://, http(s)://): then that folder is "
@@ -337,15 +338,28 @@ def main(argv=None):
     for flag in ("workers", "repeats", "epochs", "batch_size", "max_count", "copies"):
         if getattr(args, flag) < (0 if flag == "workers" else 1):
             parser.error(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'workers' else 1}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if args.serve_stock:
         return serve_stock(args.serve_stock, args, device)
-    child_argv = [f"--workers={args.workers}", f"--image-size={args.image_size}", f"--batch-size={args.batch_size}"]
     if args.src and storage.is_remote(args.src):
         return remote_comparison(storage.normalize(args.src), args, device)
     backends = args.backends.split(",") if args.backends else (
         ["torch", "dali-cpu"] + (["dali"] if device.type == "cuda" else []))
 
+    runners, seconds, active, skipped = measure_local(args, device, backends)
+    report(args, device, backends, runners, seconds, active, skipped)
+    return 0
+
+
+def measure_local(args, device, backends):
+    """The stock loaders and ours on one tree of local files, repeats interleaved: (runners, seconds, the name
+    of the row with the active PIL, why row (a) was skipped or None)."""
+    child_argv = [f"--workers={args.workers}", f"--image-size={args.image_size}", f"--batch-size={args.batch_size}"]
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         files = folder_files(os.path.abspath(args.src)) if args.src else sample_files()
         src = build_tree(files, os.path.join(tmp, "src"), args.copies)
@@ -370,6 +384,11 @@ def main(argv=None):
             if stock_child is not None:
                 stock_child.close()
 
+    return runners, seconds, active, None if pillow_folder else skipped
+
+
+def report(args, device, backends, runners, seconds, active, skipped):
+    """The table, the note with the targets' verdicts and the JSON line; --record appends them."""
     images_per_run = {name: batches * args.batch_size * args.epochs for name, (_, batches) in runners.items()}
     rates = {name: [images_per_run[name] / s for s, _ in samples] for name, samples in seconds.items()}
     cpu_ms = {name: statistics.median(1000 * cpu / images_per_run[name] for _, cpu in samples)
@@ -390,7 +409,7 @@ def main(argv=None):
             f"{args.batch_size}, {args.workers} workers, device {device}, {args.epochs} epoch(s) per run, "
             f"{args.repeats} repeats, {os.cpu_count()} CPUs (other work may share the machine); "
             f"target >= {TARGET_VS_STOCK}x {judged.split()[0]} for torch and dali-cpu: {verdicts}"
-            + ("" if pillow_folder else f"; row (a) not run: {skipped}"))
+            + ("" if skipped is None else f"; row (a) not run: {skipped}"))
     print(table)
     print(note)
     print(json.dumps({"benchmark": "loader", "device": str(device), "workers": args.workers, "copies": args.copies,
@@ -402,7 +421,6 @@ def main(argv=None):
                       "ratios": {base: {k: round(v, 3) for k, v in r.items()} for base, r in ratios.items()}}))
     if args.record:
         record("Loader throughput (benchmarks/loader.py)", table, note=note)
-    return 0
 
 
 if __name__ == "__main__":

@@ -150,7 +150,8 @@ def timed(fn, *args):
     return time.perf_counter() - start
 
 
-def main(argv=None):
+def parse_args(argv):
+    """The flags, checked (argparse's own error and exit status 2 otherwise)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", help="ImageFolder tree to convert (default: the shared ImageNet samples)")
     parser.add_argument("--copies", type=int, default=1,
@@ -163,6 +164,12 @@ def main(argv=None):
     for flag in ("repeats", "copies"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    return args
+
+
+def measure(args):
+    """Every measurement, repeats interleaved: (worker counts, seconds per measurement, the tool's own phase
+    times per worker count, the files read, their megabytes)."""
     worker_counts = [int(w) for w in args.workers.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmp:
@@ -194,6 +201,11 @@ def main(argv=None):
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
                 seconds[name].append(measurements[name]())
 
+    return worker_counts, seconds, phases, files, megabytes
+
+
+def results_and_ratios(worker_counts, seconds, phases, files, megabytes):
+    """Timings per measurement and phase, and the ratios the targets are judged by."""
     results = {name: timing(s, files, megabytes) for name, s in seconds.items()}
     full = results["full decode (1 process)"]["seconds"]
     check = results["check, 1/8-scale decode (1 process)"]["seconds"]
@@ -215,6 +227,11 @@ def main(argv=None):
             ratios[f"{phase}_phase_two_vs_one"] = (results[f"make_shards --workers 1: {phase} phase"]["seconds"]
                                                    / results[f"make_shards --workers 2: {phase} phase"]["seconds"])
 
+    return results, ratios
+
+
+def report(args, results, ratios, files, megabytes):
+    """The table, the summary with the targets and the JSON line; --record appends them."""
     rows = [[name, f"{r['images_per_s']:.0f}", f"{r['mb_per_s']:.1f}",
              f"{r['seconds']:.3f} ({r['seconds_min']:.3f}-{r['seconds_max']:.3f})"] for name, r in results.items()]
     table = markdown_table(["measurement", "images/s", "MB/s", "seconds: median (min-max)"], rows)
@@ -239,6 +256,13 @@ def main(argv=None):
         record("make_shards throughput (benchmarks/make_shards.py)", table,
                note=summary + ". make_shards times include interpreter start-up; other work may share the "
                               "machine.")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    worker_counts, seconds, phases, files, megabytes = measure(args)
+    results, ratios = results_and_ratios(worker_counts, seconds, phases, files, megabytes)
+    report(args, results, ratios, files, megabytes)
     return 0
 
 
