@@ -22,9 +22,9 @@ from training import benchmark, checkpoint, config, distributed, load
 from training import stop as stopping
 from training.checkpoint import Position
 from training.learner import build_learner, prepare_to_run
-from training.loaders import build_loaders, warn_about_empty_classes
 from training.metrics import EpochProgress, MetricsFile, RunningSums, summarize
 from training.optim import set_learning_rate
+from training.run_loaders import build_loaders, warn_about_empty_classes
 
 
 def evaluate(learner, loader, world, weights="raw", tta="none"):

@@ -1,6 +1,7 @@
 """Nothing lost, in-process: damaged checkpoints are found by their checksum and `--resume auto` goes on from the
 newest intact one; the output folder is checked before anything is built; metrics rows of a validation run again
-are not duplicated; stop reasons (a signal during set-up, a divergence). train.py end to end: tests/test_train.py."""
+are not duplicated; stop reasons (a signal during set-up, a divergence). train.py end to end:
+tests/test_train_end_to_end.py."""
 import json
 import math
 import os
