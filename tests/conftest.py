@@ -1,6 +1,7 @@
 """Shared fixtures: generated JPEG trees and the real ImageNet sample photographs."""
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -116,3 +117,12 @@ def epoch_batches(shard_dir, split, batch_size, backend, *, rank=0, world_size=1
 
 def labels_of(batches):
     return [int(v) for _, labels in batches for v in labels]
+
+
+@pytest.fixture
+def saved_signal_handlers():
+    """SIGTERM's and SIGINT's handlers restored after a test that installs its own."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)

@@ -179,14 +179,6 @@ def test_plot_metrics_leaves_out_a_torn_last_line_saying_so(tmp_path, capsys):
 
 # --- stop reasons (training/stop.py) ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def saved_signal_handlers():
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-
-
 def test_a_signal_during_set_up_raises_and_during_training_sets_the_flag(saved_signal_handlers):
     request = stop.StopRequest(at_once=True)
     with pytest.raises(stop.Interrupted, match="stopped by SIGINT before training started: nothing to save yet"):

@@ -513,14 +513,6 @@ def test_as_dict_is_json_and_holds_what_checkpoints_compare(data_dir):
 
 # --- training/stop.py: stop requests --------------------------------------------------------------------------------
 
-@pytest.fixture
-def saved_signal_handlers():
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_this_process_requests_a_stop(saved_signal_handlers, signum):
     request = stop.StopRequest()

@@ -34,6 +34,7 @@ from model.cbam import CBAM  # noqa: E402
 from pipeline.folder import images_under, load_image, stack_images  # noqa: E402
 from training import load  # noqa: E402
 from training.config import OneLineParser, UsageError  # noqa: E402
+from training.errors import run_reporting_usage_errors  # noqa: E402
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -246,11 +247,7 @@ def run(args):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(argv))
-    except UsageError as exc:
-        print(f"attention_maps.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_usage_errors("attention_maps.py", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

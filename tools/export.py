@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from training import load  # noqa: E402
 from training.config import OneLineParser, UsageError  # noqa: E402
+from training.errors import run_reporting_usage_errors  # noqa: E402
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size than the export, so N is proven dynamic
@@ -119,11 +120,7 @@ def run(args):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(argv))
-    except UsageError as exc:
-        print(f"export.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_usage_errors("export.py", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

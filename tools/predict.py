@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from pipeline.folder import images_under, load_image, stack_images  # noqa: E402
 from training import load  # noqa: E402
 from training.config import OneLineParser, UsageError  # noqa: E402
+from training.errors import run_reporting_usage_errors  # noqa: E402
 
 
 def predict(model, arrays, device, top_k):
@@ -93,11 +94,7 @@ def run(args):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(argv))
-    except UsageError as exc:
-        print(f"predict.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_usage_errors("predict.py", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":
