@@ -22,19 +22,16 @@ import os
 import sys
 from dataclasses import dataclass
 
-if __package__ in (None, ""):  # run as a script: the project root on the path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from model import set_cbam_impl  # noqa: E402
-from model.cbam import CBAM  # noqa: E402
-from pipeline.folder import images_under, load_image, stack_images  # noqa: E402
-from training import load  # noqa: E402
-from training.config import OneLineParser, UsageError  # noqa: E402
-from training.errors import run_reporting_usage_errors  # noqa: E402
+from model import set_cbam_impl
+from model.cbam import CBAM
+from pipeline.folder import images_under, load_image, stack_images
+from training import load
+from training.config import OneLineParser, UsageError
+from training.errors import run_reporting_usage_errors
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 

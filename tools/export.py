@@ -22,14 +22,11 @@ import os
 import sys
 import warnings
 
-if __package__ in (None, ""):  # run as a script: the project root on the path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from training import load  # noqa: E402
-from training.config import OneLineParser, UsageError  # noqa: E402
-from training.errors import run_reporting_usage_errors  # noqa: E402
+from training import load
+from training.config import OneLineParser, UsageError
+from training.errors import run_reporting_usage_errors
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size than the export, so N is proven dynamic

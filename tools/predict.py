@@ -16,15 +16,12 @@ import json
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: the project root on the path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.folder import images_under, load_image, stack_images  # noqa: E402
-from training import load  # noqa: E402
-from training.config import OneLineParser, UsageError  # noqa: E402
-from training.errors import run_reporting_usage_errors  # noqa: E402
+from pipeline.folder import images_under, load_image, stack_images
+from training import load
+from training.config import OneLineParser, UsageError
+from training.errors import run_reporting_usage_errors
 
 
 def predict(model, arrays, device, top_k):

@@ -12,11 +12,8 @@ import argparse
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: the project root on the path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import train  # noqa: E402
-from training.config import OneLineParser, UsageError  # noqa: E402
+import train
+from training.config import OneLineParser, UsageError
 
 
 def main(argv=None):
