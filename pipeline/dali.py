@@ -20,8 +20,12 @@ CPU resize cost as much as the decode (see _resize_windows). Only the batches th
 
 DALI is imported lazily so that `import pipeline` works where DALI is not installed.
 """
+import atexit
 import dataclasses
+import hashlib
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import torch
@@ -29,7 +33,7 @@ import torch
 from shards import storage
 from shards.errors import ShardError
 from shards.files import write_atomic
-from shards.manifest import find_corrupt_shard
+from shards.manifest import check_index_file, find_corrupt_shard
 from shards.read import local_side_file_ok, read_side_file
 
 from . import augment
@@ -181,7 +185,7 @@ class DaliLoader(Loader):
             digits=label_digits(len(self.split.classes)), num_classes=len(self.split.classes),
             resize_on_host=self._resize_on_host(plan), normalize_dtype=self._graph_dtype(),
             # workers=0 still needs one DALI thread: DALI has no in-process mode.
-            batch_size=self.batch_size, num_threads=max(1, self.workers),
+            batch_size=self.per_rank_batch, num_threads=max(1, self.workers),
             device_id=self.device.index if self.device.type == "cuda" else None,
             seed=epoch_seed(self.seed, self.epoch, self.rank), prefetch_queue_depth=_PREFETCH_DEPTH,
             exec_dynamic=True)
@@ -201,7 +205,7 @@ class DaliLoader(Loader):
         pipe = self._build(plan)
         try:
             for step in range(plan.batches):
-                count = plan.last_batch_size() if step == plan.batches - 1 else self.batch_size
+                count = plan.last_batch_size() if step == plan.batches - 1 else self.per_rank_batch
                 # The first schedule_run fills DALI's queue (_PREFETCH_DEPTH batches); later ones add one batch,
                 # only while the epoch still needs it. pipe.run() keeps the queue full instead, so it computed
                 # _PREFETCH_DEPTH - 1 batches past the quota every epoch (1 of 8 on a 448-image epoch of batch 64),
@@ -294,10 +298,12 @@ class DaliLoader(Loader):
                 f"(all match their manifest checksums): {reason}")
 
 
-def with_local_indexes(split, folder):
-    """`split` with every shard's DALI index copied into `folder`: DALI reads s3:// shards itself (its readers
-    accept s3:// paths since NVIDIA/DALI#5415) but its index files from local paths. A copy is kept only when it
-    matches the manifest, and one that no longer does (the folder was made again) is fetched again."""
+def with_local_indexes(split, cache_dir):
+    """`split` (remote shards) with every shard's DALI index copied to a local folder: DALI reads s3:// shards
+    itself (its readers accept s3:// paths since NVIDIA/DALI#5415) but its index files from local paths. The
+    folder is in cache_dir, else a temporary one removed at exit. A copy is kept only when it matches the
+    manifest, and one that no longer does (the folder was made again) is fetched again."""
+    folder = _index_folder(cache_dir, split.shard_dir)
     os.makedirs(folder, exist_ok=True)
     shards = []
     for shard in split.shards:
@@ -306,7 +312,21 @@ def with_local_indexes(split, folder):
             data = read_side_file(shard, "index")
             write_atomic(local, data, durable=False)
         shards.append(dataclasses.replace(shard, index_path=local))
+        check_index_file(shards[-1])
     return dataclasses.replace(split, shards=tuple(shards))
+
+
+def _index_folder(cache_dir, location):
+    if cache_dir:
+        return os.path.join(cache_dir, "dali-index", hashlib.sha256(location.encode()).hexdigest()[:16])
+    if location not in _index_folders:
+        folder = tempfile.mkdtemp(prefix="cbam-dali-index-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _index_folders[location] = folder
+    return _index_folders[location]
+
+
+_index_folders = {}  # remote location -> its temporary index folder, for the life of the process
 
 
 def _dali_reason(exc):

@@ -111,14 +111,14 @@ def _collate(items):
 class FolderLoader:
     """Val batches of an image folder for `rank` of `world_size` (see the module docstring)."""
 
-    def __init__(self, data, batch_size, *, classes=None, rank=0, world_size=1, workers=2, device="cpu",
+    def __init__(self, data, per_rank_batch, *, classes=None, rank=0, world_size=1, workers=2, device="cpu",
                  image_size=224, dtype=torch.float32):
         self.data = data
         self.classes, samples = folder_samples(data, classes)
         self.num_samples = len(samples)
         n = len(samples)
         mine = samples[n * rank // world_size:n * (rank + 1) // world_size]
-        self.batches = torch.utils.data.DataLoader(_Decoded(mine, image_size), batch_size=batch_size,
+        self.batches = torch.utils.data.DataLoader(_Decoded(mine, image_size), batch_size=per_rank_batch,
                                                    num_workers=workers, collate_fn=_collate)
         self.normalize = Normalizer(torch.device(device), dtype)
         self.device = torch.device(device)

@@ -37,7 +37,7 @@ def auto_backend():
 
     from pipeline import resolve_backend
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    return resolve_backend("auto", device)
+    return resolve_backend("auto", device).name
 
 
 def summary():

@@ -46,10 +46,10 @@ class Loader:
     backend = None  # resolved name, set by subclasses: 'dali' | 'dali-cpu' | 'torch'
     augments_in_workers = False  # True: the backend's workers apply --auto-augment, keyed by (worker, position)
 
-    def __init__(self, split, *, batch_size, rank, world_size, workers, device, image_size, seed, dtype,
+    def __init__(self, split, *, per_rank_batch, rank, world_size, workers, device, image_size, seed, dtype,
                  verify="background", verify_dir="", auto_augment=None, reprob=0.0):
         self.split = split
-        self.batch_size = batch_size
+        self.per_rank_batch = per_rank_batch
         self.rank = rank
         self.world_size = world_size
         self.workers = workers
@@ -96,7 +96,7 @@ class Loader:
     def plan(self):
         """This rank's RankPlan for the current epoch."""
         return rank_plan(self.split.num_samples, rank=self.rank, world_size=self.world_size,
-                         batch_size=self.batch_size, epoch=self.epoch, train=self.train)
+                         batch_size=self.per_rank_batch, epoch=self.epoch, train=self.train)
 
     def __len__(self):
         return self.plan().batches
@@ -154,7 +154,7 @@ class Loader:
         """One batch from uint8 NHWC parts (concatenated along N): augmented (unless the workers did it),
         normalised, erased. Each sample's draws are keyed by (seed, epoch, rank, its position in the rank's
         epoch)."""
-        first = self._batches_normalized * self.batch_size
+        first = self._batches_normalized * self.per_rank_batch
         if self._augmenter is not None and not self.augments_in_workers:
             parts = [part.to(self.device, non_blocking=True) for part in parts]
             position = first
@@ -169,5 +169,5 @@ class Loader:
 
     def __repr__(self):
         return (f"{type(self).__name__}(backend={self.backend!r}, split={self.split.name!r}, "
-                f"samples={self.num_samples}, batch_size={self.batch_size}, rank={self.rank}/{self.world_size}, "
-                f"batches={len(self)}, device={self.device}, image_size={self.image_size})")
+                f"samples={self.num_samples}, per_rank_batch={self.per_rank_batch}, rank={self.rank}/{self.world_size},"
+                f" batches={len(self)}, device={self.device}, image_size={self.image_size})")

@@ -16,7 +16,7 @@ def dali_cpu_epoch(shard_dir, split, batch_size, image_size, dtype=torch.float32
     """(loader, batches) of one epoch of the dali-cpu backend with the given step placement."""
     from pipeline.dali import DaliLoader
 
-    loader = DaliLoader(load_split(shard_dir, split, need_index=True), gpu=False, batch_size=batch_size, rank=0,
+    loader = DaliLoader(load_split(shard_dir, split, need_index=True), gpu=False, per_rank_batch=batch_size, rank=0,
                         world_size=1, workers=2, device=torch.device("cpu"), image_size=image_size, seed=0,
                         dtype=dtype, verify="off", **placement)
     return loader, list(loader)

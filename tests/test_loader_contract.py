@@ -20,7 +20,7 @@ from pipeline import augment
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_batches_have_the_contract_shape_dtype_layout_and_range(generated_shards, backend, split):
     loader, batches = epoch_batches(generated_shards, split, 8, backend, image_size=32)
-    assert loader.backend == backend and loader.batch_size == 8
+    assert loader.backend == backend and loader.per_rank_batch == 8
     assert loader.num_samples == manifest(generated_shards)["splits"][split]["samples"]
     assert len(batches) == len(loader) == (48 // 8 if split == "train" else -(-20 // 8))
     low = min((0 - m) / s for m, s in zip(augment.IMAGENET_MEAN, augment.IMAGENET_STD))

@@ -94,7 +94,7 @@ def test_a_torchrun_epoch_over_http_equals_the_local_folder_and_dali_names_the_b
 
 def pipeline_backend(backend, data):
     from pipeline import resolve_backend
-    return resolve_backend(backend, torch.device("cpu"), data=data)
+    return resolve_backend(backend, torch.device("cpu"), data=data).name
 
 
 def test_members_are_fetched_in_one_request_per_run_of_samples(real_shards, tmp_path):

@@ -18,6 +18,7 @@ import yaml
 from model import ATTENTION, CBAM_IMPLS
 from model.attention import canonical_attention
 from pipeline import (
+    BACKEND_CHOICES,
     BACKENDS,
     DEFAULT_CACHE_BYTES,
     VERIFY_MODES,
@@ -27,6 +28,7 @@ from pipeline import (
     resolve_backend,
 )
 from pipeline.augment import parse_auto_augment
+from pipeline.backends import AUTO_ORDER
 from pipeline.folder import folder_problem
 from shards.storage import is_remote, normalize
 from training.compile import (
@@ -98,8 +100,9 @@ def _add_data_flags(p):
     p.add_argument("data", metavar="DATA", help="shard folder written by tools/make_shards.py, or where it was "
                    "uploaded: s3://bucket/prefix (AWS environment, AWS_ENDPOINT_URL for S3-compatible stores), "
                    "http(s)://host/path, file://path")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="data loader: auto = dali with DALI+CUDA, else torch")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help=f"data loader (pipeline/backends.py): auto = the first of {', '.join(AUTO_ORDER)} that runs "
+                        "here and reads DATA; " + "; ".join(f"{b.name} = {b.summary}" for b in BACKENDS.values()))
     p.add_argument("-j", "--workers", type=int, default=4,
                    help="data-loading worker processes per node, shared among the node's ranks")
     p.add_argument("--verify-shards", default="background", choices=VERIFY_MODES,
@@ -489,7 +492,7 @@ class RunConfig:
     compile: str              # 'blocks' | 'model' | 'off'
     cuda_graphs: bool         # the compiled model replayed from CUDA graphs
     cudnn_benchmark: bool
-    backend: str              # the loader backend that runs: 'dali' | 'dali-cpu' | 'torch'
+    backend: object           # the pipeline.Backend that runs ('dali' | 'dali-cpu' | 'torch'), resolved once
     per_rank_batch: int
     loader_workers: int       # per rank (the --workers flag counts per node)
 
@@ -511,7 +514,8 @@ class RunConfig:
         resolved = {"amp_resolved": self.amp, "cbam_impl_resolved": self.cbam_impl,
                     "compile_resolved": self.compile, "cuda_graphs_resolved": self.cuda_graphs,
                     "cudnn_benchmark_resolved": self.cudnn_benchmark,
-                    "backend_resolved": self.backend, "world_size": self.world.size, "device": str(self.world.device)}
+                    "backend_resolved": self.backend.name, "world_size": self.world.size,
+                    "device": str(self.world.device)}
         return json.loads(json.dumps({**self.flags, **resolved}, default=str))
 
 
