@@ -20,8 +20,8 @@ Source = namedtuple("Source", "relpath path label size mtime_ns problem")
 # What no name may hold, because the manifest (JSON in UTF-8), classes.txt and the check journal cannot store it or
 # would be split by it: surrogates (os.fsdecode's stand-ins for bytes that are not UTF-8), control characters
 # (newline, tab, DEL, C1) and Unicode's line and paragraph separators, on which str.splitlines() splits. These are
-# exactly the Unicode categories Cs, Cc, Zl and Zp; a regular expression finds them 15x faster than
-# unicodedata.category per character (0.5 vs 7 us per ImageNet path), which counts over 1.3 million paths.
+# exactly the Unicode categories Cs, Cc, Zl and Zp, spelled as one regular expression: it scans a path in C, where
+# unicodedata.category would be one Python call per character of 1.3 million ImageNet paths.
 UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 

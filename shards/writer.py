@@ -172,10 +172,9 @@ def write_shard(task):
     checksums_path = os.path.join(task.out, f"{task.name}.crc32")
     # The side files go first, so a tar under its final name has them beside it; the record written last is
     # what marks the shard complete. Nothing is fsynced here: an fsync waits for the disk and commits the file
-    # system journal, and the workers' fsyncs serialise (with four per shard the write phase scaled 1.39x on 2
-    # workers, the check phase 1.86x). A power loss can then lose a shard's data or its renames, which only costs
-    # a rewrite: a rerun re-hashes the tar and the side files against the record. make_durable() flushes
-    # everything once, before the manifest is written.
+    # system journal, so the workers' fsyncs would serialise them on each other. A power loss can then lose a
+    # shard's data or its renames, which only costs a rewrite: a rerun re-hashes the tar and the side files
+    # against the record. make_durable() flushes everything once, before the manifest is written.
     try:
         write_atomic(index_path, index, durable=False)
         write_atomic(checksums_path, checksums, durable=False)

@@ -66,7 +66,6 @@ def test_info_reports_the_active_pil():
 
 def test_the_backend_registry_is_what_the_flag_offers_and_build_loader_takes_a_resolved_backend(generated_shards):
     from pipeline.backends import AUTO_ORDER, BACKENDS, CHOICES, resolve
-
     from training.config import build_parser
     flag = next(a for a in build_parser()._actions if "--backend" in a.option_strings)
     assert tuple(flag.choices) == CHOICES == ("auto", *BACKENDS) and set(AUTO_ORDER) <= set(BACKENDS)
