@@ -95,15 +95,27 @@ def raise_if_damaged(world, problem):
         raise AgreedShardError(message)
 
 
+# Under fp16 the gradient scaler halves its scale at every step it skips (non-finite gradients) and doubles it only
+# after 2000 good steps, so a scale below 1 means the gradients overflowed step after step since the start or since
+# long good stretches: the run no longer trains. DeepSpeed's dynamic loss scaler stops a run at the same floor
+# (min_loss_scale = 1); torch's GradScaler has none and would go on skipping every step.
+MIN_LOSS_SCALE = 1.0
+
+
 def check_finite(world, learner, loss, epoch, step, steps, saving=False):
     """Raises Diverged on every rank when the loss (`loss`: a mean over steps and ranks) is not finite, or, before
     a checkpoint (`saving`) and under the fp16 gradient scaler, any weight. The scaler skips a step whose loss is
-    not finite by design, which is not a divergence: then the weights decide. Otherwise a weight turns non-finite
-    only with a non-finite loss in that step or the next, so the loss alone is checked at print intervals."""
+    not finite by design, which is not a divergence: then the weights decide, and the scale, which falls below
+    MIN_LOSS_SCALE only when step after step is skipped. Otherwise a weight turns non-finite only with a non-finite
+    loss in that step or the next, so the loss alone is checked at print intervals."""
     scaled = learner.scaler.is_enabled()
     lost = not math.isfinite(loss) and not scaled
-    broken = (saving or scaled) and not lost and not learner.weights_finite()
-    if distributed.any_rank(world, lost or broken):
-        what = f"the loss is {loss}" if lost else "the weights are not finite"
+    scale = learner.scaler.get_scale() if scaled else MIN_LOSS_SCALE
+    skipping = scale < MIN_LOSS_SCALE
+    broken = (saving or scaled) and not lost and not skipping and not learner.weights_finite()
+    if distributed.any_rank(world, lost or skipping or broken):
+        what = (f"the loss is {loss}" if lost else
+                f"the fp16 loss scale fell to {scale:g}, below {MIN_LOSS_SCALE:g}: the gradients overflowed at "
+                "step after step, which the scaler skips" if skipping else "the weights are not finite")
         raise Diverged(f"the run diverged at epoch {epoch}, step {step}/{steps}: {what}; stopped without saving, "
                        "the last checkpoint is kept (try a lower --lr)")
