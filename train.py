@@ -14,11 +14,15 @@ import os
 import sys
 from dataclasses import replace
 
+if __name__ == "__main__":  # before torch imports: a signal in those seconds is a clean stop too
+    import training.early_signals
+    training.early_signals.keep()
+
 import torch
 import torch.distributed as dist
 
 from pipeline import ShardError
-from training import benchmark, checkpoint, config, distributed, load
+from training import benchmark, checkpoint, config, distributed, early_signals, load
 from training import stop as stopping
 from training.checkpoint import Position
 from training.learner import build_learner, prepare_to_run
@@ -170,7 +174,8 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
 
 
 def main(argv=None):
-    stop = stopping.StopRequest(at_once=True)  # until training starts a signal ends the rank where it is
+    # Until training starts a signal ends the rank where it is (one that came while imports ran: at once).
+    stop = stopping.StopRequest(at_once=True, earlier=early_signals.take())
     args = config.parse_args(argv)
     checkpoint.check_output_dir(args)
     if args.ngpu > 1 and not distributed.launched_by_torchrun():

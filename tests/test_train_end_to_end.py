@@ -388,6 +388,43 @@ def test_a_signal_during_set_up_is_a_clean_stop_with_its_status(shards, tmp_path
     assert not (tmp_path / "T_checkpoint.pth.tar").exists()
 
 
+def _catches(pid, signum):
+    """True once process `pid` has a handler of its own for `signum` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            mask = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+def _torch_loaded(pid):
+    with open(f"/proc/{pid}/maps") as maps:
+        return "libtorch" in maps.read()
+
+
+def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path):
+    """SIGTERM the moment train.py starts handling it, before libtorch is even loaded: exit 143 with the one line,
+    not a rank killed by the signal. Tried up to three times, until one signal lands before libtorch loads."""
+    before_torch = 0
+    for attempt in range(3):
+        proc = subprocess.Popen([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+                                 str(shards)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        early = not _torch_loaded(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert stderr.strip().splitlines() == [
+            "train.py: stopped by SIGTERM before training started: nothing to save yet"], stderr[-3000:]
+        before_torch += early
+        if before_torch:
+            break
+    assert before_torch, "every SIGTERM came after libtorch had loaded: the import window was not tried"
+
+
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_anything_is_built(shards, tmp_path):
     """A folder under one the user may not write (root without its file capabilities): exit 2 before the world,
     loaders and model are set up (tests/test_nothing_lost.py has the other cases, in-process)."""

@@ -39,11 +39,14 @@ class StopRequest:
     where the rank is; after `defer()` (the training loop) it sets a flag, and the loop finishes its step, saves
     and exits 128 + the signal's number."""
 
-    def __init__(self, at_once=False):
+    def __init__(self, at_once=False, earlier=()):
+        """earlier: signals received before (training.early_signals), handled now as if they came now."""
         self.signum = 0
         self.at_once = at_once
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
+        for signum in earlier[:1]:
+            self._handle(signum, None)
 
     @property
     def requested(self):
