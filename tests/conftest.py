@@ -75,7 +75,7 @@ UNIQUE_CLASSES = 121  # labels 0..120: one, two and three ASCII digits
 @pytest.fixture(scope="session")
 def generated_shards(tmp_path_factory):
     """Shards of a generated tree: 4 classes, 48 train samples in 5 shards of 9-10, 20 val samples in 2 shards."""
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     root = tmp_path_factory.mktemp("generated")
     write_tree(str(root / "src"), classes=4, train_per_class=12, val_per_class=5, size=64, seed=1)
     return run_make_shards(root / "src", root / "shards", 10, "--skip-bad")
@@ -85,7 +85,7 @@ def generated_shards(tmp_path_factory):
 def unique_shards(tmp_path_factory):
     """121 classes x 1 sample per split, so a label identifies a sample: 7 uneven train shards (17 or 18 samples),
     7 val shards."""
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     root = tmp_path_factory.mktemp("unique")
     write_tree(str(root / "src"), classes=UNIQUE_CLASSES, train_per_class=1, val_per_class=1, size=20, seed=2)
     return run_make_shards(root / "src", root / "shards", 18, "--skip-bad")

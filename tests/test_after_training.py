@@ -330,11 +330,11 @@ def test_attention_maps_draws_checkpoints_side_by_side(trained, tmp_path, capsys
 
 @pytest.fixture(scope="module")
 def two_tasks(tmp_path_factory):
-    """Shards of two disjoint sets of generated classes: task A (the even classes of tools/make_demo_data.py's 10,
+    """Shards of two disjoint sets of generated classes: task A (the even classes of shards/synthetic.py's 10,
     24 train images each) to pretrain on, task B (the odd ones, 4 train images each: the few-sample case
     fine-tuning is for; 20 val images each) to fine-tune on. Their hues, stripe angles and frequencies
     interleave, so features learned on A serve B."""
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     base = tmp_path_factory.mktemp("tasks")
     for task, wnids, train_per_class, val_per_class, seed in (("a", range(0, 10, 2), 24, 1, 11),
                                                               ("b", range(1, 10, 2), 4, 20, 12)):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, dali_importable
 
-from tools.make_demo_data import write_tree
+from shards.synthetic import write_tree
 
 
 def run_benchmark(script, *args):

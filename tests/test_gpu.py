@@ -101,7 +101,7 @@ def test_cuda_graphs_train_the_same_weights_as_the_compiled_model_without_them()
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     base = tmp_path_factory.mktemp("gpu")
     write_tree(str(base / "images"), classes=4, train_per_class=32, val_per_class=8, size=64, seed=3)
     result = subprocess.run([sys.executable, "tools/make_shards.py", str(base / "images"), str(base / "shards"),

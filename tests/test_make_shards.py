@@ -21,8 +21,8 @@ from PIL import Image
 from shards.imagecheck import Check, check_bytes
 from shards.outdir import CheckJournal
 from shards.sources import Source
+from shards.synthetic import write_tree
 from tools import make_shards
-from tools.make_demo_data import write_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")

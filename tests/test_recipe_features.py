@@ -148,7 +148,7 @@ def rows(out, kind):
 
 @pytest.fixture(scope="module")
 def learnable_shards(tmp_path_factory):
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     base = tmp_path_factory.mktemp("recipe")
     write_tree(str(base / "images"), classes=4, train_per_class=40, val_per_class=10, size=48, seed=11)
     return run_make_shards(base / "images", base / "shards", 60)  # 160 train samples, 40 val

@@ -40,7 +40,7 @@ def make_shards(src, out, per_shard):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     base = tmp_path_factory.mktemp("train")
     write_tree(str(base / "images"), classes=4, train_per_class=16, val_per_class=6, size=40, seed=3)
     make_shards(base / "images", base / "shards", per_shard=20)  # 64 train samples in 4 shards, 24 val in 2
@@ -407,7 +407,7 @@ def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path):
     """SIGTERM the moment train.py starts handling it, before libtorch is even loaded: exit 143 with the one line,
     not a rank killed by the signal. Tried up to three times, until one signal lands before libtorch loads."""
     before_torch = 0
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.Popen([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path / "out"),
                                  str(shards)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
@@ -529,7 +529,7 @@ def test_missing_data_folder_exits_2(tmp_path):
 
 
 def test_learnability_reaches_90_percent(tmp_path):
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     write_tree(str(tmp_path / "images"), classes=5, train_per_class=60, val_per_class=12, size=48, seed=7)
     make_shards(tmp_path / "images", tmp_path / "shards", per_shard=100)
     result = run([PY, "train.py", "--depth", "18", "--att-type", "CBAM", "--image-size", "32", "--backend",
@@ -572,7 +572,7 @@ def test_plot_metrics_renders_a_png(reference_run, tmp_path):
 def test_evaluate_needs_only_a_val_split(reference_run, shards, tmp_path):
     out, _ = reference_run
     images = tmp_path / "images"
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     write_tree(str(images), classes=4, train_per_class=1, val_per_class=3, size=40, seed=5)
     result = run([PY, "tools/make_shards.py", str(images), str(tmp_path / "val_only"), "--splits", "val"])
     assert result.returncode == 0, result.stderr
@@ -621,7 +621,7 @@ def test_a_bad_flag_under_torchrun_is_reported_once(shards):
 
 
 def test_a_class_without_train_samples_is_named_at_start(tmp_path):
-    from tools.make_demo_data import write_tree
+    from shards.synthetic import write_tree
     write_tree(str(tmp_path / "images"), classes=4, train_per_class=16, val_per_class=4, size=40, seed=5)
     empty = sorted(os.listdir(tmp_path / "images" / "train"))[2]
     for name in os.listdir(tmp_path / "images" / "train" / empty):

@@ -68,7 +68,7 @@ def measure(train_step, loader, config):
     prints."""
     world = config.world
     warmup, steps = config.benchmark_warmup, config.benchmark_steps
-    per_rank = loader.batch_size
+    per_rank = loader.per_rank_batch
     global_batch = per_rank * world.size
 
     if 2 * (warmup + steps) > len(loader) and world.is_main:
