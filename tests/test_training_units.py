@@ -418,7 +418,7 @@ def test_check_mid_epoch_resume_names_every_changed_setting():
     assert "batch_size" not in str(error.value)
 
 
-# --- training/config.py: flags and RunConfig ------------------------------------------------------------------------
+# --- training/flags.py, recipe.py and config.py: flags, recipes and RunConfig --------------------------------------
 
 @pytest.mark.parametrize("flags, named", [
     (["--lr-schedule", "linear"], "--lr-schedule"),
