@@ -38,12 +38,12 @@ def evaluate(learner, loader, world, weights="raw", tta="none"):
     if world.size > 1:
         # DDP keeps the parameters equal but each rank updates its own BatchNorm running statistics after the
         # last broadcast; evaluate rank 0's (the checkpointed) model on every rank.
-        for buffer in learner.net.buffers():
+        for buffer in learner.model.buffers():
             dist.broadcast(buffer, 0)
     if weights == "ema":
         learner.ema.sync_buffers()
-    net = learner.ema.model if weights == "ema" else learner.net
-    net.eval()
+    evaluated = learner.ema.model if weights == "ema" else learner.model
+    evaluated.eval()
     sums, problem = RunningSums(world.device), None
     amp = learner.amp_dtype
     with torch.no_grad(), torch.autocast(world.device.type, dtype=amp, enabled=amp is not None), learner.evaluation():
@@ -52,11 +52,11 @@ def evaluate(learner, loader, world, weights="raw", tta="none"):
                 problem = batch
                 break
             images, labels = batch
-            logits = net(images)
+            logits = evaluated(images)
             if tta == "flip":
-                logits = (logits + net(images.flip(3))) / 2
+                logits = (logits + evaluated(images.flip(3))) / 2
             sums.add(torch.nn.functional.cross_entropy(logits.float(), labels), logits, labels)
-    learner.net.train()
+    learner.model.train()
     stopping.raise_if_damaged(world, problem)
     return summarize(distributed.all_reduce_sum(world, sums.take()).cpu())
 

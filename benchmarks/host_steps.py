@@ -117,12 +117,12 @@ def auto_augment_rows(batch_size, image_size):
     pixels = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8)
     augmenter = augment.AutoAugmenter(augment.parse_auto_augment("rand-m9-mstd0.5"))
 
-    def run(grouped):
+    def augment_batch(grouped):
         rngs = [np.random.default_rng([0, i]) for i in range(batch_size)]
         augmenter.rand_in_place(pixels.permute(0, 3, 1, 2).clone(), rngs, grouped)
 
-    return [("RandAugment m9 mstd0.5", "grouped by operation", lambda: run(True), "sample by sample",
-             lambda: run(False), batch_size)]
+    return [("RandAugment m9 mstd0.5", "grouped by operation", lambda: augment_batch(True), "sample by sample",
+             lambda: augment_batch(False), batch_size)]
 
 
 def main(argv=None):

@@ -163,7 +163,8 @@ class StockProcess:
             sys.exit(f"loader.py: error: the stock-Pillow child exited with status {self.child.wait()}")
         return line
 
-    def run(self, first, count):
+    def time_epochs(self, first, count):
+        """(seconds, CPU seconds) of the child's stock loader for `count` epochs from epoch `first`."""
         self.child.stdin.write(f"{first} {count}\n")
         self.child.stdin.flush()
         seconds, cpu = self._reply().split()
@@ -230,8 +231,8 @@ def interleaved_repeats(runners, args):
     """{name: [(seconds, CPU seconds) per repeat]}: one warm-up epoch each (page cache, imports, DALI and worker
     first-run costs), then --repeats rounds in which every runner runs once, the order rotating by one each
     round."""
-    for run, _ in runners.values():
-        run(0, 1)
+    for time_epochs, _ in runners.values():
+        time_epochs(0, 1)
     names = list(runners)
     seconds = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -368,10 +369,12 @@ def measure_local(args, device, backends):
             pillow_folder, skipped = None, "--no-stock-pillow"
         else:
             pillow_folder, skipped = stock_pillow_folder(tmp)
-        runners, stock_child = {}, None  # name -> (run(first_epoch, epochs) -> seconds, batches per epoch)
+        # name -> (time_epochs(first, count) -> (seconds, CPU seconds), batches per epoch)
+        runners, stock_child = {}, None
         if pillow_folder:
             stock_child = StockProcess(child_argv, src, pillow_folder)
-            runners[STOCK_PILLOW.format(pil=pil_label(stock_child.pil))] = (stock_child.run, stock_child.batches)
+            stock = STOCK_PILLOW.format(pil=pil_label(stock_child.pil))
+            runners[stock] = (stock_child.time_epochs, stock_child.batches)
         else:
             print(f"row (a) skipped: {skipped}")
         active = STOCK_ACTIVE_PIL.format(pil=pil_label(summary()["pil"]))
@@ -389,9 +392,9 @@ def measure_local(args, device, backends):
 
 def report(args, device, backends, runners, seconds, active, skipped):
     """The table, the note with the targets' verdicts and the JSON line; --record appends them."""
-    images_per_run = {name: batches * args.batch_size * args.epochs for name, (_, batches) in runners.items()}
-    rates = {name: [images_per_run[name] / s for s, _ in samples] for name, samples in seconds.items()}
-    cpu_ms = {name: statistics.median(1000 * cpu / images_per_run[name] for _, cpu in samples)
+    images_per_repeat = {name: batches * args.batch_size * args.epochs for name, (_, batches) in runners.items()}
+    rates = {name: [images_per_repeat[name] / s for s, _ in samples] for name, samples in seconds.items()}
+    cpu_ms = {name: statistics.median(1000 * cpu / images_per_repeat[name] for _, cpu in samples)
               for name, samples in seconds.items()}
     medians = {name: statistics.median(r) for name, r in rates.items()}
     baselines = [name for name in runners if name.startswith("(")]
@@ -404,7 +407,7 @@ def report(args, device, backends, runners, seconds, active, skipped):
     verdicts = ", ".join(f"{name} {ratios[judged][name]:.2f}x "
                          f"({'met' if ratios[judged][name] >= TARGET_VS_STOCK else 'NOT met'})"
                          for name in backends if name in ("torch", "dali-cpu"))
-    note = (f"{images_per_run[active] // args.epochs} images per epoch ({args.copies} cop"
+    note = (f"{images_per_repeat[active] // args.epochs} images per epoch ({args.copies} cop"
             f"{'y' if args.copies == 1 else 'ies'} of each file), {args.image_size} px, batch "
             f"{args.batch_size}, {args.workers} workers, device {device}, {args.epochs} epoch(s) per run, "
             f"{args.repeats} repeats, {os.cpu_count()} CPUs (other work may share the machine); "

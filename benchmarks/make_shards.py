@@ -106,7 +106,7 @@ def pooled_check(files, workers):
 PHASES = re.compile(r"\(check ([0-9.]+) s, write ([0-9.]+) s\)")  # from make_shards' per-split summary line
 
 
-def run_make_shards(src, out, splits, workers, max_count, phases):
+def time_make_shards(src, out, splits, workers, max_count, phases):
     """Seconds for the whole tool; appends (check seconds, write seconds), summed over splits, to `phases`."""
     shutil.rmtree(out, ignore_errors=True)  # a fresh OUT: an existing one would be reused, not rewritten
     start = time.perf_counter()
@@ -125,13 +125,13 @@ def _ratio_text(ratio):
     return "n/a (a run shorter than the start-up)" if ratio is None else f"{ratio:.2f}x"
 
 
-def run_startup():
+def time_startup():
     start = time.perf_counter()
     subprocess.run([sys.executable, TOOL, "--help"], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
-def run_tar(src, splits, archive):
+def time_tar(src, splits, archive):
     start = time.perf_counter()
     subprocess.run(["tar", "cf", archive, "-C", src, *splits], check=True)
     return time.perf_counter() - start
@@ -181,20 +181,20 @@ def measure(args):
             src = os.path.abspath(args.src)
         splits, files = split_files(src)
         megabytes = sum(os.path.getsize(f) for f in files) / 1e6
-        measurements = {"tar cf": lambda: run_tar(src, splits, os.path.join(tmp, "all.tar")),
+        measurements = {"tar cf": lambda: time_tar(src, splits, os.path.join(tmp, "all.tar")),
                         "full decode (1 process)": lambda: timed(full_decode, files),
                         "check, 1/8-scale decode (1 process)": lambda: timed(draft_check, files),
                         "check, 1/8-scale decode (2 processes)": lambda: timed(pooled_check, files, 2),
-                        "start-up": run_startup}
+                        "start-up": time_startup}
         phases = {w: [] for w in worker_counts}  # per run: (check s, write s) as the tool reports them
         for w in worker_counts:
             measurements[f"make_shards --workers {w}"] = (
-                lambda w=w: run_make_shards(src, os.path.join(tmp, f"out{w}"), splits, w, args.max_count,
+                lambda w=w: time_make_shards(src, os.path.join(tmp, f"out{w}"), splits, w, args.max_count,
                                             phases[w]))
         for measure in measurements.values():  # warm-up: page cache, imports, first-run effects
             measure()
-        for runs in phases.values():
-            runs.clear()
+        for times in phases.values():
+            times.clear()
         names = list(measurements)
         seconds = {name: [] for name in names}
         for repeat in range(args.repeats):
@@ -220,8 +220,8 @@ def results_and_ratios(worker_counts, seconds, phases, files, megabytes):
                                                       if min(one, two) > startup else None)
     for w in worker_counts:
         for i, phase in enumerate(("check", "write")):
-            runs = [run[i] for run in phases[w]]
-            results[f"make_shards --workers {w}: {phase} phase"] = timing(runs, files, megabytes)
+            times = [phase_times[i] for phase_times in phases[w]]
+            results[f"make_shards --workers {w}: {phase} phase"] = timing(times, files, megabytes)
     if 1 in worker_counts and 2 in worker_counts:
         for phase in ("check", "write"):
             ratios[f"{phase}_phase_two_vs_one"] = (results[f"make_shards --workers 1: {phase} phase"]["seconds"]

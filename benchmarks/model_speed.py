@@ -272,7 +272,7 @@ def make_train_step(variant, mode, args):
     return step
 
 
-def run_models(args):
+def measure_models(args):
     """Times every (mode, variant) train step, printing each row as it is measured; returns the table."""
     header = ("model", "mode", "ms/step (median)", "images/s", "time / none", "host ms/step", "warm-up s")
     print(markdown_table(header, []), flush=True)
@@ -371,7 +371,7 @@ def make_tail_step(variant, channels, side, mode, args):
     return step
 
 
-def run_blocks(args):
+def measure_blocks(args):
     """Per stage: the copy calibration, then every (mode, variant) block tail, each row printed as it is
     measured; returns the table."""
     header = ("stage: channels x side", "case", "mode", "ms (median)", "passes", "warm-up s")
@@ -439,7 +439,7 @@ def main(argv=None):
         return 2
     args.start = start
     torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as train.py: fixed shapes, fastest algorithms
-    what, table, note = run_blocks(args) if args.blocks else run_models(args)
+    what, table, note = measure_blocks(args) if args.blocks else measure_models(args)
     if args.record:
         command = " ".join(argv if argv is not None else sys.argv[1:])
         record(f"benchmarks/model_speed.py: {what}, channels_last, {'bf16' if args.amp_dtype else 'fp32'} on "

@@ -4,8 +4,8 @@ With the shard's DALI .idx (make_shards always writes one) each member is read a
 header; without it the tar is streamed with webdataset, counting samples against the manifest. Either way a
 damaged shard raises a ShardError naming the file.
 
-A shard in object storage (shards/storage.py) is read the indexed way, one ranged request per run of up to
-`run` consecutive samples (the loader passes its batch size) instead of one per member, and every member is
+A shard in object storage (shards/storage.py) is read the indexed way, one ranged request per `per_request`
+consecutive samples (the loader passes its batch size) instead of one per member, and every member is
 checked against the shard's member checksums (.crc32) as it arrives: the bytes are checked where they are used,
 without downloading each shard a second time to hash it. With a ShardCache the shard is first copied whole to
 local disk (verified by its sha256) and read from there.
@@ -22,39 +22,39 @@ from shards.storage import RangeReader, is_remote
 
 WANTED = SAMPLE_MEMBERS  # the only members ever decoded; anything else in a shard is skipped unread
 _READ_BUFFER = 1 << 20  # tarfile's stream mode reads 10 kB at a time; a large buffer saves system calls
-DEFAULT_RUN = 64  # samples per ranged request from object storage when the caller does not say
+DEFAULT_PER_REQUEST = 64  # samples per ranged request from object storage when the caller does not say
 
 
-def read_samples(shard, first, stop, *, run=DEFAULT_RUN, cache=None):
+def read_samples(shard, first, stop, *, per_request=DEFAULT_PER_REQUEST, cache=None):
     """Yields (key, jpg_bytes, cls_bytes) for samples first..stop-1 of `shard`: through its DALI .idx when the
     manifest names one that exists (make_shards always writes it; only the DALI backends need it), else by
     streaming the tar with webdataset. A remote shard goes through `cache` (a ShardCache) when given, else is
-    read in runs of `run` samples."""
+    read with one ranged request per `per_request` consecutive samples."""
     if is_remote(shard.path):
         if cache is not None:
             return read_indexed_samples(cache.local_shard(shard), first, stop)
         if not shard.index_path:
             raise ShardError(f"shard {shard.path}: its manifest names no .idx index, which reading from object "
                              "storage needs (tools/make_shards.py writes one per shard)")
-        return read_indexed_samples(shard, first, stop, run=run, checked=True)
+        return read_indexed_samples(shard, first, stop, per_request=per_request, checked=True)
     if shard.index_path and os.path.exists(shard.index_path):
         return read_indexed_samples(shard, first, stop)
     return read_streamed_samples(shard, first, stop)
 
 
-def read_indexed_samples(shard, first, stop, *, run=1, checked=False):
+def read_indexed_samples(shard, first, stop, *, per_request=1, checked=False):
     """Reads each wanted member's bytes at the offset the .idx gives: no tar parsing in Python, a tenth of the
     loader's CPU time when streamed (BENCHMARKS.md). Every member's own tar header is read too and must
     be intact (checksum) and agree with the index on the size, so a shard overwritten in place, which keeps its
-    size, still fails naming the file. run > 1: the bytes of `run` consecutive samples are fetched in one read.
+    size, still fails naming the file. per_request > 1: one ranged request per `per_request` consecutive samples.
     checked: every member is compared with the shard's member checksums (when its manifest names them)."""
     records = read_index(shard)
     expected = _member_checksums(shard) if checked else {}
     try:
         with RangeReader(shard.path) as reader:
             for number in range(first, stop):
-                if run > 1 and (number - first) % run == 0:
-                    reader.prefetch(*_span(records[number:min(stop, number + run)]))
+                if per_request > 1 and (number - first) % per_request == 0:
+                    reader.prefetch(*_span(records[number:min(stop, number + per_request)]))
                 parts = {}
                 for ext in WANTED:
                     if ext not in records[number]:

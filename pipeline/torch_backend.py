@@ -91,7 +91,8 @@ class ShardStream(IterableDataset):
         """Raw samples of the share: in order for val, through a seeded shuffle buffer for train."""
         stream = ((shard, key, jpeg, cls)
                   for shard, first, stop in shard_segments(self.split.shards, share.start, share.stop)
-                  for key, jpeg, cls in read_samples(shard, first, stop, run=self.plan.batch_size, cache=self.cache))
+                  for key, jpeg, cls in read_samples(shard, first, stop, per_request=self.plan.batch_size,
+                                                     cache=self.cache))
         if not self.plan.train:
             yield from stream
             return

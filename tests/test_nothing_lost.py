@@ -199,7 +199,7 @@ def test_a_non_finite_loss_or_weight_is_a_divergence_but_an_fp16_skipped_step_is
     model = torch.nn.Linear(3, 2)
 
     def learner(fp16):
-        return Learner(model, model, model, None, torch.amp.GradScaler("cpu", enabled=fp16), None, None)
+        return Learner(model, model, None, torch.amp.GradScaler("cpu", enabled=fp16), None, None)
     stop.check_finite(world, learner(False), 2.5, 0, 3, 10)
     stop.check_finite(world, learner(True), math.inf, 0, 3, 10)  # the scaler skipped the step
     with pytest.raises(stop.Diverged, match=r"the run diverged at epoch 1, step 4/10: the loss is nan; stopped "

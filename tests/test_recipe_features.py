@@ -54,7 +54,7 @@ def tiny_learner(seed=0, num_classes=4):
     model = build_model(18, "CBAM", num_classes=num_classes, cbam_impl="torch").eval()  # BN statistics fixed
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return Learner(model, model, model, optimizer, scaler, torch.nn.CrossEntropyLoss(), None)
+    return Learner(model, model, optimizer, scaler, torch.nn.CrossEntropyLoss(), None)
 
 
 def test_accumulating_n_batches_equals_one_step_of_n_times_the_batch():
@@ -323,7 +323,7 @@ def small_learner():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
-    return Learner(model, model, model, None, torch.amp.GradScaler("cpu", enabled=False),
+    return Learner(model, model, None, torch.amp.GradScaler("cpu", enabled=False),
                    torch.nn.CrossEntropyLoss(), None)
 
 

@@ -284,7 +284,7 @@ def test_rng_state_round_trip_through_a_file_repeats_every_stream(tmp_path):
 
 def learner_of(model, optimizer, scaler=None):
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
-    return Learner(model, model, model, optimizer, scaler, torch.nn.CrossEntropyLoss(), None)
+    return Learner(model, model, optimizer, scaler, torch.nn.CrossEntropyLoss(), None)
 
 
 def test_save_then_load_round_trips_the_state_and_copies_the_best(tmp_path, data_dir):
@@ -418,7 +418,7 @@ def test_check_mid_epoch_resume_names_every_changed_setting():
     assert "batch_size" not in str(error.value)
 
 
-# --- training/config.py: flags and RunConfig ------------------------------------------------------------------------
+# --- training/flags.py, recipe.py and config.py: flags, recipes and RunConfig --------------------------------------
 
 @pytest.mark.parametrize("flags, named", [
     (["--lr-schedule", "linear"], "--lr-schedule"),

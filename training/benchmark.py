@@ -63,11 +63,11 @@ def device_name(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads/rank)"
 
 
-def measure(train_step, loader, config):
-    """The three rates and the configuration (a training.config.RunConfig) as one dict: the JSON line train.py
-    prints."""
-    world = config.world
-    warmup, steps = config.benchmark_warmup, config.benchmark_steps
+def measure(train_step, loader, run):
+    """The three rates and the configuration (`run`, a training.config.RunConfig) as one dict: the JSON line
+    train.py prints."""
+    world = run.world
+    warmup, steps = run.benchmark_warmup, run.benchmark_steps
     per_rank = loader.per_rank_batch
     global_batch = per_rank * world.size
 
@@ -104,17 +104,17 @@ def measure(train_step, loader, config):
         "world_size": world.size,
         "device": device_name(world.device),
         "backend": loader.backend,
-        "amp": config.amp,
+        "amp": run.amp,
         "batch_size": global_batch,
         "image_size": loader.image_size,
-        "depth": config.depth,
-        "att_type": config.att_type,
-        "cbam_impl": config.cbam_impl,
+        "depth": run.depth,
+        "att_type": run.att_type,
+        "cbam_impl": run.cbam_impl,
         "steps": steps,
         "warmup_steps": warmup,
-        "channels_last": config.channels_last,
-        "compile": config.compile,
-        "cudnn_benchmark": config.cudnn_benchmark,
+        "channels_last": run.channels_last,
+        "compile": run.compile,
+        "cudnn_benchmark": run.cudnn_benchmark,
         "first_step_seconds": first_step_seconds and round(first_step_seconds, 2),
         "warmup_seconds": {"loader": round(loader_warmup, 2), "end_to_end": round(end_to_end_warmup, 2),
                            "model": round(model_warmup, 2)},

@@ -20,17 +20,16 @@ from .optim import make_optimizer
 
 @dataclass
 class Learner:
-    model: torch.nn.Module       # the module whose state dict is saved
-    net: torch.nn.Module         # the model as run (compiled in place, same parameters)
-    train_net: torch.nn.Module   # net, wrapped in DDP when there are several ranks
+    model: torch.nn.Module        # the module run and saved (prepare_to_run compiles it in place: same state dict)
+    train_model: torch.nn.Module  # what a training step calls: the model in DDP with several ranks, else the model
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: torch.nn.Module
     amp_dtype: torch.dtype
-    mixer: BatchMixer = None     # mixup/cutmix, or None
-    ema: WeightAverage = None    # the weight average (--ema-decay), or None; checkpoint.restore loads or restarts it
-    clip_grad: float = 0.0       # the gradients' global norm is clipped to this before each optimizer step; 0 = off
-    cuda_graphs: bool = False    # the compiled model replays CUDA graphs (set by prepare_to_run)
+    mixer: BatchMixer = None      # mixup/cutmix, or None
+    ema: WeightAverage = None     # the weight average (--ema-decay), or None; checkpoint.restore loads or restarts it
+    clip_grad: float = 0.0        # the gradients' global norm is clipped to this before each optimizer step; 0 = off
+    cuda_graphs: bool = False     # the compiled model replays CUDA graphs (set by prepare_to_run)
 
     def evaluation(self):
         """The context evaluation runs in: without CUDA graphs, whose replays would reuse the memory of one block's
@@ -49,10 +48,10 @@ class Learner:
             torch.compiler.cudagraph_mark_step_begin()
         if self.mixer is not None:
             images, targets, labels = self.mixer(images, labels, step)
-        no_sync = getattr(self.train_net, "no_sync", None)
+        no_sync = getattr(self.train_model, "no_sync", None)
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             with torch.autocast(images.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.train_net(images)
+                logits = self.train_model(images)
                 loss = self.criterion(logits.float(), targets)
             self.scaler.scale(loss * share if share != 1.0 else loss).backward()
         if last:
@@ -104,17 +103,19 @@ def build_learner(run, num_classes, log=print, classes=None):
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
     mixer = BatchMixer(run.mixup, run.cutmix, num_classes, run.seed)
     ema = WeightAverage(model, run.ema_decay) if run.ema_decay and not run.evaluate else None
-    return Learner(model, model, model, optimizer, scaler, make_criterion(run, num_classes), run.amp_dtype,
+    return Learner(model, model, optimizer, scaler, make_criterion(run, num_classes), run.amp_dtype,
                    mixer if mixer.enabled else None, ema, clip_grad=run.clip_grad)
 
 
 def prepare_to_run(learner, run):
-    """Compiles the model and wraps it in DDP for several ranks (in place on `learner`)."""
-    learner.net = compile_model(learner.model, run.compile, cuda_graphs=run.cuda_graphs)
+    """Compiles the model in place (the saved state dict keeps its names) and wraps it in DDP for several ranks
+    (in place on `learner`)."""
+    compiled = compile_model(learner.model, run.compile, cuda_graphs=run.cuda_graphs)
+    assert compiled is learner.model, "compile_model compiles in place and returns the module it was given"
     learner.cuda_graphs = run.cuda_graphs
-    learner.train_net = learner.net
+    learner.train_model = learner.model
     if run.world.size > 1:
         device = run.world.device
-        learner.train_net = DistributedDataParallel(learner.net,
-                                                    device_ids=[device] if device.type == "cuda" else None,
-                                                    gradient_as_bucket_view=True)  # no gradient copy into buckets
+        learner.train_model = DistributedDataParallel(learner.model,
+                                                      device_ids=[device] if device.type == "cuda" else None,
+                                                      gradient_as_bucket_view=True)  # no gradient copy into buckets
