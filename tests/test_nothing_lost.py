@@ -211,3 +211,27 @@ def test_a_non_finite_loss_or_weight_is_a_divergence_but_an_fp16_skipped_step_is
     for fp16, saving in ((True, False), (False, True)):
         with pytest.raises(stop.Diverged, match="the weights are not finite"):
             stop.check_finite(world, learner(fp16), 1.0, 0, 3, 10, saving=saving)
+
+
+def test_an_fp16_run_whose_every_step_is_skipped_is_a_divergence_once_the_loss_scale_falls_below_one():
+    """The scaler halves its scale at each skipped step (65536 at the start): after 16 overflowing steps it is 1,
+    still a run; after the 17th, 0.5 and a divergence, named as such, although weights and the last loss are
+    finite-looking to the other checks (a skipped step changes no weight)."""
+    from training.learner import Learner
+    world = World(0, 0, 1, 1, torch.device("cpu"))
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    learner = Learner(model, model, optimizer, torch.amp.GradScaler("cpu"), None, None)
+    before = [p.detach().clone() for p in model.parameters()]
+    for step in range(1, 18):
+        learner.scaler.scale(model(torch.ones(1, 3)).sum() * math.inf).backward()  # every gradient overflows
+        learner.scaler.step(optimizer)
+        learner.scaler.update()
+        optimizer.zero_grad()
+        if step == 16:
+            assert learner.scaler.get_scale() == 1.0
+            stop.check_finite(world, learner, math.inf, 0, step, 20)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(stop.Diverged, match=r"step 17/20: the fp16 loss scale fell to 0\.5, below 1: the gradients "
+                                            "overflowed at step after step"):
+        stop.check_finite(world, learner, math.inf, 0, 17, 20)
