@@ -205,7 +205,7 @@ def parse_args(argv):
     return args
 
 
-def run(args):
+def draw_maps(args):
     for path in args.checkpoint:
         if not os.path.isfile(path):
             raise UsageError(f"checkpoint not found: {path}")
@@ -244,7 +244,7 @@ def run(args):
 
 
 def main(argv=None):
-    return run_reporting_usage_errors("attention_maps.py", lambda: run(parse_args(argv)))
+    return run_reporting_usage_errors("attention_maps.py", lambda: draw_maps(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ def export_onnx(model, example, out, opset):
     torch.onnx.export(model, (example,), out, dynamo=False, opset_version=opset, input_names=["images"],
                       output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
-    def run(images):
+    def onnx_logits(images):
         import onnxruntime
         session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
-    return run
+    return onnx_logits
 
 
 def export_torchscript(model, example, out, opset):
@@ -94,7 +94,7 @@ def parse_args(argv):
     return args
 
 
-def run(args):
+def export_checkpoint(args):
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
     if args.format == "exported-program" and not args.out.endswith(".pt2"):
@@ -117,7 +117,7 @@ def run(args):
 
 
 def main(argv=None):
-    return run_reporting_usage_errors("export.py", lambda: run(parse_args(argv)))
+    return run_reporting_usage_errors("export.py", lambda: export_checkpoint(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def parse_args(argv):
     return args
 
 
-def run(args):
+def predict_files(args):
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
     trained = load.read(args.checkpoint)
@@ -91,7 +91,7 @@ def run(args):
 
 
 def main(argv=None):
-    return run_reporting_usage_errors("predict.py", lambda: run(parse_args(argv)))
+    return run_reporting_usage_errors("predict.py", lambda: predict_files(parse_args(argv)))
 
 
 if __name__ == "__main__":
