@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 
 from pipeline import ShardError
-from training import benchmark, checkpoint, config, distributed, early_signals, load
+from training import benchmark, checkpoint, config, distributed, early_signals, load, output_dir, resume
 from training import stop as stopping
-from training.checkpoint import Position
 from training.learner import build_learner, prepare_to_run
 from training.metrics import EpochProgress, MetricsFile, RunningSums, summarize
 from training.optim import set_learning_rate
+from training.resume import Position
 from training.run_loaders import build_loaders, warn_about_empty_classes
 
 
@@ -131,11 +131,11 @@ def validate_and_save(learner, val_loader, world, saver, metrics, log, position,
 def fit(run, learner, train_loader, val_loader, position, stop, log):
     """Trains from `position` to the last epoch; returns the exit status (0, or 128 + N after signal N)."""
     world = run.world
-    checkpoint.prepare_output_dir(run, log)
+    output_dir.prepare_output_dir(run, log)
     board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard") if run.tensorboard else None
     metrics = MetricsFile(os.path.join(run.output_dir, f"{run.prefix}_metrics.jsonl"), world.is_main,
                           position.step, position.elapsed_s, board, position.val_owed)
-    saver = checkpoint.Saver(run, learner, metrics.elapsed_s, train_loader.split.classes)
+    saver = resume.Saver(run, learner, metrics.elapsed_s, train_loader.split.classes)
     stop.defer()  # from here on a signal stops the run after saving
     if position.val_owed:
         log(f"=> validating epoch {position.epoch - 1} first: the run stopped before its validation ended")
@@ -177,7 +177,7 @@ def main(argv=None):
     # Until training starts a signal ends the rank where it is (one that came while imports ran: at once).
     stop = stopping.StopRequest(at_once=True, earlier=early_signals.take())
     args = config.parse_args(argv)
-    checkpoint.check_output_dir(args)
+    output_dir.check_output_dir(args)
     if args.ngpu > 1 and not distributed.launched_by_torchrun():
         config.check_world(args, args.ngpu)
         return distributed.relaunch_with_torchrun(args.ngpu)
@@ -197,7 +197,7 @@ def main(argv=None):
         learner = build_learner(run, trained.num_classes, log)
     else:
         learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
-    position, resumed_from = checkpoint.restore(run, learner, log)
+    position, resumed_from = resume.restore(run, learner, log)
     if trained:
         log(f"=> evaluating checkpoint {resumed_from}: {trained.summary()}")
     elif resumed_from:

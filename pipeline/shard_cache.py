@@ -75,7 +75,7 @@ class ShardCache:
                 digest.update(chunk)
                 yield chunk
         self._evict(keep=None, room=shard.bytes)
-        _write_atomically(local, chunks(), check=lambda: self._check(shard, digest.hexdigest()))
+        _write_atomically(local, chunks(), before_replace=lambda: self._check(shard, digest.hexdigest()))
 
     @staticmethod
     def _check(shard, digest):
@@ -134,11 +134,11 @@ def _has_size(path, size):
         return False
 
 
-def _write_atomically(path, chunks, check=None):
-    """shards.files.write_atomic of the chunks, check() before the rename; a failure to write (a disk that fills
-    up) is a ShardError naming the folder."""
+def _write_atomically(path, chunks, before_replace=None):
+    """shards.files.write_atomic of the chunks, before_replace() before the rename; a failure to write (a disk
+    that fills up) is a ShardError naming the folder."""
     try:
-        write_atomic(path, chunks, durable=False, check=check, unique=True)
+        write_atomic(path, chunks, durable=False, before_replace=before_replace, unique=True)
     except OSError as exc:
         raise ShardError(f"cache folder {os.path.dirname(path)}: cannot write {os.path.basename(path)}: "
                          f"{exc.strerror or exc}") from exc

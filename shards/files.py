@@ -1,11 +1,15 @@
 """Local files written so that no reader ever sees a torn one, and the user cache folder; used by the shard writer,
-the conversion, the shard cache, the DALI index copy and training's compile cache.
+the conversion, the shard cache, the DALI index copy, training's checkpoints, metrics file and run configuration,
+and training's compile cache.
 
 write_atomic writes to a temporary file in the target's folder (fsynced with `durable`), renames it into place,
 removes it on any failure, and raises OSError naming the target (a failed write of an open file names no file).
+Its temporaries are named by temporary_name and read back by parse_temporary_name (to sweep those of killed
+writers).
 """
 import contextlib
 import os
+import re
 import tempfile
 
 CACHE_NAME = "cbam-imagenet"  # $XDG_CACHE_HOME/cbam-imagenet, else ~/.cache/cbam-imagenet
@@ -43,11 +47,21 @@ def temporary_name(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
-def write_atomic(path, data, durable=True, *, check=None, unique=False):
+_TEMPORARY_NAME = re.compile(r"(.+)\.(\d+)\.tmp")
+
+
+def parse_temporary_name(name):
+    """(final name, writer's pid) of a file name made by temporary_name; None for any other name."""
+    match = _TEMPORARY_NAME.fullmatch(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def write_atomic(path, data, durable=True, *, before_replace=None, unique=False):
     """Writes `data` (bytes, or an iterable of bytes chunks) to `path` via a temporary file and a rename, so
     readers never see a torn file; with `durable`, the data is fsynced before the rename (a crash then leaves the
-    old file or the complete new one). check(): called before the rename; what it raises is raised, the file is
-    not renamed. The temporary is temporary_name(path), or with `unique` a fresh `.part-*` name in the same
+    old file or the complete new one). before_replace(): called once the data is written, just before the rename
+    (to check what was written, or to move the old file aside); what it raises is raised, the file is not
+    renamed. The temporary is temporary_name(path), or with `unique` a fresh `.part-*` name in the same
     folder (for files that several threads of one process may write at once). A failure (full disk, quota,
     file-size limit) removes the temporary file and raises an OSError naming `path`."""
     if unique:
@@ -63,8 +77,8 @@ def write_atomic(path, data, durable=True, *, check=None, unique=False):
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        if check is not None:
-            check()
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 newest intact one; the output folder is checked before anything is built; metrics rows of a validation run again
 are not duplicated; stop reasons (a signal during set-up, a divergence). train.py end to end:
 tests/test_train_end_to_end.py."""
+import errno
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from training import checkpoint, config, stop
+from training import checkpoint, config, output_dir, resume, stop
 from training.distributed import World
 
 DATA_STUB = None  # set by the data_stub fixture
@@ -61,13 +62,13 @@ def test_resume_auto_skips_a_damaged_latest_checkpoint_for_the_previous_one(tmp_
     latest = checkpoint.save(out, "T", state_at(13), is_best=False)
     assert checkpoint.load(checkpoint.previous_path(out, "T"))["step"] == 12  # the one before is kept
     damage_tensor_bytes(latest, 3000, at=0.6)
-    path, ckpt = checkpoint.load_for_resume("auto", out, "T", lines.append)
+    path, ckpt = resume.load_for_resume("auto", out, "T", lines.append)
     assert path == checkpoint.previous_path(out, "T") and ckpt["step"] == 12
     assert lines[0] == f"=> skipped: checkpoint {latest} is damaged: its content does not match the sha256 it " \
                        "was saved with"
     assert lines[1] == f"=> resuming from {path}, the newest intact checkpoint"
     with pytest.raises(checkpoint.DamagedCheckpoint, match=f"checkpoint {latest} is damaged"):
-        checkpoint.load_for_resume(latest, out, "T", lines.append)  # named explicitly: refused
+        resume.load_for_resume(latest, out, "T", lines.append)  # named explicitly: refused
 
 
 def test_resume_auto_prefers_the_best_copy_when_it_is_newer_than_the_previous_one(tmp_path):
@@ -76,12 +77,12 @@ def test_resume_auto_prefers_the_best_copy_when_it_is_newer_than_the_previous_on
     latest = checkpoint.save(out, "T", state_at(20), is_best=True)  # after it, copied to _model_best
     with open(latest, "r+b") as f:  # cut short
         f.truncate(os.path.getsize(latest) // 2)
-    path, ckpt = checkpoint.load_for_resume("auto", out, "T", lambda line: None)
+    path, ckpt = resume.load_for_resume("auto", out, "T", lambda line: None)
     assert path == checkpoint.best_path(out, "T") and (ckpt["step"], ckpt["val_owed"]) == (20, False)
     for name in ("T_checkpoint.prev.pth.tar", "T_model_best.pth.tar"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(config.UsageError, match="no intact checkpoint of prefix T in .* is damaged"):
-        checkpoint.load_for_resume("auto", out, "T", lambda line: None)
+        resume.load_for_resume("auto", out, "T", lambda line: None)
 
 
 def test_a_crash_between_the_two_renames_leaves_the_previous_checkpoint(tmp_path):
@@ -89,11 +90,29 @@ def test_a_crash_between_the_two_renames_leaves_the_previous_checkpoint(tmp_path
     checkpoint.save(out, "T", state_at(5), is_best=False)
     latest = checkpoint.save(out, "T", state_at(6), is_best=False)
     os.remove(latest)  # as if killed after the first rename
-    path, ckpt = checkpoint.load_for_resume("auto", out, "T", lambda line: None)
+    path, ckpt = resume.load_for_resume("auto", out, "T", lambda line: None)
     assert path == checkpoint.previous_path(out, "T") and ckpt["step"] == 5
 
 
-# --- the output folder, checked before anything is built (training/checkpoint.py) ------------------------------------
+def test_a_save_that_fails_keeps_the_checkpoints_before_it_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    checkpoint.save(out, "T", state_at(5), is_best=False)
+    latest = checkpoint.save(out, "T", state_at(6), is_best=False)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full_disk)  # the new checkpoint is written, then the disk is full
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.save(out, "T", state_at(7), is_best=True)
+    monkeypatch.undo()
+    message = str(error.value)
+    assert message.startswith(f"cannot save checkpoint {latest}: {os.strerror(errno.ENOSPC)}; ") and "\n" not in message
+    assert "bytes needed" in message and message.endswith(f"free in {out}")
+    assert sorted(os.listdir(out)) == ["T_checkpoint.prev.pth.tar", "T_checkpoint.pth.tar"]
+    assert checkpoint.load(latest)["step"] == 6 and checkpoint.load(checkpoint.previous_path(out, "T"))["step"] == 5
+
+
+# --- the output folder, checked before anything is built (training/output_dir.py) -----------------------------------
 
 def output_args(folder, *flags):
     return config.parse_args([DATA_STUB, "--output-dir", str(folder), "--prefix", "R", *flags])
@@ -109,18 +128,18 @@ def data_stub(tmp_path_factory):
 
 
 def test_a_folder_holding_a_run_of_the_prefix_is_refused_without_resume_or_overwrite(tmp_path):
-    checkpoint.check_output_dir(output_args(tmp_path / "new"))  # made, writable, empty
+    output_dir.check_output_dir(output_args(tmp_path / "new"))  # made, writable, empty
     assert os.path.isdir(tmp_path / "new") and os.listdir(tmp_path / "new") == []
     (tmp_path / "R_metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
     (tmp_path / "R_model_best.pth.tar").write_bytes(b"x")
     (tmp_path / "other_checkpoint.pth.tar").write_bytes(b"x")  # another prefix's run does not count
     with pytest.raises(config.UsageError) as error:
-        checkpoint.check_output_dir(output_args(tmp_path))
+        output_dir.check_output_dir(output_args(tmp_path))
     assert str(error.value) == (f"--output-dir {tmp_path} already holds a run of prefix R (R_model_best.pth.tar, "
                                 "R_metrics.jsonl): pass --resume auto to continue it, --overwrite to replace it, "
                                 "or another --output-dir or --prefix")
     for flags in (["--resume", "auto"], ["--overwrite"], ["--prefix", "S"], ["--benchmark"]):
-        checkpoint.check_output_dir(output_args(tmp_path, *flags))
+        output_dir.check_output_dir(output_args(tmp_path, *flags))
     with pytest.raises(config.UsageError, match="--overwrite and --resume exclude each other"):
         output_args(tmp_path, "--overwrite", "--resume", "auto")
 
@@ -133,7 +152,7 @@ def test_overwrite_replaces_the_run_of_the_prefix_only(tmp_path):
     (tmp_path / "R_tensorboard").mkdir()
     run = config.resolve(output_args(tmp_path, "--overwrite", "--workers", "0"), World(0, 0, 1, 1, torch.device("cpu")))
     lines = []
-    checkpoint.prepare_output_dir(run, lines.append)
+    output_dir.prepare_output_dir(run, lines.append)
     assert sorted(os.listdir(tmp_path)) == ["R_config.json", "S_checkpoint.pth.tar", "S_epoch3.pth.tar"]
     assert lines == [f"removed {tmp_path / name} (--overwrite)" for name in held + ["R_tensorboard"]]
 
@@ -147,10 +166,10 @@ def test_a_prefix_that_is_not_a_plain_name_is_refused(prefix):
 def test_an_output_dir_that_is_a_file_or_under_one_is_named(tmp_path):
     (tmp_path / "plain").write_text("x")
     with pytest.raises(config.UsageError, match=f"--output-dir {tmp_path}/plain is a file, not a folder"):
-        checkpoint.check_output_dir(output_args(tmp_path / "plain"))
+        output_dir.check_output_dir(output_args(tmp_path / "plain"))
     with pytest.raises(config.UsageError, match=f"--output-dir {tmp_path}/plain/sub cannot be written: Not a "
                                                 "directory"):
-        checkpoint.check_output_dir(output_args(tmp_path / "plain" / "sub"))
+        output_dir.check_output_dir(output_args(tmp_path / "plain" / "sub"))
 
 
 # --- metrics (training/metrics.py, tools/plot_metrics.py) ------------------------------------------------------------

@@ -179,9 +179,9 @@ def test_temporary_files_of_interrupted_saves_are_swept(tmp_path):
     from training.checkpoint import sweep_temporaries
     dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = [tmp_path / f"T_checkpoint.pth.tar.tmp.{dead_pid}", tmp_path / f"T_model_best.pth.tar.tmp.{dead_pid}"]
-    kept = [tmp_path / f"T_checkpoint.pth.tar.tmp.{os.getpid()}",  # a live writer's
-            tmp_path / f"U_checkpoint.pth.tar.tmp.{dead_pid}", tmp_path / "T_checkpoint.pth.tar"]
+    stale = [tmp_path / f"T_checkpoint.pth.tar.{dead_pid}.tmp", tmp_path / f"T_model_best.pth.tar.{dead_pid}.tmp"]
+    kept = [tmp_path / f"T_checkpoint.pth.tar.{os.getpid()}.tmp",  # a live writer's
+            tmp_path / f"U_checkpoint.pth.tar.{dead_pid}.tmp", tmp_path / "T_checkpoint.pth.tar"]
     for path in stale + kept:
         path.write_bytes(b"x")
     assert sorted(sweep_temporaries(str(tmp_path), "T")) == sorted(map(str, stale))

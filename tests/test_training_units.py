@@ -1,6 +1,7 @@
 """Unit tests of the training/ package's pure parts, each in a fraction of a second on CPU: the learning-rate
 schedule and weight decay groups (optim), accuracy counting, the log line and the metrics file (metrics), RNG
-state, checkpoint files and resume (checkpoint), flags and the RunConfig (config), and stop requests (stop)."""
+state and resume (resume), checkpoint files (checkpoint), flags and the RunConfig (config), and stop requests
+(stop)."""
 import dataclasses
 import json
 import math
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import checkpoint, config, stop
+from training import checkpoint, config, resume, stop
 from training.distributed import World
 from training.learner import Learner
 from training.metrics import EpochProgress, MetricsFile, RunningSums, authors_log_line, correct_counts, summarize
@@ -264,7 +265,7 @@ def test_an_epoch_writes_a_row_every_print_freq_steps_at_its_end_and_a_summary(t
     assert "Loss 1.0000 (2.3333)" in log[1]  # this interval (step 3), the epoch so far (steps 1-3)
 
 
-# --- training/checkpoint.py: RNG state, files, resume ---------------------------------------------------------------
+# --- training/checkpoint.py and training/resume.py: RNG state, files, resume ----------------------------------------
 
 def draws():
     return torch.rand(4).tolist(), np.random.rand(4).tolist(), np.random.standard_normal(), \
@@ -274,11 +275,11 @@ def draws():
 def test_rng_state_round_trip_through_a_file_repeats_every_stream(tmp_path):
     random.gauss(0, 1)  # leaves a cached second normal in Python's state...
     np.random.standard_normal()  # ...and in numpy's legacy state: both must be restored too
-    state = checkpoint.rng_state()
+    state = resume.rng_state()
     expected = draws()
     torch.save(state, tmp_path / "rng.pt")
     draws()  # move every stream on
-    checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    resume.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert draws() == expected
 
 
@@ -295,8 +296,8 @@ def test_save_then_load_round_trips_the_state_and_copies_the_best(tmp_path, data
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     run = make_run(data_dir, "--depth", "18")
     cfg = run.as_dict()
-    position = checkpoint.Position(epoch=3, batch=5, step=305, best_top1=71.5, elapsed_s=12.5)
-    state = checkpoint.make_state(learner_of(model, optimizer, scaler), position, run)
+    position = resume.Position(epoch=3, batch=5, step=305, best_top1=71.5, elapsed_s=12.5)
+    state = resume.make_state(learner_of(model, optimizer, scaler), position, run)
     path = checkpoint.save(str(tmp_path), "T", state, is_best=True)
     assert path == str(tmp_path / "T_checkpoint.pth.tar")
     assert sorted(os.listdir(tmp_path)) == ["T_checkpoint.pth.tar", "T_model_best.pth.tar"]  # no temporaries
@@ -322,7 +323,7 @@ def test_restore_resumes_position_weights_optimizer_and_rngs(tmp_path, data_dir)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     out = str(tmp_path / "out")
     run = make_run(data_dir, "--output-dir", out, "--prefix", "T", "--resume", "auto")
-    state = checkpoint.make_state(learner_of(model, optimizer, scaler), checkpoint.Position(2, 7, 27, 50.0, 9.0), run)
+    state = resume.make_state(learner_of(model, optimizer, scaler), resume.Position(2, 7, 27, 50.0, 9.0), run)
     expected_draws = draws()
     checkpoint.save(out, "T", state, is_best=False)
 
@@ -331,8 +332,8 @@ def test_restore_resumes_position_weights_optimizer_and_rngs(tmp_path, data_dir)
         for p in fresh.parameters():
             p.zero_()
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
-    position, path = checkpoint.restore(run, learner_of(fresh, fresh_optimizer))
-    assert position == checkpoint.Position(epoch=2, batch=7, step=27, best_top1=50.0, elapsed_s=9.0)
+    position, path = resume.restore(run, learner_of(fresh, fresh_optimizer))
+    assert position == resume.Position(epoch=2, batch=7, step=27, best_top1=50.0, elapsed_s=9.0)
     assert path == checkpoint.checkpoint_path(out, "T")
     assert draws() == expected_draws
     for name, tensor in model.state_dict().items():
@@ -343,27 +344,27 @@ def test_restore_resumes_position_weights_optimizer_and_rngs(tmp_path, data_dir)
     # Stopped mid-epoch (batch 7): another global batch size would skip other samples than those trained on.
     other = make_run(data_dir, "--output-dir", out, "--prefix", "T", "--resume", "auto", "--batch-size", "128")
     with pytest.raises(config.UsageError) as error:
-        checkpoint.restore(other, learner_of(fresh, fresh_optimizer))
+        resume.restore(other, learner_of(fresh, fresh_optimizer))
     assert "stopped mid-epoch" in str(error.value) and "batch_size (saved 256, now 128)" in str(error.value)
 
 
 def test_restore_without_a_checkpoint_starts_at_start_epoch(tmp_path, data_dir):
     run = make_run(data_dir, "--output-dir", str(tmp_path), "--resume", "auto", "--start-epoch", "4")
     model = small_model()
-    position, path = checkpoint.restore(run, learner_of(model, torch.optim.SGD(model.parameters(), lr=0.1)))
-    assert (position, path) == (checkpoint.Position(epoch=4), None)
+    position, path = resume.restore(run, learner_of(model, torch.optim.SGD(model.parameters(), lr=0.1)))
+    assert (position, path) == (resume.Position(epoch=4), None)
     assert (position.batch, position.step, position.best_top1) == (0, 0, 0.0)
 
 
 def test_load_for_resume(tmp_path):
     out = str(tmp_path)
-    assert checkpoint.load_for_resume("", out, "T", print) == (None, {})
-    assert checkpoint.load_for_resume("auto", out, "T", print) == (None, {})  # nothing saved yet: a fresh start
+    assert resume.load_for_resume("", out, "T", print) == (None, {})
+    assert resume.load_for_resume("auto", out, "T", print) == (None, {})  # nothing saved yet: a fresh start
     path = checkpoint.save(out, "T", {"epoch": 3}, is_best=False)
-    assert checkpoint.load_for_resume("auto", out, "T", print) == (path, {"epoch": 3})
-    assert checkpoint.load_for_resume(path, "elsewhere", "U", print) == (path, {"epoch": 3})
+    assert resume.load_for_resume("auto", out, "T", print) == (path, {"epoch": 3})
+    assert resume.load_for_resume(path, "elsewhere", "U", print) == (path, {"epoch": 3})
     with pytest.raises(config.UsageError, match="--resume checkpoint not found: .*missing.pth"):
-        checkpoint.load_for_resume(str(tmp_path / "missing.pth"), out, "T", print)
+        resume.load_for_resume(str(tmp_path / "missing.pth"), out, "T", print)
 
 
 class NotPlainData:
@@ -398,9 +399,9 @@ def test_sweep_removes_only_temporaries_of_dead_writers_and_the_checkpoint_still
     dead_pid = subprocess.Popen([sys.executable, "-c", ""])
     dead_pid.wait()
     path = checkpoint.save(str(tmp_path), "T", {"epoch": 5}, is_best=False)
-    torn = tmp_path / f"T_checkpoint.pth.tar.tmp.{dead_pid.pid}"
+    torn = tmp_path / f"T_checkpoint.pth.tar.{dead_pid.pid}.tmp"
     torn.write_bytes(b"PK\x03\x04 half a checkpoint")  # a save killed mid-write
-    live = tmp_path / f"T_model_best.pth.tar.tmp.{os.getpid()}"  # a save in progress
+    live = tmp_path / f"T_model_best.pth.tar.{os.getpid()}.tmp"  # a save in progress
     live.write_bytes(b"")
     assert checkpoint.sweep_temporaries(str(tmp_path), "T") == [str(torn)]
     assert sorted(os.listdir(tmp_path)) == sorted(["T_checkpoint.pth.tar", live.name])
@@ -411,9 +412,9 @@ def test_sweep_removes_only_temporaries_of_dead_writers_and_the_checkpoint_still
 def test_check_mid_epoch_resume_names_every_changed_setting():
     saved = {"world_size": 2, "batch_size": 256, "backend_resolved": "torch", "workers": 4, "seed": 1,
              "image_size": 224}
-    checkpoint.check_mid_epoch_resume(saved, {**saved, "lr": 9.0}, "c.pth")  # other settings may change
+    resume.check_mid_epoch_resume(saved, {**saved, "lr": 9.0}, "c.pth")  # other settings may change
     with pytest.raises(config.UsageError) as error:
-        checkpoint.check_mid_epoch_resume(saved, {**saved, "world_size": 4, "seed": 2}, "c.pth")
+        resume.check_mid_epoch_resume(saved, {**saved, "world_size": 4, "seed": 2}, "c.pth")
     assert "world_size (saved 2, now 4)" in str(error.value) and "seed (saved 1, now 2)" in str(error.value)
     assert "batch_size" not in str(error.value)
 
@@ -505,7 +506,7 @@ def test_as_dict_is_json_and_holds_what_checkpoints_compare(data_dir):
     would compare None with None and let a wrong resume through."""
     cfg = make_run(data_dir, "--seed", "7").as_dict()
     assert json.loads(json.dumps(cfg)) == cfg
-    needed = {"depth", "att_type", "lr", "epochs", "lr_schedule", "warmup_epochs", *checkpoint.DATA_ORDER_SETTINGS}
+    needed = {"depth", "att_type", "lr", "epochs", "lr_schedule", "warmup_epochs", *resume.DATA_ORDER_SETTINGS}
     assert needed <= cfg.keys()
     assert (cfg["seed"], cfg["world_size"], cfg["backend_resolved"], cfg["device"]) == (7, 1, "torch", "cpu")
     assert all(cfg[k] is not None for k in needed)

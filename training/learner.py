@@ -27,7 +27,7 @@ class Learner:
     criterion: torch.nn.Module
     amp_dtype: torch.dtype
     mixer: BatchMixer = None      # mixup/cutmix, or None
-    ema: WeightAverage = None     # the weight average (--ema-decay), or None; checkpoint.restore loads or restarts it
+    ema: WeightAverage = None     # the weight average (--ema-decay), or None; resume.restore loads or restarts it
     clip_grad: float = 0.0        # the gradients' global norm is clipped to this before each optimizer step; 0 = off
     cuda_graphs: bool = False     # the compiled model replays CUDA graphs (set by prepare_to_run)
 

@@ -8,6 +8,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from shards.files import write_atomic
+
 from . import distributed
 
 
@@ -180,7 +182,8 @@ class JsonLinesSink:
 
     def _keep_until(self, step, val_owed):
         """Keeps the complete rows (of steps up to `step` unless it is None; with `val_owed`, no val row of
-        `step`), each ending in a newline, so that the next row never lands on a torn line."""
+        `step`), each ending in a newline, so that the next row never lands on a torn line. The file is replaced
+        atomically: a crash here leaves the old one or the new one."""
         with open(self.path) as f:
             lines = f.readlines()
         rows = [(line, _row(line)) for line in lines]
@@ -188,10 +191,7 @@ class JsonLinesSink:
                 if row is not None and (step is None or row["step"] < step or row["step"] == step
                                         and not (val_owed and row.get("kind") == "val"))]
         if kept != lines:
-            tmp = f"{self.path}.tmp.{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(kept).encode())
 
     def write(self, record):
         with open(self.path, "a") as f:

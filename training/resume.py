@@ -1,0 +1,201 @@
+"""Resuming: what a run saves and how it goes on from it.
+
+The state a checkpoint holds (weights, optimizer, scaler, weight average, RNGs, the position in training, the
+run's configuration, the class names), the choice of the checkpoint `--resume` goes on from (`auto`: the newest
+intact one), and its loading back, checked against the run's settings. The checkpoint files themselves (names,
+checksum, atomic writes, loading): training/checkpoint.py.
+"""
+import os
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from model import load_original_checkpoint
+
+from . import distributed
+from .checkpoint import DamagedCheckpoint, best_path, checkpoint_path, load, previous_path, save
+from .errors import UsageError
+from .stop import OTHER_RANK_DAMAGED, AgreedShardError
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def load_for_resume(resume, output_dir, prefix, log):
+    """(path, checkpoint) for --resume: none for '' (or 'auto' with no checkpoint of `prefix` in output_dir);
+    PATH must load intact; 'auto' goes on from the newest intact checkpoint of the prefix, naming each one
+    skipped and why."""
+    if not resume:
+        return None, {}
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise UsageError(f"--resume checkpoint not found: {resume}")
+        return resume, load(resume)
+    latest = checkpoint_path(output_dir, prefix)
+    others = [previous_path(output_dir, prefix), best_path(output_dir, prefix)]
+    found = [path for path in [latest, *others] if os.path.isfile(path)]
+    intact = []
+    for path in found:
+        try:
+            ckpt = load(path)
+        except DamagedCheckpoint as exc:
+            log(f"=> skipped: {exc}")
+            continue
+        if path == latest:  # the newest by construction
+            return path, ckpt
+        intact.append((path, ckpt))
+    if found and not intact:
+        raise UsageError(f"--resume auto: no intact checkpoint of prefix {prefix} in {output_dir} (every one "
+                         "of " + ", ".join(os.path.basename(p) for p in found) + " is damaged)")
+    if not intact:
+        return None, {}
+    # The previous checkpoint or the best one, whichever is further on; at the same step, the validated one.
+    path, ckpt = max(intact, key=lambda item: (item[1].get("step", 0), not item[1].get("val_owed", False)))
+    log(f"=> resuming from {path}, the newest intact checkpoint")
+    return path, ckpt
+
+
+def is_original_format(ckpt):
+    """True for a checkpoint saved by the CBAM authors' code (no 'model' key; 'state_dict' with their names)."""
+    return "model" not in ckpt
+
+
+def load_model_weights(model, ckpt, path, cfg=None):
+    """Loads our checkpoint or, through the key mapping, one released with the authors' code. With the run's
+    configuration `cfg`, a checkpoint of another architecture is named as such instead of listing its keys."""
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    if cfg is not None and saved is not None:
+        was = (saved.get("depth"), saved.get("att_type"))
+        now = (cfg.get("depth"), cfg.get("att_type"))
+        if None not in was and was != now:
+            raise UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} "
+                             f"{now[1]}: pass the same --depth and --att-type")
+    try:
+        if is_original_format(ckpt):
+            load_original_checkpoint(model, ckpt)
+        else:
+            model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"checkpoint {path} does not fit this model: {exc}") from None
+
+
+# Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.
+DATA_ORDER_SETTINGS = ("world_size", "batch_size", "backend_resolved", "workers", "seed", "image_size")
+
+
+def check_mid_epoch_resume(saved_cfg, cfg, path):
+    """UsageError when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
+    (the skipped batches would then not be the ones already trained on)."""
+    # Compared as text: older checkpoints hold image_size as a number, newer ones as its schedule ("224").
+    changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS
+               if str(saved_cfg.get(k)) != str(cfg.get(k))}
+    if changed:
+        raise UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
+                         + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training goes on: the next epoch and batch, the global step done, the best val top-1 so far, the
+    wall-clock seconds trained until then (over all resumed runs), and whether the epoch before still has to
+    be validated (its checkpoint is written before validation too)."""
+    epoch: int
+    batch: int = 0
+    step: int = 0
+    best_top1: float = 0.0
+    elapsed_s: float = 0.0
+    val_owed: bool = False
+
+
+def make_state(learner, position, run, classes=None):
+    """The checkpoint at `position`: plain data only, so torch.load(weights_only=True) reads it. `classes`, the
+    names of the labels in order (the shards' class list), lets a checkpoint be used without its shards."""
+    cfg = run.as_dict()
+    state = {"model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+             "scaler": learner.scaler.state_dict(), "epoch": position.epoch, "batch": position.batch,
+             "step": position.step, "best_prec1": position.best_top1, "elapsed_s": position.elapsed_s,
+             "val_owed": position.val_owed,
+             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg, "classes": list(classes or [])}
+    if learner.ema is not None:
+        state["ema"] = learner.ema.state_dict()
+    return state
+
+
+def restore(run, learner, log=print):
+    """Loads --resume (if any) into the model and, unless only evaluating, the optimizer, scaler, weight
+    average and RNGs; starts the weight average (--ema-decay) from the loaded weights when the checkpoint has
+    none. Returns (the Position to go on from, the checkpoint's path or None)."""
+    start = Position(run.start_epoch)
+    path, ckpt = load_for_resume(run.resume, run.output_dir, run.prefix, log)
+    cfg = run.as_dict()
+    if path:
+        load_model_weights(learner.model, ckpt, path, cfg)
+    if run.evaluate and run.eval_weights == "ema":
+        if "ema" not in ckpt:
+            raise UsageError(f"checkpoint {path} holds no weight average (it was trained without "
+                             "--ema-decay): use --eval-weights raw")
+        learner.model.load_state_dict(ckpt["ema"])
+    if learner.ema is not None:
+        if "ema" in ckpt:
+            learner.ema.load_state_dict(ckpt["ema"])
+        else:  # the average starts from the weights just loaded
+            learner.ema.restart()
+    if not path or run.evaluate or is_original_format(ckpt):
+        return start, path
+    learner.optimizer.load_state_dict(ckpt["optimizer"])
+    learner.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    if ckpt["batch"]:
+        check_mid_epoch_resume(ckpt["config"], cfg, path)
+    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"], ckpt.get("elapsed_s", 0.0),
+                    ckpt.get("val_owed", False)), path
+
+
+class Saver:
+    """The one checkpoint path of a run: rank 0 writes, every rank waits for it. `elapsed_s()` gives the
+    wall-clock seconds trained so far, recorded with each checkpoint."""
+
+    def __init__(self, run, learner, elapsed_s, classes=None):
+        self.run, self.learner, self.elapsed_s, self.classes = run, learner, elapsed_s, classes
+
+    def save(self, position, is_best=False, epoch_end=False):
+        """epoch_end: the epoch's last save, which --keep-epochs also keeps as the epoch's own file."""
+        run, path = self.run, None
+        if run.world.is_main:
+            position = replace(position, elapsed_s=self.elapsed_s())
+            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run, self.classes), is_best,
+                        run.keep_epochs if epoch_end else 0)
+        distributed.barrier(run.world)
+        return path
+
+    def stop_for_damage(self, position, problem, log, save=True):
+        """Saves (unless `save` is false: nothing trained since the last save), then raises the ShardError (the
+        same on every rank) that ends the run."""
+        if save:
+            path = self.save(position)
+            log(f"=> a damaged shard: saved {path} at epoch {position.epoch}, batch {position.batch}; exiting")
+        raise AgreedShardError(distributed.first_message(self.run.world, problem) or OTHER_RANK_DAMAGED)
