@@ -14,11 +14,11 @@ differ in speed, not in semantics: same split over ranks, same batch counts, sam
 is built.
 """
 import logging
-import os
 
 from shards import storage
 from shards.errors import ShardError
 from shards.manifest import load_split
+from shards.workers import usable_cpus
 
 from . import augment
 from .backends import BACKENDS, Backend, BackendUnavailable
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def default_workers():
-    """Loader worker processes (torch) or threads (DALI): one per CPU core, at most 8."""
-    return min(8, os.cpu_count() or 1)
+    """Loader worker processes (torch) or threads (DALI): one per CPU this process may use, at most 8."""
+    return min(8, usable_cpus())
 
 
 def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, world_size=1, workers=None,

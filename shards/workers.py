@@ -1,4 +1,4 @@
-"""The worker processes of a conversion and its progress bars."""
+"""The worker processes of a conversion and its progress bars; how many CPUs this process may use."""
 import ctypes
 import multiprocessing
 import os
@@ -6,13 +6,18 @@ import signal
 import sys
 import time
 
-from tqdm import tqdm
+
+def usable_cpus():
+    """The CPUs this process may run on (taskset and container CPU sets count), not all CPUs of the machine: the
+    one base of every default worker count (make_shards' --workers, the loaders' workers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Progress:
     """tqdm bar in images with the source MB/s alongside."""
 
     def __init__(self, desc, total):
+        from tqdm import tqdm  # here, so that importing usable_cpus costs nothing
         self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
         self.bytes = 0
         self.start = time.monotonic()

@@ -24,13 +24,13 @@ pass --skip-bad to accept that), or a class has no train sample (--allow-empty-c
 arguments or environment (one line on stderr).
 """
 import argparse
-import os
 import re
 import sys
 
 from shards.convert import convert
 from shards.errors import ConvertError
 from shards.sources import SPLITS
+from shards.workers import usable_cpus
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
                  "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
@@ -74,11 +74,6 @@ def split_list(text):
     return splits
 
 
-def default_workers():
-    # CPUs this process may run on (respects taskset and container CPU sets), not all CPUs of the machine.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="make_shards.py",
@@ -93,7 +88,7 @@ def parse_args(argv):
     parser.add_argument("out", metavar="OUT", help="output folder for the shards (created if missing)")
     parser.add_argument("--splits", type=split_list, metavar="SPLITS", default=list(SPLITS),
                         help="comma-separated splits to convert (default: train,val)")
-    parser.add_argument("--workers", type=positive_int, metavar="N", default=default_workers(),
+    parser.add_argument("--workers", type=positive_int, metavar="N", default=usable_cpus(),
                         help="worker processes that check images and write shards (default: %(default)s, "
                              "the CPUs available)")
     parser.add_argument("--max-count", type=positive_int, metavar="N", default=1000,
