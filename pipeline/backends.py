@@ -100,20 +100,25 @@ def resolve(choice, device, data=None):
     """The Backend that `choice` ('auto' or a name of BACKENDS) means on `device` for shards at `data` (a folder or
     URL; None: a local folder). BackendUnavailable naming the reason when a named backend cannot run here or
     cannot read `data`; ValueError for an unknown name."""
-    if isinstance(choice, Backend):
+    if isinstance(choice, Backend):  # resolved before: only where it reads is checked again (cheap)
+        _check_reads(choice, device, data)
         return choice
     if choice == AUTO:
         return _resolve_auto(device, data)
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(CHOICES)}, got {choice!r}")
     backend = BACKENDS[choice]
-    if not backend.reads(data):
-        raise BackendUnavailable(f"backend {choice!r} cannot read {storage.scheme_of(data)}:// ({data}): it reads "
-                                 f"{_scheme_names(backend.schemes)} only{_instead(device, data)}")
+    _check_reads(backend, device, data)
     problem = backend.problem(device)
     if problem:
         raise BackendUnavailable(f"backend {choice!r} cannot run: {problem}{_instead(device, data)}")
     return backend
+
+
+def _check_reads(backend, device, data):
+    if not backend.reads(data):
+        raise BackendUnavailable(f"backend {backend.name!r} cannot read {storage.scheme_of(data)}:// ({data}): it "
+                                 f"reads {_scheme_names(backend.schemes)} only{_instead(device, data)}")
 
 
 def _instead(device, data):

@@ -81,7 +81,7 @@ def test_a_backend_that_cannot_read_the_location_is_named_with_the_one_that_can(
     """The URL schemes each backend reads are one fact of the registry: auto skips DALI for http(s), and naming
     a DALI backend for it is one line saying what it reads and which backend does read it (before DALI is
     imported or anything is fetched)."""
-    from pipeline.backends import resolve
+    from pipeline.backends import BACKENDS, resolve
     cpu = torch.device("cpu")
     assert resolve("auto", cpu, url).name == "torch"
     for name in ("dali", "dali-cpu"):
@@ -92,3 +92,6 @@ def test_a_backend_that_cannot_read_the_location_is_named_with_the_one_that_can(
         assert "local folders, s3:// only; use backend 'torch'" in message and "\n" not in message, message
     for local in (None, "/data/shards", "file:///data/shards"):
         assert resolve("torch", cpu, local).reads(local)
+    dali_cpu = BACKENDS["dali-cpu"]  # a Backend resolved for a folder, then handed a URL it cannot read
+    with pytest.raises(pipeline.BackendUnavailable, match=rf"backend 'dali-cpu' cannot read .*\({url}\)"):
+        pipeline.build_loader(url, "train", 4, backend=dali_cpu, device="cpu")
