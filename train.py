@@ -132,8 +132,8 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
     """Trains from `position` to the last epoch; returns the exit status (0, or 128 + N after signal N)."""
     world = run.world
     output_dir.prepare_output_dir(run, log)
-    board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard") if run.tensorboard else None
-    metrics = MetricsFile(os.path.join(run.output_dir, f"{run.prefix}_metrics.jsonl"), world.is_main,
+    board = output_dir.tensorboard_path(run.output_dir, run.prefix) if run.tensorboard else None
+    metrics = MetricsFile(output_dir.metrics_path(run.output_dir, run.prefix), world.is_main,
                           position.step, position.elapsed_s, board, position.val_owed)
     saver = resume.Saver(run, learner, metrics.elapsed_s, train_loader.split.classes)
     stop.defer()  # from here on a signal stops the run after saving

@@ -47,7 +47,8 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
     """A loader over `split` of the shards in `shard_dir` (written by tools/make_shards.py).
 
     per_rank_batch: samples per batch on this rank (a global batch of B over N ranks is B // N here). workers:
-    DataLoader worker processes (torch) or DALI threads; default min(8, CPU count); 0 = read in the main process
+    DataLoader worker processes (torch) or DALI threads; default_workers() = min(8, the CPUs this process may use);
+    0 = read in the main process
     (torch). device: where batches are delivered; default cuda:<current> when CUDA is available, else cpu.
     image_size: output side S in pixels. seed: with the epoch (set_epoch), fixes the order and augmentation.
     dtype: torch.float32 (default), float16 or bfloat16. verify: 'background' (default) hashes the rank's shards

@@ -403,9 +403,12 @@ def _torch_loaded(pid):
         return "libtorch" in maps.read()
 
 
-def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path):
-    """SIGTERM the moment train.py starts handling it, before libtorch is even loaded: exit 143 with the one line,
-    not a rank killed by the signal. Tried up to three times, until one signal lands before libtorch loads."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path, signum):
+    """The signal the moment train.py starts handling it (its SIGTERM handler is the first it installs; Python
+    catches SIGINT from the start), before libtorch is even loaded: exit 128 + N with the one line, not a rank
+    killed by SIGTERM or a KeyboardInterrupt traceback from inside an import. Tried up to three times, until one
+    signal lands before libtorch loads."""
     before_torch = 0
     for _attempt in range(3):
         proc = subprocess.Popen([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path / "out"),
@@ -414,15 +417,16 @@ def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path):
         while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
         early = not _torch_loaded(proc.pid)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert proc.returncode == 128 + signum, stderr[-3000:]
         assert stderr.strip().splitlines() == [
-            "train.py: stopped by SIGTERM before training started: nothing to save yet"], stderr[-3000:]
+            f"train.py: stopped by {signal.Signals(signum).name} before training started: nothing to save yet"], \
+            stderr[-3000:]
         before_torch += early
         if before_torch:
             break
-    assert before_torch, "every SIGTERM came after libtorch had loaded: the import window was not tried"
+    assert before_torch, "every signal came after libtorch had loaded: the import window was not tried"
 
 
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_anything_is_built(shards, tmp_path):

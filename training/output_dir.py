@@ -25,10 +25,19 @@ def config_name(prefix):
     return f"{prefix}_config.json"
 
 
+def metrics_path(output_dir, prefix):
+    return os.path.join(output_dir, metrics_name(prefix))
+
+
+def tensorboard_path(output_dir, prefix):
+    """The TensorBoard folder of a run (--tensorboard)."""
+    return os.path.join(output_dir, f"{prefix}_tensorboard")
+
+
 def run_files(output_dir, prefix):
     """The files of a run of `prefix` in output_dir (those that exist), which a new run would replace."""
     paths = [checkpoint_path(output_dir, prefix), previous_path(output_dir, prefix), best_path(output_dir, prefix),
-             os.path.join(output_dir, metrics_name(prefix))]
+             metrics_path(output_dir, prefix)]
     kept = [path for _, path in sorted(kept_epochs(output_dir, prefix).items())]  # --keep-epochs
     return [path for path in paths if os.path.exists(path)] + kept
 
@@ -63,7 +72,7 @@ def prepare_output_dir(run, log):
         return
     os.makedirs(run.output_dir, exist_ok=True)
     if run.overwrite:
-        board = os.path.join(run.output_dir, f"{run.prefix}_tensorboard")
+        board = tensorboard_path(run.output_dir, run.prefix)
         for path in run_files(run.output_dir, run.prefix) + ([board] if os.path.isdir(board) else []):
             if os.path.isdir(path):
                 shutil.rmtree(path)

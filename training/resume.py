@@ -15,7 +15,8 @@ import torch
 from model import load_original_checkpoint
 
 from . import distributed
-from .checkpoint import DamagedCheckpoint, best_path, checkpoint_path, load, previous_path, save
+from .checkpoint import DamagedCheckpoint, best_path, checkpoint_path, load, previous_path
+from .checkpoint import save as save_checkpoint
 from .errors import UsageError
 from .stop import OTHER_RANK_DAMAGED, AgreedShardError
 
@@ -187,8 +188,8 @@ class Saver:
         run, path = self.run, None
         if run.world.is_main:
             position = replace(position, elapsed_s=self.elapsed_s())
-            path = save(run.output_dir, run.prefix, make_state(self.learner, position, run, self.classes), is_best,
-                        run.keep_epochs if epoch_end else 0)
+            path = save_checkpoint(run.output_dir, run.prefix, make_state(self.learner, position, run, self.classes),
+                                   is_best, run.keep_epochs if epoch_end else 0)
         distributed.barrier(run.world)
         return path
 
