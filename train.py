@@ -19,10 +19,9 @@ if __name__ == "__main__":  # before torch imports: a signal in those seconds is
     training.early_signals.keep()
 
 import torch
-import torch.distributed as dist
 
 from pipeline import ShardError
-from training import benchmark, checkpoint, config, distributed, early_signals, load, output_dir, resume
+from training import benchmark, checkpoint, config, distributed, early_signals, elastic, load, output_dir, resume
 from training import stop as stopping
 from training.learner import build_learner, prepare_to_run
 from training.metrics import EpochProgress, MetricsFile, RunningSums, summarize
@@ -35,11 +34,10 @@ def evaluate(learner, loader, world, weights="raw", tta="none"):
     """(loss, top-1 %, top-5 %, n) over the whole split for the trained ("raw") or averaged ("ema") weights:
     sums per rank, one all-reduce at the end. A damaged shard found by a rank's reader ends it on every rank.
     tta "flip" averages each image's logits with its mirror's."""
-    if world.size > 1:
-        # DDP keeps the parameters equal but each rank updates its own BatchNorm running statistics after the
-        # last broadcast; evaluate rank 0's (the checkpointed) model on every rank.
-        for buffer in learner.model.buffers():
-            dist.broadcast(buffer, 0)
+    world.where = f"evaluation of the {weights} weights"
+    # DDP keeps the parameters equal but each rank updates its own BatchNorm running statistics after the last
+    # broadcast; evaluate rank 0's (the checkpointed) model on every rank.
+    distributed.broadcast(world, list(learner.model.buffers()), "the broadcast of rank 0's BatchNorm statistics")
     if weights == "ema":
         learner.ema.sync_buffers()
     evaluated = learner.ema.model if weights == "ema" else learner.model
@@ -58,14 +56,15 @@ def evaluate(learner, loader, world, weights="raw", tta="none"):
             sums.add(torch.nn.functional.cross_entropy(logits.float(), labels), logits, labels)
     learner.model.train()
     stopping.raise_if_damaged(world, problem)
-    return summarize(distributed.all_reduce_sum(world, sums.take()).cpu())
+    return summarize(distributed.all_reduce_sum(world, sums.take(), "the sum of the validation counts").cpu())
 
 
-def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watched):
+def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watched, save_at=None):
     """Trains `epoch` from batch `first_step`: (stop reason or 0, the batch to go on from, its EpochProgress,
     this rank's damaged-shard message or None). Before every step the ranks agree whether to stop: at once for a
     damaged shard (the reader's error on any rank, or the background check), at the start of an accumulation
-    group for a signal, so that a checkpoint never holds half-accumulated gradients."""
+    group for a signal, so that a checkpoint never holds half-accumulated gradients. There too, when --save-every
+    minutes have passed, `save_at` (a resume.Saver) saves the epoch's position and training goes on."""
     steps = len(loader)
     loader.set_epoch(epoch)
     loader.set_image_size(run.image_size.at(epoch))
@@ -79,23 +78,30 @@ def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watc
             if i < first_step and not problem:  # exact mid-epoch resume: the order is a function of (seed, epoch)
                 progress.waiting_for_data()
                 continue
-            group_start = max(i - i % run.accum_steps, first_step)
+            group_start = max(i - i % run.accum, first_step)
+            run.world.where = f"epoch {epoch}, step {i}"
             reason = stopping.agreed_reason(run.world, stop, problem or stopping.shard_problem(watched),
-                                            at_group_start=i == group_start)
-            if reason:
+                                            at_group_start=i == group_start,
+                                            save_due=save_at is not None and save_at.due())
+            if reason == stopping.SAVE_DUE:
+                stopping.check_finite(run.world, learner, progress.unreported_loss(), epoch, i, steps, saving=True)
+                path = save_at.save(Position(epoch, i, epoch * steps + i, save_at.best_top1))
+                progress.note(f"=> saved {path} at epoch {epoch}, batch {i} (--save-every {run.save_every:g} min)")
+            elif reason:
                 if i > group_start:  # the group's forward passes changed the BatchNorm statistics: undone
                     learner.restore_buffers(group_buffers)
                 stopping.check_finite(run.world, learner, progress.unreported_loss(), epoch, i, steps, saving=True)
                 return reason, group_start, progress, problem
-            if i == group_start and run.accum_steps > 1:
+            if i == group_start and run.accum > 1:
                 group_buffers = learner.buffers_snapshot()
             images, labels = batch
             progress.batch_arrived(images.shape[-1])
-            group_end = min(group_start + run.accum_steps, steps)
+            group_end = min(group_start + run.accum, steps)
             step = epoch * steps + i
             lr = set_learning_rate(learner.optimizer, run, step, steps)
-            logits, loss, scored = learner.step(images, labels, step, 1.0 / (group_end - group_start),
-                                                i + 1 == group_end)
+            with distributed.collective(run.world, "the step's DDP exchange (gradients, buffers)"):
+                logits, loss, scored = learner.step(images, labels, step, 1.0 / (group_end - group_start),
+                                                    i + 1 == group_end)
             if progress.step_done(i + 1, step + 1, lr, loss, logits, scored):
                 stopping.check_finite(run.world, learner, progress.interval_loss, epoch, i + 1, steps,
                                       saving=i + 1 == steps)  # the epoch's checkpoint follows its last step
@@ -136,6 +142,7 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
     metrics = MetricsFile(output_dir.metrics_path(run.output_dir, run.prefix), world.is_main,
                           position.step, position.elapsed_s, board, position.val_owed)
     saver = resume.Saver(run, learner, metrics.elapsed_s, train_loader.split.classes)
+    saver.best_top1 = position.best_top1
     stop.defer()  # from here on a signal stops the run after saving
     if position.val_owed:
         log(f"=> validating epoch {position.epoch - 1} first: the run stopped before its validation ended")
@@ -146,8 +153,10 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
     for epoch in range(position.epoch, run.epochs):
         first_step = position.batch if epoch == position.epoch else 0
         reason, done, progress, problem = train_one_epoch(run, learner, train_loader, epoch, first_step, stop,
-                                                          metrics, watched)
+                                                          metrics, watched, saver)
         if reason:
+            if stop.why:
+                log(f"=> {stop.why}: stopping as for SIGTERM")
             position = Position(epoch, done, epoch * steps + done, position.best_top1)
             trained = done > first_step  # else what is on disk (or nothing, on a fresh start) is this state
             if reason == stopping.DAMAGED_SHARD:
@@ -166,6 +175,7 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
         if val_loader is not None:
             saver.save(position)  # validation owed: a failure or a kill during it loses no training
         position = validate_and_save(learner, val_loader, world, saver, metrics, log, position, progress.lr)
+        saver.best_top1 = position.best_top1
         if distributed.any_rank(world, stop.requested):
             log("=> stop requested: checkpoint of the finished epoch is saved; exiting")
             return stopping.stopped_status(world, stop)
@@ -177,15 +187,23 @@ def main(argv=None):
     # Until training starts a signal ends the rank where it is (one that came while imports ran: at once).
     stop = stopping.StopRequest(at_once=True, earlier=early_signals.take())
     args = config.parse_args(argv)
+    restarted = elastic.continue_own_run(args, output_dir.config_name(args.prefix))
     output_dir.check_output_dir(args)
     if args.ngpu > 1 and not distributed.launched_by_torchrun():
         config.check_world(args, args.ngpu)
         return distributed.relaunch_with_torchrun(args.ngpu)
-    world = distributed.setup()
-    run = config.resolve(args, world)
-    torch.backends.cudnn.benchmark = run.cudnn_benchmark
+    world = distributed.setup(args.collective_timeout)
     log = print if world.is_main else (lambda *a, **k: None)
+    if restarted:
+        log(restarted)
+    chosen = None
+    if not args.evaluate:  # read once, before the batch is resolved: a world of another size keeps its batch
+        chosen = resume.load_for_resume(args.resume, args.output_dir, args.prefix, log)
+    run = config.resolve(args, world, (chosen[1] or {}).get("config") if chosen else None)
+    torch.backends.cudnn.benchmark = run.cudnn_benchmark
     log("config " + json.dumps(run.as_dict(), sort_keys=True))
+    for note in run.notes:
+        log(note)
     torch.manual_seed(run.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
 
     trained = load.read(run.resume) if run.evaluate else None
@@ -197,7 +215,7 @@ def main(argv=None):
         learner = build_learner(run, trained.num_classes, log)
     else:
         learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
-    position, resumed_from = resume.restore(run, learner, log)
+    position, resumed_from = resume.restore(run, learner, log, chosen)
     if trained:
         log(f"=> evaluating checkpoint {resumed_from}: {trained.summary()}")
     elif resumed_from:
@@ -230,7 +248,8 @@ def cli(argv=None, prog="train.py"):
         status = 128 + exc.signum
         if os.environ.get("LOCAL_RANK", "0") == "0":
             sys.stderr.write(f"{prog}: {exc}\n")
-    except (config.UsageError, checkpoint.CheckpointError, ShardError, stopping.Diverged) as exc:
+    except (config.UsageError, checkpoint.CheckpointError, ShardError, stopping.Diverged,
+            distributed.CollectiveFailed) as exc:
         status = 2 if isinstance(exc, config.UsageError) else 1
         alike = isinstance(exc, (config.UsageError, stopping.AgreedError))
         if not alike or os.environ.get("LOCAL_RANK", "0") == "0":

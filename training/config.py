@@ -20,6 +20,7 @@ from pipeline import BackendUnavailable, ShardError, resolve_backend
 from pipeline.folder import folder_problem
 from shards.storage import is_remote, normalize
 from training.compile import resolve_cbam, resolve_compile, resolve_cuda_graphs, use_cache_dir
+from training.elastic import batch_plan, launch_id
 from training.errors import UsageError
 from training.flags import OneLineParser, build_parser
 from training.recipe import with_recipe
@@ -67,6 +68,8 @@ def parse_args(argv=None):
         (min(args.image_size.start, args.image_size.end) >= 32,
          f"--image-size must be >= 32 pixels, got {args.image_size}"),
         (args.accum_steps >= 1, f"--accum-steps must be >= 1, got {args.accum_steps}"),
+        (args.save_every >= 0, f"--save-every must be >= 0 minutes (0 = only at epoch ends), got {args.save_every}"),
+        (args.collective_timeout >= 1, f"--collective-timeout must be >= 1 second, got {args.collective_timeout}"),
         (args.ema_decay == 0 or 0 < args.ema_decay < 1, f"--ema-decay must be in (0, 1) or 0 (off), got "
                                                          f"{args.ema_decay}"),
         (args.mixup >= 0, f"--mixup must be >= 0, got {args.mixup}"),
@@ -185,6 +188,9 @@ class RunConfig:
     backend: object           # the pipeline.Backend that runs ('dali' | 'dali-cpu' | 'torch'), resolved once
     per_rank_batch: int
     loader_workers: int       # per rank (the --workers flag counts per node)
+    global_batch: int = 0     # one loader step over all ranks: --batch-size, or the resumed run's (training/elastic.py)
+    accum: int = 1            # accumulation steps: --accum-steps, or the resumed run's
+    notes: tuple = ()         # lines for the log about what was resolved
 
     def __getattr__(self, name):
         try:
@@ -205,14 +211,17 @@ class RunConfig:
                     "compile_resolved": self.compile, "cuda_graphs_resolved": self.cuda_graphs,
                     "cudnn_benchmark_resolved": self.cudnn_benchmark,
                     "backend_resolved": self.backend.name, "world_size": self.world.size,
-                    "device": str(self.world.device)}
+                    "batch_size_resolved": self.global_batch, "accum_steps_resolved": self.accum,
+                    "workers_per_rank": self.loader_workers,
+                    "device": str(self.world.device), "launch_id": launch_id()}
         return json.loads(json.dumps({**self.flags, **resolved}, default=str))
 
 
-def resolve(args, world):
+def resolve(args, world, resumed_config=None):
     """The RunConfig of `args` on `world`; UsageError when a choice cannot run here (triton without CUDA, dali
-    without DALI or a GPU, a batch that does not divide over the ranks)."""
-    check_world(args, world.size)
+    without DALI or a GPU, a batch that does not divide over the ranks). resumed_config: the configuration of the
+    checkpoint the run goes on from, whose global batch a world of another size keeps (training/elastic.py)."""
+    global_batch, accum, batch_note = batch_plan(args.batch_size, args.accum_steps, world.size, resumed_config)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
     device = world.device
@@ -226,7 +235,7 @@ def resolve(args, world):
     try:
         cbam_impl = resolve_cbam(args.cbam_impl, device, compile_how)
         backend = resolve_backend(args.backend, device, data=args.data)
-        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, device, compile_how, args.accum_steps)
+        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, device, compile_how, accum)
     except (RuntimeError, ValueError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
     if compile_how != "off" and args.compile_cache != "none":
@@ -239,5 +248,6 @@ def resolve(args, world):
         compile=compile_how, cuda_graphs=cuda_graphs,
         # Fixed input shapes: cuDNN may time its convolution algorithms once and keep the fastest.
         cudnn_benchmark=args.cudnn_benchmark and device.type == "cuda", backend=backend,
-        per_rank_batch=args.batch_size // world.size,
-        loader_workers=max(1, args.workers // world.local_size) if args.workers else 0)
+        per_rank_batch=global_batch // world.size, global_batch=global_batch, accum=accum,
+        loader_workers=max(1, args.workers // world.local_size) if args.workers else 0,
+        notes=(batch_note,) if batch_note else ())

@@ -1,9 +1,17 @@
-"""Distributed set-up from torchrun's environment variables; `--ngpu N` relaunches through torch.distributed.run."""
+"""Distributed set-up from torchrun's environment variables; `--ngpu N` relaunches through torch.distributed.run.
+
+Every collective of a run goes through the helpers here, so that one that times out (a stuck rank) or loses a peer
+(a dead rank) ends the rank with one line naming it (CollectiveFailed) for the launcher to restart the run."""
+import contextlib
+import datetime
+import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +28,54 @@ class World:
     local_size: int
     device: torch.device
     stop_group: object = None  # a gloo group for host-side flags, so checking them never syncs the GPU
+    launcher_pid: int = None   # the torchrun agent (or --ngpu launcher) that started this rank
+    timeout_s: float = 0.0     # --collective-timeout
+    where: str = "start-up"    # what the rank is doing, for the line of a failed collective
 
     @property
     def is_main(self):
         return self.rank == 0
+
+    def launcher_gone(self):
+        """True when the agent that started this rank has died (the rank was handed to init): an orphan that
+        would otherwise train on beside a restarted run."""
+        return self.launcher_pid is not None and os.getppid() != self.launcher_pid
+
+
+class CollectiveFailed(Exception):
+    """A collective that timed out (another rank stuck) or lost a peer (another rank dead): the rank ends with one
+    line naming it (exit 1), and the launcher restarts the run from its last checkpoint."""
+
+
+def _communication_error(exc):
+    """True for an error of the process group's transport (gloo, NCCL), not of the computation."""
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        marker in text for marker in ("gloo", "Gloo", "NCCL", "Connection", "connection", "Timed out", "timed out"))
+
+
+@contextlib.contextmanager
+def collective(world, what):
+    """Runs the collective(s) inside; a transport error becomes CollectiveFailed naming `what` and where."""
+    if world.size == 1:
+        yield
+        return
+    start = time.monotonic()
+    try:
+        yield
+    except RuntimeError as exc:
+        if not _communication_error(exc):
+            raise
+        waited = time.monotonic() - start
+        text = str(exc)
+        if "imed out" in text or "imeout" in text or waited >= world.timeout_s > 0:
+            cause = (f"no answer within --collective-timeout {world.timeout_s:g} s: another rank is stuck "
+                     "(stopped, or waiting on a hung file system)")
+        else:
+            cause = "another rank is gone (its connection closed)"
+        raise CollectiveFailed(f"rank {world.rank}: {what} ({world.where}) failed after {waited:.0f} s: {cause}; "
+                               "ending this rank so that the launcher can restart the run from its last "
+                               "checkpoint") from None
 
 
 def launched_by_torchrun():
@@ -91,64 +143,130 @@ def record_exit_status(code):
             f.write(f"{code}\n")
 
 
-def setup():
-    """Initialises the process group (NCCL on GPU, gloo on CPU) when launched by torchrun; else one process."""
+def setup(timeout_s=900.0):
+    """Initialises the process group (NCCL on GPU, gloo on CPU) when launched by torchrun; else one process.
+    timeout_s bounds every collective and the start-up (--collective-timeout)."""
     if not launched_by_torchrun():
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        return World(0, 0, 1, 1, device)
+        return World(0, 0, 1, 1, device, timeout_s=timeout_s)
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-    if torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs visible "
-                                    "on this node")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-        stop_group = dist.new_group(backend="gloo")
+    world = World(rank, local_rank, size, local_size, torch.device("cpu"), launcher_pid=os.getppid(),
+                  timeout_s=timeout_s)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    with collective(world, "the start-up of the process group"):
+        store = incarnation_store(rank, size, timeout)
+        if torch.cuda.is_available():
+            if local_rank >= torch.cuda.device_count():
+                raise UsageError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs visible "
+                                 "on this node")
+            world.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(world.device)
+            dist.init_process_group("nccl", store=store, rank=rank, world_size=size, timeout=timeout,
+                                    device_id=world.device)
+            world.stop_group = dist.new_group(backend="gloo", timeout=timeout)
+        else:
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=size, timeout=timeout)
+            # stop_group stays None: the default group is already gloo on the host
+    return world
+
+
+INCARNATION_KEYS = "cbam-incarnation"
+
+
+def incarnation_store(rank, size, timeout):
+    """The store this incarnation of the worker group initialises its process group on.
+
+    torchrun's agent keeps one store for all the worker groups it starts (TORCHELASTIC_USE_AGENT_STORE), and the
+    keys the process group writes there outlive a crashed group: a restarted rank can read the address of a peer
+    of the dead incarnation and fail with "Connection refused" (pytorch/pytorch#135712; TORCHELASTIC_RESTART_COUNT
+    cannot tell the incarnations apart, as each agent counts its own restarts). So the ranks first agree on a fresh
+    token, and every key of this incarnation lives under it. Rank 0 draws the token and publishes it with the
+    nonce each rank drew for itself; a rank takes the token only when it finds its own fresh nonce beside it (a
+    stale token carries stale nonces), and acknowledges it; rank 0 republishes until every rank has."""
+    store, _, _ = next(dist.rendezvous("env://", rank, size, timeout=timeout))
+    store.set_timeout(timeout)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or size == 1:
+        return store  # rank 0 hosts a new store for every incarnation
+    deadline = time.monotonic() + timeout.total_seconds()
+    hello = [f"{INCARNATION_KEYS}/hello/{r}" for r in range(size)]
+    ack = [f"{INCARNATION_KEYS}/ack/{r}" for r in range(size)]
+    token_key = f"{INCARNATION_KEYS}/token"
+    if rank == 0:
+        token = uuid.uuid4().hex
+        while True:
+            nonces = [store.get(key).decode() if store.check([key]) else "" for key in hello]
+            store.set(token_key, json.dumps({"token": token, "nonces": nonces}))
+            if all(store.check([key]) and store.get(key).decode() == token for key in ack[1:]):
+                break
+            _wait_or_time_out(deadline, "the other ranks of this start")
     else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-        stop_group = None  # the default group is already gloo on the host
-    return World(rank, local_rank, size, local_size, device, stop_group)
+        nonce = uuid.uuid4().hex
+        store.set(hello[rank], nonce)
+        while True:
+            published = json.loads(store.get(token_key)) if store.check([token_key]) else {}
+            if published.get("nonces", [])[rank:rank + 1] == [nonce]:
+                token = published["token"]
+                store.set(ack[rank], token)
+                break
+            _wait_or_time_out(deadline, "rank 0 of this start")
+    return dist.PrefixStore(f"{INCARNATION_KEYS}/{token}", store)
 
 
-def barrier(world):
+def _wait_or_time_out(deadline, whom):
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"Timed out waiting for {whom} to agree on the process group's keys")
+    time.sleep(0.05)
+
+
+def barrier(world, what="the wait for rank 0's checkpoint write"):
     if world.size > 1:
-        dist.barrier()
+        with collective(world, what):
+            dist.barrier()
 
 
-def all_reduce_sum(world, tensor):
+def all_reduce_sum(world, tensor, what="the sum of the metrics over ranks"):
     """Sums `tensor` over ranks in place (a no-op in one process)."""
     if world.size > 1:
-        dist.all_reduce(tensor)
+        with collective(world, what):
+            dist.all_reduce(tensor)
     return tensor
 
 
-def max_over_ranks(world, value):
+def broadcast(world, tensors, what):
+    """Rank 0's values of `tensors` on every rank (in place)."""
+    if world.size > 1:
+        with collective(world, what):
+            for tensor in tensors:
+                dist.broadcast(tensor, 0)
+
+
+def max_over_ranks(world, value, what="the ranks' agreement"):
     """The largest of the ranks' int `value`s, on every rank. Host-only: uses a gloo group, never syncs the GPU."""
     if world.size == 1:
         return int(value)
     t = torch.tensor([int(value)], dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.stop_group)
+    with collective(world, what):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.stop_group)
     return int(t.item())
 
 
-def first_message(world, message):
+def first_message(world, message, what="the exchange of the ranks' error messages"):
     """The first rank's non-empty `message` (str or None), on every rank (host-only, like max_over_ranks)."""
     if world.size == 1:
         return message
     messages = [None] * world.size
-    dist.all_gather_object(messages, message, group=world.stop_group)
+    with collective(world, what):
+        dist.all_gather_object(messages, message, group=world.stop_group)
     return next((m for m in messages if m), None)
 
 
-def any_rank(world, flag):
+def any_rank(world, flag, what="the ranks' agreement"):
     """True on every rank when `flag` is true on any rank (host-only, like max_over_ranks)."""
-    return max_over_ranks(world, 1 if flag else 0) > 0
+    return max_over_ranks(world, 1 if flag else 0, what) > 0
 
 
 def cleanup(world):

@@ -176,6 +176,14 @@ def _add_output_flags(p):
     p.add_argument("--resume", default="", metavar="PATH",
                    help="checkpoint to resume from, or 'auto' for {output-dir}/{prefix}_checkpoint.pth.tar")
     p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps (the only host syncs)")
+    p.add_argument("--save-every", type=float, default=30.0, metavar="MINUTES",
+                   help="also save a checkpoint mid-epoch once this many minutes have passed since the last save, "
+                        "at a step the ranks agree on, so that a rank killed outright loses at most this much "
+                        "training; 0 = only at epoch ends")
+    p.add_argument("--collective-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="how long a rank waits for the others in one collective (and at start-up) before the run "
+                        "ends with one line naming it, for a launcher such as torchrun to restart: above the "
+                        "slowest legitimate wait (a first step that compiles, a checkpoint write, validation)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write the metrics as TensorBoard scalars to {output-dir}/{prefix}_tensorboard "
                         "(needs the tensorboard package: pip install -e '.[tensorboard]')")

@@ -56,18 +56,25 @@ def authors_log_line(epoch, i, n, batch_time, data_time, loss, top1, top5):
             f"Prec@5 {top5[0]:.3f} ({top5[1]:.3f})")
 
 
+def clock(seconds):
+    """Seconds as H:MM:SS."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 class EpochProgress:
     """One train epoch's reporting: the progress bar and, every `print_freq` steps and at the epoch's end, the
-    authors' log line and a metrics row. That report is the interval's one host sync (the sums of all ranks are
-    reduced there). Use as a context manager, so that the bar is closed before any error message."""
+    authors' log line (with the global step and the training time so far appended) and a metrics row. That report
+    is the interval's one host sync (the sums of all ranks are reduced there). The bar is drawn only on a terminal:
+    in a log file (Slurm's, Kubernetes') its frames would be mixed into the lines. Use as a context manager, so
+    that the bar is closed before any error message."""
 
     def __init__(self, world, metrics, *, epoch, steps, first_step, print_freq):
         self.world, self.metrics, self.epoch, self.steps = world, metrics, epoch, steps
         self.first_step, self.print_freq = first_step, print_freq
         self.window, self.epoch_sums = RunningSums(world.device), torch.zeros(4)
         self.bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="batch",
-                        disable=not world.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                        dynamic_ncols=True)
+                        disable=not world.is_main or not sys.stderr.isatty(), mininterval=1.0, dynamic_ncols=True)
         self.epoch_start = self.interval_start = self.fetch_start = time.perf_counter()
         self.data_time = self.interval_data = 0.0
         self.interval_steps = 0
@@ -83,6 +90,11 @@ class EpochProgress:
     def waiting_for_data(self):
         """Called before the next batch is fetched: the time until step_done's batch arrives is data time."""
         self.fetch_start = time.perf_counter()
+
+    def note(self, line):
+        """A line for the log (rank 0), printed above the bar."""
+        if self.world.is_main:
+            self.bar.write(line)
 
     def batch_arrived(self, image_size):
         self.interval_data += time.perf_counter() - self.fetch_start
@@ -121,6 +133,7 @@ class EpochProgress:
                                  (now - self.epoch_start) / epoch_steps),
                                 (self.interval_data / self.interval_steps, self.data_time / epoch_steps),
                                 (interval[0], so_far[0]), (interval[1], so_far[1]), (interval[2], so_far[2]))
+        line += f"\tStep {global_step}\tElapsed {clock(self.metrics.elapsed_s())}"
         if self.world.is_main:
             self.bar.write(line)
             self.bar.set_postfix(loss=f"{interval[0]:.3f}", img_s=f"{images_per_sec:.0f}")

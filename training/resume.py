@@ -7,6 +7,7 @@ checksum, atomic writes, loading): training/checkpoint.py.
 """
 import os
 import random
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -105,7 +106,8 @@ def load_model_weights(model, ckpt, path, cfg=None):
 
 
 # Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.
-DATA_ORDER_SETTINGS = ("world_size", "batch_size", "backend_resolved", "workers", "seed", "image_size")
+DATA_ORDER_SETTINGS = ("world_size", "batch_size", "batch_size_resolved", "backend_resolved", "workers",
+                       "workers_per_rank", "seed", "image_size")
 
 
 def check_mid_epoch_resume(saved_cfg, cfg, path):
@@ -113,7 +115,7 @@ def check_mid_epoch_resume(saved_cfg, cfg, path):
     (the skipped batches would then not be the ones already trained on)."""
     # Compared as text: older checkpoints hold image_size as a number, newer ones as its schedule ("224").
     changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS
-               if str(saved_cfg.get(k)) != str(cfg.get(k))}
+               if k in saved_cfg and str(saved_cfg.get(k)) != str(cfg.get(k))}
     if changed:
         raise UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
                          + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))
@@ -146,12 +148,13 @@ def make_state(learner, position, run, classes=None):
     return state
 
 
-def restore(run, learner, log=print):
-    """Loads --resume (if any) into the model and, unless only evaluating, the optimizer, scaler, weight
-    average and RNGs; starts the weight average (--ema-decay) from the loaded weights when the checkpoint has
-    none. Returns (the Position to go on from, the checkpoint's path or None)."""
+def restore(run, learner, log=print, chosen=None):
+    """Loads --resume (if any; `chosen`: the (path, checkpoint) load_for_resume gave already) into the model and,
+    unless only evaluating, the optimizer, scaler, weight average and RNGs; starts the weight average
+    (--ema-decay) from the loaded weights when the checkpoint has none. Returns (the Position to go on from, the
+    checkpoint's path or None)."""
     start = Position(run.start_epoch)
-    path, ckpt = load_for_resume(run.resume, run.output_dir, run.prefix, log)
+    path, ckpt = chosen or load_for_resume(run.resume, run.output_dir, run.prefix, log)
     cfg = run.as_dict()
     if path:
         load_model_weights(learner.model, ckpt, path, cfg)
@@ -170,18 +173,37 @@ def restore(run, learner, log=print):
     learner.optimizer.load_state_dict(ckpt["optimizer"])
     learner.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
+    position = Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"], ckpt.get("elapsed_s", 0.0),
+                        ckpt.get("val_owed", False))
+    if ckpt["batch"] and ckpt["config"].get("world_size", cfg["world_size"]) != cfg["world_size"]:
+        return epoch_again(position, ckpt["config"]["world_size"], cfg["world_size"], log), path
     if ckpt["batch"]:
         check_mid_epoch_resume(ckpt["config"], cfg, path)
-    return Position(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best_prec1"], ckpt.get("elapsed_s", 0.0),
-                    ckpt.get("val_owed", False)), path
+    return position, path
+
+
+def epoch_again(position, was_world, world, log):
+    """The Position of a mid-epoch checkpoint resumed by a world of another size: its epoch goes on from the start.
+    The batches of an epoch are a function of the world size (pipeline/rank_plan.py cuts the split by rank, and
+    BatchNorm normalises each rank's share on its own), so no order of the rest of the epoch on the new world
+    trains what the old one would have: the epoch's samples are read again, with the trained weights."""
+    log(f"=> world size {world}, the checkpoint's {was_world}: the order of epoch {position.epoch} depends on it, so "
+        f"the epoch goes on from its start, redoing the {position.batch} steps of it already trained")
+    return replace(position, batch=0, step=position.step - position.batch)
 
 
 class Saver:
     """The one checkpoint path of a run: rank 0 writes, every rank waits for it. `elapsed_s()` gives the
-    wall-clock seconds trained so far, recorded with each checkpoint."""
+    wall-clock seconds trained so far, recorded with each checkpoint. `due()` says when --save-every minutes have
+    passed since the last save (or the start)."""
 
     def __init__(self, run, learner, elapsed_s, classes=None):
         self.run, self.learner, self.elapsed_s, self.classes = run, learner, elapsed_s, classes
+        self.last_save = time.monotonic()
+        self.best_top1 = 0.0  # the best val top-1 so far, which a mid-epoch save records
+
+    def due(self):
+        return self.run.save_every > 0 and time.monotonic() - self.last_save >= self.run.save_every * 60
 
     def save(self, position, is_best=False, epoch_end=False):
         """epoch_end: the epoch's last save, which --keep-epochs also keeps as the epoch's own file."""
@@ -191,6 +213,7 @@ class Saver:
             path = save_checkpoint(run.output_dir, run.prefix, make_state(self.learner, position, run, self.classes),
                                    is_best, run.keep_epochs if epoch_end else 0)
         distributed.barrier(run.world)
+        self.last_save = time.monotonic()
         return path
 
     def stop_for_damage(self, position, problem, log, save=True):

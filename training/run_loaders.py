@@ -37,7 +37,7 @@ def build_loaders(run, trained=None):
         raise UsageError(f"{run.data} has no val split to evaluate on")
     if train is not None and len(train) == 0:
         raise UsageError(f"the train split has {train.num_samples} samples, fewer than one global batch of "
-                         f"{run.batch_size}")
+                         f"{run.global_batch}")
     return train, val
 
 

@@ -1,7 +1,8 @@
-"""Why the ranks stop before the end: a signal (pre-emption, Ctrl-C), a damaged shard (found by the background
-check or by the reader), or a diverged run (a loss or weight that is not finite).
+"""Why the ranks stop before the end: a signal (pre-emption, Ctrl-C), a launcher that died (the ranks would train on
+as orphans), a damaged shard (found by the background check or by the reader), or a diverged run (a loss or weight
+that is not finite); and when they save mid-epoch without stopping (--save-every).
 
-Every rank checks before each step and they agree (the largest reason wins), so all save the same step and stop."""
+Every rank checks before each step and they agree (the largest reason wins), so all save the same step."""
 import math
 import signal
 
@@ -9,7 +10,7 @@ from pipeline import ShardError
 
 from . import distributed
 
-SIGNAL, DAMAGED_SHARD = 1, 2
+SAVE_DUE, SIGNAL, DAMAGED_SHARD = 1, 2, 3
 OTHER_RANK_DAMAGED = "another rank found a damaged shard (its error names it); the checkpoint is saved"
 
 
@@ -43,6 +44,7 @@ class StopRequest:
         """earlier: signals received before (training.early_signals), handled now as if they came now."""
         self.signum = 0
         self.at_once = at_once
+        self.why = ""  # what asked for the stop, when it was not a signal
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
         for signum in earlier[:1]:
@@ -54,6 +56,12 @@ class StopRequest:
 
     def defer(self):
         self.at_once = False
+
+    def launcher_gone(self, pid):
+        """The launcher that started this rank died: stop as for SIGTERM (save, exit), not train on as an orphan."""
+        if not self.signum:
+            self.signum = signal.SIGTERM
+            self.why = f"the launcher of this rank (pid {pid}) is gone"
 
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
@@ -75,10 +83,14 @@ def shard_problem(loaders, wait=False):
     return None
 
 
-def agreed_reason(world, stop, problem, at_group_start=True):
-    """0 (go on), SIGNAL or DAMAGED_SHARD, the same on every rank (a host-side all-reduce). A damaged shard stops
-    at once; a signal only at the start of an accumulation group (so no gradient is half accumulated)."""
-    reason = distributed.max_over_ranks(world, DAMAGED_SHARD if problem else SIGNAL if stop.requested else 0)
+def agreed_reason(world, stop, problem, at_group_start=True, save_due=False):
+    """0 (go on), SAVE_DUE, SIGNAL or DAMAGED_SHARD, the same on every rank (a host-side all-reduce). A damaged
+    shard stops at once; a signal (or a launcher gone) only at the start of an accumulation group (so no gradient
+    is half accumulated), where a mid-epoch save that is due (`save_due` on any rank) is made too."""
+    if world.launcher_gone():
+        stop.launcher_gone(world.launcher_pid)
+    mine = DAMAGED_SHARD if problem else SIGNAL if stop.requested else SAVE_DUE if save_due else 0
+    reason = distributed.max_over_ranks(world, mine, "the ranks' agreement before a step")
     return reason if reason == DAMAGED_SHARD or at_group_start else 0
 
 
