@@ -21,6 +21,10 @@ COMMON = ["--depth", "18", "--att-type", "CBAM", "--image-size", "32", "--backen
 STEPS = 12
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 pytestmark = pytest.mark.slow
+# Elastic runs as the README gives them: torch 2.14's agents share one store with their workers, and then an agent
+# that joins a running job waits for a key of the new round that the first agent never writes (it built its
+# store's address in the first round only).
+UNSHARED_STORE = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def torchrun(*launch):
@@ -40,9 +44,10 @@ def agent(port, nnodes="2", restarts=0, *extra):
                     "--monitor-interval=0.5", *extra)
 
 
-def start(command, out, *flags, data):
-    return subprocess.Popen([*command, *COMMON, "--output-dir", str(out), *flags, str(data)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def start(command, out, *flags, data, env=()):
+    return subprocess.Popen([*command, *COMMON, "--output-dir", str(out), *flags, str(data)], cwd=ROOT,
+                            env={**ENV, **dict(env)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def finish(proc, timeout=240):
@@ -126,11 +131,11 @@ def reference(generated_shards, tmp_path_factory):
     code, stdout, stderr = finish(start(standalone(), out, data=generated_shards))
     assert code == 0, stderr[-3000:]
     assert len(rows(out)) == STEPS
-    return losses(out), stdout, stderr
+    return losses(out), stdout, stderr, out
 
 
 def test_progress_in_a_log_that_is_not_a_terminal_is_plain_lines_with_step_and_time(reference):
-    _, stdout, stderr = reference
+    _, stdout, stderr, _ = reference
     assert "\r" not in stderr and "batch/s" not in stderr and "%|" not in stderr  # no progress-bar frames
     lines = [line for line in stdout.splitlines() if line.startswith("Epoch: [0]")]
     assert len(lines) == STEPS  # --print-freq 1
@@ -174,6 +179,27 @@ def test_an_error_every_rank_has_is_printed_once_per_node(generated_shards, tmp_
         code, _, stderr = finish(proc)
         assert code != 0
         assert stderr.count("train.py: error: --lr must be > 0, got -1.0") == 1, stderr[-2000:]
+
+
+def test_nodes_that_do_not_share_the_output_dir_are_refused_before_training(reference, generated_shards, tmp_path):
+    """Each rank resumes from the checkpoint in --output-dir; a relative one that names another folder on each
+    node (its own working directory) would start the ranks at different points: one line per node, exit 2."""
+    import shutil
+    port = free_port()
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    shutil.copytree(reference[3], nodes[0] / "out")
+    nodes[1].mkdir()
+    command = [*agent(port)[:-1], os.path.join(ROOT, "train.py"), *COMMON, "--epochs", "2", "--resume", "auto",
+               "--output-dir", "out", str(generated_shards)]
+    procs = [subprocess.Popen(command, cwd=node, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) for node in nodes]
+    for proc in procs:
+        code, _, stderr = finish(proc)
+        assert code != 0
+        lines = [line for line in stderr.splitlines() if line.startswith("train.py: error: the ranks would start")]
+        assert len(lines) == 1, stderr[-3000:]  # once per node
+        assert ": step 12, rank " in lines[0] or ": no checkpoint, rank 1: step 12)" in lines[0]
+        assert "no checkpoint" in lines[0] and "--output-dir must be one folder that every node sees" in lines[0]
 
 
 @pytest.mark.parametrize("victim", [0, 1])
@@ -256,9 +282,9 @@ def test_a_node_lost_under_elastic_membership_goes_on_with_the_world_it_has(gene
     # The first agent hosts the rendezvous (the node that cannot be lost); a lone survivor waits 2 s for others.
     elastic = "last_call_timeout=2,join_timeout=60,is_host="
     first = start(agent(port, "1:2", 2, f"--rdzv-conf={elastic}1"), out, "--save-every", "0.005",
-                  data=generated_shards)
+                  data=generated_shards, env=UNSHARED_STORE)
     second = start(agent(port, "1:2", 2, f"--rdzv-conf={elastic}0"), out, "--save-every", "0.005",
-                   data=generated_shards)
+                   data=generated_shards, env=UNSHARED_STORE)
     wait_for(lambda: (out / "T_checkpoint.pth.tar").exists() and len(rows(out)) >= 3
              and json.loads((out / "T_config.json").read_text())["world_size"] == 2, first, "a save of 2 ranks")
     os.killpg(second.pid, signal.SIGKILL)
@@ -274,3 +300,27 @@ def test_a_node_lost_under_elastic_membership_goes_on_with_the_world_it_has(gene
     assert (ckpt["config"]["batch_size_resolved"], ckpt["config"]["accum_steps_resolved"]) == (2, 2)
     assert [r["images"] for r in rows(out, "val")] == [20]
     assert rows(out)[-1]["step"] == 2 * STEPS  # the epoch trained again in 24 loader steps of 2 samples
+
+
+def test_a_node_added_under_elastic_membership_joins_at_a_saved_step(generated_shards, tmp_path):
+    """--nnodes 1:2: a run that started alone is joined by a second agent; torchrun stops the first group (SIGTERM:
+    the step is saved), both nodes restart together from that save with the global batch of 4 (2 per rank x 2
+    ranks), the epoch's order changed, and the run finishes on 2 ranks."""
+    port = free_port()
+    out = tmp_path / "out"
+    elastic = "last_call_timeout=1,join_timeout=60,is_host="
+    flags = ("--save-every", "0", "--workers", "1", "--epochs", "4")  # long enough for the second to come
+    first = start(agent(port, "1:2", 1, f"--rdzv-conf={elastic}1"), out, *flags, data=generated_shards,
+                  env=UNSHARED_STORE)
+    wait_for(lambda: len(rows(out)) >= 1, first, "a train step of one rank")
+    second = start(agent(port, "1:2", 1, f"--rdzv-conf={elastic}0"), out, *flags, data=generated_shards,
+                   env=UNSHARED_STORE)
+    (code0, stdout0, stderr0), (code1, _, stderr1) = finish(first), finish(second)
+    assert code0 == code1 == 0, stdout0[-3000:] + stderr0[-3000:] + stderr1[-3000:]
+    assert "=> stop requested: " in stdout0  # torchrun stopped the first group (SIGTERM): its step was saved
+    assert "=> world size 2, the checkpoint's 1: global batch 4 kept as 2 per rank x 2 ranks x 1 accumulated" \
+        in stdout0
+    ckpt = final_checkpoint(out)
+    assert ckpt["epoch"] == 4 and ckpt["config"]["world_size"] == 2
+    assert [r["images"] for r in rows(out, "val")] == [20] * 4
+    assert rows(out)[-1]["step"] == 4 * STEPS  # the same 12 steps of 4 samples an epoch on either world

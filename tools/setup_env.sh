@@ -45,6 +45,24 @@ if [ "$simd_ok" = 0 ]; then
   echo "warning: Pillow-SIMD could not be built (log: .venv/pillow-simd-build.log); using stock Pillow, JPEG decode in the torch backend will be slower" >&2
 fi
 
+# Slurm and MUNGE for tests/test_slurm.py, which starts a one-node Slurm on localhost (Debian's packages; root only).
+slurm_missing() {
+  local name
+  for name in sbatch slurmctld slurmd munged; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "$name" >/dev/null || return 0
+  done
+  return 1
+}
+if slurm_missing && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  slurm_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+                 slurmctld slurmd slurm-client munge)
+  "${slurm_install[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && "${slurm_install[@]}" >/dev/null 2>&1; } || true
+fi
+if slurm_missing; then
+  echo "warning: Slurm could not be installed (apt-get install slurmctld slurmd slurm-client munge, as root); the Slurm tests will skip" >&2
+fi
+
 # The torch backend's region-of-interest JPEG decoder (pipeline/roi_jpeg.py). Without it the backend decodes whole
 # images with Pillow, only slower.
 if ! why=$(bash tools/build_native.sh "$venv/roi-jpeg-build.log" 2>&1); then

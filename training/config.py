@@ -235,7 +235,10 @@ def resolve(args, world, resumed_config=None):
     try:
         cbam_impl = resolve_cbam(args.cbam_impl, device, compile_how)
         backend = resolve_backend(args.backend, device, data=args.data)
-        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, device, compile_how, accum)
+        # Accumulation a resized world brought in (not the flag's) turns CUDA graphs off, as "auto" does, rather
+        # than failing every restart of the run.
+        graphs = "auto" if args.cuda_graphs == "on" and accum != args.accum_steps else args.cuda_graphs
+        cuda_graphs = resolve_cuda_graphs(graphs, device, compile_how, accum)
     except (RuntimeError, ValueError, BackendUnavailable) as exc:
         raise UsageError(str(exc)) from None
     if compile_how != "off" and args.compile_cache != "none":

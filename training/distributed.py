@@ -256,12 +256,17 @@ def max_over_ranks(world, value, what="the ranks' agreement"):
 
 def first_message(world, message, what="the exchange of the ranks' error messages"):
     """The first rank's non-empty `message` (str or None), on every rank (host-only, like max_over_ranks)."""
+    return next((m for m in gather_objects(world, message, what) if m), None)
+
+
+def gather_objects(world, value, what):
+    """Every rank's picklable `value`, in rank order, on every rank (host-only, like max_over_ranks)."""
     if world.size == 1:
-        return message
-    messages = [None] * world.size
+        return [value]
+    values = [None] * world.size
     with collective(world, what):
-        dist.all_gather_object(messages, message, group=world.stop_group)
-    return next((m for m in messages if m), None)
+        dist.all_gather_object(values, value, group=world.stop_group)
+    return values
 
 
 def any_rank(world, flag, what="the ranks' agreement"):

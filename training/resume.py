@@ -81,6 +81,18 @@ def load_for_resume(resume, output_dir, prefix, log):
     return path, ckpt
 
 
+def check_same_start(world, chosen):
+    """UsageError on every rank unless every rank resumes from the same point: each loads the checkpoint from
+    --output-dir, which the nodes of a run must share (rank 0 alone writes it)."""
+    path, ckpt = chosen
+    found = distributed.gather_objects(world, ckpt.get("step") if path else None, "the check of the resume point")
+    if len(set(found)) > 1:
+        starts = ", ".join(f"rank {rank}: {'step ' + str(step) if step is not None else 'no checkpoint'}"
+                           for rank, step in enumerate(found))
+        raise UsageError(f"the ranks would start from different points ({starts}): --output-dir must be one folder "
+                         "that every node sees, where rank 0 writes the checkpoints")
+
+
 def is_original_format(ckpt):
     """True for a checkpoint saved by the CBAM authors' code (no 'model' key; 'state_dict' with their names)."""
     return "model" not in ckpt
