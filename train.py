@@ -199,6 +199,7 @@ def main(argv=None):
     chosen = None
     if not args.evaluate:  # read once, before the batch is resolved: a world of another size keeps its batch
         chosen = resume.load_for_resume(args.resume, args.output_dir, args.prefix, log)
+        resume.check_same_start(world, chosen)
     run = config.resolve(args, world, (chosen[1] or {}).get("config") if chosen else None)
     torch.backends.cudnn.benchmark = run.cudnn_benchmark
     log("config " + json.dumps(run.as_dict(), sort_keys=True))
