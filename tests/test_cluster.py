@@ -171,16 +171,6 @@ def test_two_nodes_train_validate_and_resume_exactly(reference, generated_shards
                                               "T_metrics.jsonl", "T_model_best.pth.tar"])
 
 
-def test_an_error_every_rank_has_is_printed_once_per_node(generated_shards, tmp_path):
-    port = free_port()
-    bad = ["--lr", "-1"]
-    procs = [start(agent(port), tmp_path, *bad, data=generated_shards) for _ in range(2)]
-    for proc in procs:
-        code, _, stderr = finish(proc)
-        assert code != 0
-        assert stderr.count("train.py: error: --lr must be > 0, got -1.0") == 1, stderr[-2000:]
-
-
 def test_nodes_that_do_not_share_the_output_dir_are_refused_before_training(reference, generated_shards, tmp_path):
     """Each rank resumes from the checkpoint in --output-dir; a relative one that names another folder on each
     node (its own working directory) would start the ranks at different points: one line per node, exit 2."""
@@ -202,12 +192,12 @@ def test_nodes_that_do_not_share_the_output_dir_are_refused_before_training(refe
         assert "no checkpoint" in lines[0] and "--output-dir must be one folder that every node sees" in lines[0]
 
 
-@pytest.mark.parametrize("victim", [0, 1])
-def test_a_rank_killed_outright_restarts_by_itself_from_the_last_save_exactly(reference, generated_shards, tmp_path,
-                                                                            victim):
-    """SIGKILL of one rank mid-epoch under torchrun --max-restarts 1 (no --resume): the restarted ranks find each
-    other (not the dead incarnation's addresses), go on from the newest mid-epoch save (--save-every) and train
-    every later step with the loss of the uninterrupted run."""
+def test_a_rank_killed_outright_restarts_by_itself_from_the_last_save_exactly(reference, generated_shards, tmp_path):
+    """SIGKILL of rank 0 mid-epoch under torchrun --max-restarts 1 (no --resume): the restarted ranks find each
+    other (not the dead incarnation's addresses, which made most such restarts fail), go on from the newest
+    mid-epoch save (--save-every) and train every later step with the loss of the uninterrupted run. (Rank 1
+    dies with its node in the elastic test below, and is the stuck one in the test after.)"""
+    victim = 0
     out = tmp_path / "out"
     proc = start(standalone(restarts=1), out, "--save-every", "0.005", data=generated_shards)
     wait_for(lambda: (out / "T_checkpoint.pth.tar").exists() and len(rows(out)) >= 4, proc, "a mid-epoch save")
@@ -220,17 +210,6 @@ def test_a_rank_killed_outright_restarts_by_itself_from_the_last_save_exactly(re
     assert f"rank {1 - victim}: " in stderr and "another rank is gone" in stderr  # one line from the survivor
     assert_same_steps_as(reference[0], out)
     assert final_checkpoint(out)["epoch"] == 1
-
-
-def test_a_restart_keeps_the_refusal_of_a_folder_holding_another_run(generated_shards, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "T_metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0}\n')
-    code, _, stderr = finish(start(standalone(restarts=1), out, data=generated_shards))
-    assert code != 0
-    assert stderr.count("already holds a run of prefix T") >= 2  # the first start and the restart: both refused
-    assert (out / "T_metrics.jsonl").read_text() == '{"kind": "train", "step": 1, "loss": 1.0}\n'
-    assert not (out / "T_checkpoint.pth.tar").exists()
 
 
 def test_ranks_whose_agent_is_killed_save_and_stop_instead_of_training_on(reference, generated_shards, tmp_path):
