@@ -4,8 +4,9 @@
 Reads top to bottom: flags -> world -> RunConfig -> loaders -> model -> resume -> evaluate | benchmark | fit.
 `python train.py --ngpu N ...` (the CBAM authors' command) relaunches itself through torch.distributed.run.
 Rank 0 alone prints and writes. The host syncs with the device only at print intervals and epoch ends.
-Exit status: 0 done; 1 a checkpoint could not be written, a shard is damaged (saved first where possible) or the
-run diverged (a loss or weight not finite; the last checkpoint is kept); 2 a flag, file or setting to change;
+Exit status: 0 done; 1 a checkpoint could not be written, a shard is damaged (saved first where possible), the
+run diverged (a loss or weight not finite; the last checkpoint is kept) or a collective failed (another rank stuck
+past --collective-timeout, or gone: torchrun --max-restarts then restarts the run); 2 a flag, file or setting to change;
 128 + N stopped by signal N (SIGTERM 143, SIGINT 130): saved, or before training started with nothing to save.
 Only cli() decides it.
 """
