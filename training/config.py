@@ -108,10 +108,9 @@ def parse_args(argv=None):
 
 
 def check_world(args, world_size):
-    """Checks that need the world size; UsageError like parse_args."""
-    if args.batch_size % world_size:
-        raise UsageError(f"--batch-size {args.batch_size} is the global batch and must divide by the "
-                         f"world size {world_size}")
+    """Checks that need the world size (a fresh start's batch split, training/elastic.py); UsageError like
+    parse_args."""
+    batch_plan(args.batch_size, args.accum_steps, world_size)
 
 
 def _given(argv, dests):

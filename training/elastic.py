@@ -41,10 +41,9 @@ def continue_own_run(args, config_file):
         return None
     if recorded_launch_id(args.output_dir, config_file) != this_launch:
         return None
-    saved = [checkpoint_path(args.output_dir, args.prefix), previous_path(args.output_dir, args.prefix),
-             best_path(args.output_dir, args.prefix)]
     args.overwrite = False
-    if any(os.path.isfile(path) for path in saved) or args.resume in ("", "auto"):
+    if any(os.path.isfile(path(args.output_dir, args.prefix)) for path in (checkpoint_path, previous_path, best_path)) \
+            or args.resume in ("", "auto"):
         args.resume = "auto"
         return (f"=> launch {this_launch} started this run before: it goes on from its newest intact checkpoint "
                 "(--resume auto)")
