@@ -4,9 +4,10 @@
 Reads top to bottom: flags -> world -> RunConfig -> loaders -> model -> resume -> evaluate | benchmark | fit.
 `python train.py --ngpu N ...` (the CBAM authors' command) relaunches itself through torch.distributed.run.
 Rank 0 alone prints and writes. The host syncs with the device only at print intervals and epoch ends.
-Exit status: 0 done; 1 a checkpoint could not be written, a shard is damaged (saved first where possible), the
-run diverged (a loss or weight not finite; the last checkpoint is kept) or a collective failed (another rank stuck
-past --collective-timeout, or gone: torchrun --max-restarts then restarts the run); 2 a flag, file or setting to change;
+Exit status: 0 done; 1 a checkpoint could not be written, a shard is damaged (saved first where possible), a
+loader worker failed (out of memory, killed), the run diverged (a loss or weight not finite; the last checkpoint is
+kept) or a collective failed (another rank stuck past --collective-timeout, or gone: torchrun --max-restarts then
+restarts the run); 2 a flag, file or setting to change;
 128 + N stopped by signal N (SIGTERM 143, SIGINT 130): saved, or before training started with nothing to save.
 Only cli() decides it.
 """
@@ -21,7 +22,7 @@ if __name__ == "__main__":  # before torch imports: a signal in those seconds is
 
 import torch
 
-from pipeline import ShardError
+from pipeline import LoaderFailed, ShardError
 from training import benchmark, checkpoint, config, distributed, early_signals, elastic, load, output_dir, resume
 from training import stop as stopping
 from training.learner import build_learner, prepare_to_run
@@ -189,8 +190,9 @@ def main(argv=None):
     stop = stopping.StopRequest(at_once=True, earlier=early_signals.take())
     args = config.parse_args(argv)
     restarted = elastic.continue_own_run(args, output_dir.config_name(args.prefix))
-    output_dir.check_output_dir(args)
-    if args.ngpu > 1 and not distributed.launched_by_torchrun():
+    relaunch = args.ngpu > 1 and not distributed.launched_by_torchrun()
+    output_dir.check_output_dir(args, writer=not relaunch and distributed.rank_from_environment() == 0)
+    if relaunch:
         config.check_world(args, args.ngpu)
         return distributed.relaunch_with_torchrun(args.ngpu)
     world = distributed.setup(args.collective_timeout)
@@ -250,7 +252,7 @@ def cli(argv=None, prog="train.py"):
         status = 128 + exc.signum
         if os.environ.get("LOCAL_RANK", "0") == "0":
             sys.stderr.write(f"{prog}: {exc}\n")
-    except (config.UsageError, checkpoint.CheckpointError, ShardError, stopping.Diverged,
+    except (config.UsageError, checkpoint.CheckpointError, ShardError, LoaderFailed, stopping.Diverged,
             distributed.CollectiveFailed) as exc:
         status = 2 if isinstance(exc, config.UsageError) else 1
         alike = isinstance(exc, (config.UsageError, stopping.AgreedError))

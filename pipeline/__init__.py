@@ -16,7 +16,7 @@ is built.
 import logging
 
 from shards import storage
-from shards.errors import ShardError
+from shards.errors import LoaderFailed, ShardError
 from shards.manifest import load_split
 from shards.workers import usable_cpus
 
@@ -28,7 +28,7 @@ from .verify import MODES as VERIFY_MODES
 from .verify import default_record_dir
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "DEFAULT_CACHE_BYTES", "VERIFY_MODES", "Backend", "BackendUnavailable",
-           "ShardError", "build_loader", "default_record_dir", "default_workers", "resolve_backend"]
+           "LoaderFailed", "ShardError", "build_loader", "default_record_dir", "default_workers", "resolve_backend"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_CACHE_BYTES = 100 << 30  # ImageNet's shards are about 150 GB: most of them, on a typical local disk

@@ -4,16 +4,24 @@ The window comes from the shared policy (pipeline/augment.py). RoiWindows decode
 native libjpeg-turbo ROI decoder (pipeline/roi_jpeg.py), downscaled in the DCT domain whenever the crop allows;
 PillowWindows decodes the whole image with Pillow(-SIMD) where that library is not built. Both resize the window
 with one antialiased bilinear Pillow call, so their outputs agree within one grey level (tests/test_jpeg_decode.py).
+
+Both refuse, from the headers and before allocating anything, an image over the pixel limit or a JPEG whose data
+is too short for the size its header claims (shards/imagecheck.py decode_problem: MAX_PIXELS says why the limit is
+what it is); samples of more than 8 bits are scaled to 8, not clipped (imagecheck.to_rgb).
 """
 import io
 import math
+import warnings
 
 import numpy as np
 from PIL import Image
 
+from shards.imagecheck import MAX_PIXELS, decode_problem, over_pixel_limit, to_rgb
+
 from . import augment, roi_jpeg
 
-# What a damaged or foreign image raises while it is decoded; the reader turns it into a ShardError naming it.
+# What a damaged, foreign or oversized image raises while it is decoded; the reader turns it into a ShardError (or
+# predict.py into a line) naming it.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -49,7 +57,17 @@ class PillowWindows:
     and resizes the window in one Pillow call."""
 
     def open(self, jpeg):
-        image = Image.open(io.BytesIO(jpeg))
+        """(image, (width, height)) with nothing decoded yet; ValueError for an image decode_problem refuses."""
+        refuse(decode_problem(jpeg))
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns about an image between its threshold and twice it: refused just below instead.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(jpeg))
+        except Image.DecompressionBombError as exc:  # over twice its threshold Pillow refuses before we see the size
+            raise ValueError(f"image over the pixel limit of {MAX_PIXELS:,} pixels (Pillow refuses it: {exc})") \
+                from None
+        refuse(over_pixel_limit(*image.size))  # other formats: the size from Pillow's reading of their header
         return image, image.size
 
     def resize(self, image, size, box, image_size, allow_draft=True, flip=False):
@@ -61,7 +79,7 @@ class PillowWindows:
             scale_x, scale_y = image.size[0] / width, image.size[1] / height
             box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = to_rgb(image)
         return _resize(image, box, image_size, flip)
 
 
@@ -80,7 +98,9 @@ class RoiWindows:
         if not roi_jpeg.is_jpeg(jpeg):
             image, size = self.pillow.open(jpeg)
             return (self.pillow, image), size
-        return (self, jpeg), self.decoder.size(jpeg)
+        size = self.decoder.size(jpeg)
+        refuse(over_pixel_limit(*size, "JPEG"))  # libjpeg's reading of the header; decode() checks the rest
+        return (self, jpeg), size
 
     def resize(self, handle, size, box, image_size, allow_draft=True, flip=False):
         owner, jpeg = handle
@@ -101,6 +121,12 @@ class RoiWindows:
             return self.pillow.resize(image, size, box, image_size, allow_draft, flip)
         image = Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGB", 0, 1)
         return _resize(image, window_box, image_size, flip)
+
+
+def refuse(problem):
+    """ValueError(problem) when there is one (a reason from shards/imagecheck.py not to decode an image)."""
+    if problem:
+        raise ValueError(problem)
 
 
 def _resize(image, box, image_size, flip):

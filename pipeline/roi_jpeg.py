@@ -6,12 +6,18 @@ alone, only slower: `available()` says which, and `python -m pipeline.info` prin
 
 ctypes releases the GIL for the call, and the library holds no global state, so it is safe in any thread or
 worker process.
+
+Before any call that decodes, the headers are checked in Python (shards/imagecheck.py decode_problem): libjpeg
+allocates for the size a header claims (a progressive JPEG's whole coefficient buffer, in jpeg_start_decompress),
+and does not fail on data that ends early, so a tiny file claiming 65000x65000 pixels would cost gigabytes.
 """
 import ctypes
 import math
 import os
 
 import numpy as np
+
+from shards.imagecheck import decode_problem
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "libroijpeg.so")
 SCALE_DENOMS = (1, 2, 4, 8)  # the DCT-domain downscales libjpeg-turbo accelerates (the same as Image.draft's)
@@ -86,7 +92,11 @@ class RoiDecoder:
         1/scale_denom, widened by `margin` pixels on every side and clamped to the image.
 
         Returns (pixels, box_in_pixels): an (h, w, 3) uint8 RGB view of the decoded region and `box` in its
-        coordinates. ValueError (with libjpeg's message) when the data is corrupt or cut short."""
+        coordinates. ValueError (with libjpeg's message) when the data is corrupt or cut short, or with
+        decode_problem's when the image is over the pixel limit or its data too short for its size."""
+        problem = decode_problem(jpeg)
+        if problem:
+            raise ValueError(problem)
         left = max(0, math.floor(box[0]) - margin)  # the far sides are clamped by the library
         top = max(0, math.floor(box[1]) - margin)
         columns = math.ceil(box[2]) + margin - left

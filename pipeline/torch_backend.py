@@ -8,17 +8,22 @@ process moves the pieces to the device and converts, normalises, joins and lays 
 (pipeline/normalize.py, shared with the DALI backends), then hands the slots back.
 
 A damaged shard makes the worker yield a _Failure naming the file, which the main process raises as a
-ShardError: one clear line instead of a worker traceback.
+ShardError: one clear line instead of a worker traceback. Any other exception in a worker (out of memory, a cache
+folder it cannot write) becomes a LoaderFailed naming the worker, the exception and where it was raised; and
+however an epoch's iteration ends, its workers are ended with it (see _end_workers).
 """
 import dataclasses
 import multiprocessing
+import os
 import signal
+import time
+import traceback
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.errors import ShardError
+from shards.errors import LoaderFailed, ShardError
 from shards.format import parse_label
 from shards.storage import is_remote
 
@@ -37,10 +42,31 @@ _PREFETCH = 2  # items each worker may have ready ahead (DataLoader's prefetch_f
 
 
 class _Failure:
-    """Sent from a worker instead of a batch when a shard is unusable; `message` names the shard."""
+    """Sent from a worker instead of a batch: a shard is unusable (`damaged`, the message names the shard), or
+    the worker failed otherwise (the message names the worker, the exception and where it was raised)."""
 
-    def __init__(self, message):
-        self.message = message
+    def __init__(self, message, damaged=True):
+        self.message, self.damaged = message, damaged
+
+    def error(self):
+        return ShardError(self.message) if self.damaged else LoaderFailed(self.message)
+
+
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _failure_of(exc, worker):
+    """A _Failure for an unexpected exception in `worker`: one line, with the innermost frame of this project's
+    code that it passed through (else the innermost one), which is what a traceback would have been read for."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames  # "<frozen os>" and the like are no files, wherever the process runs
+            if not frame.filename.startswith("<") and os.path.abspath(frame.filename).startswith(_PROJECT + os.sep)]
+    frame = (ours or frames or [None])[-1]
+    where = f" at {os.path.relpath(frame.filename, _PROJECT) if ours else frame.filename}:{frame.lineno}" \
+        if frame else ""
+    text = " ".join(str(exc).split())[:300]
+    return _Failure(f"torch loader worker {worker} (pid {os.getpid()}) failed: {type(exc).__name__}"
+                    f"{': ' + text if text else ''}{where}", damaged=False)
 
 
 class ShardStream(IterableDataset):
@@ -74,6 +100,8 @@ class ShardStream(IterableDataset):
             yield _Failure(str(exc))
         except EpochClosed:
             return  # nobody reads this epoch any more
+        except Exception as exc:  # noqa: BLE001 - any other failure: one line in the main process, not a traceback
+            yield _failure_of(exc, worker)
 
     def _batches(self, share, rng, windows, worker):
         samples = self._samples(share, rng)
@@ -130,6 +158,41 @@ class ShardStream(IterableDataset):
         return handle, label_values
 
 
+def _worker_items(batches):
+    """The DataLoader's items; a worker that died (killed by the system, e.g. for memory) is a LoaderFailed."""
+    while True:
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise LoaderFailed(f"torch loader: {' '.join(str(exc).split())[:300]}") from exc
+        yield item
+
+
+_END_GRACE_S = 10.0  # how long an ended epoch's workers may take to exit before they are killed
+
+
+def _end_workers(batches):
+    """Ends the epoch's worker processes now, whatever they are doing and however the epoch ended. Dropping the
+    iterator is not enough: an exception raised inside the DataLoader keeps it alive in its traceback until the
+    interpreter exits, and the workers ignore SIGTERM (see ShardStream.__iter__), so the DataLoader's own shutdown
+    at exit (terminate, then join) would wait for them forever. Workers that do not exit within _END_GRACE_S of
+    the DataLoader's shutdown request are killed."""
+    workers = list(getattr(batches, "_workers", ()))
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()  # asks them to stop and joins them (up to 5 s each)
+    deadline = time.monotonic() + _END_GRACE_S
+    for worker in workers:
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
 def _pop_random(buffer, rng):
     i = int(rng.integers(len(buffer)))
     buffer[i], buffer[-1] = buffer[-1], buffer[i]
@@ -165,9 +228,9 @@ class TorchLoader(Loader):
         batches = iter(loader)
         pending = []
         try:
-            for item in batches:
+            for item in _worker_items(batches):
                 if isinstance(item, _Failure):
-                    raise ShardError(item.message)
+                    raise item.error()
                 pending.append(item)
                 if len(pending) < pieces:
                     continue
@@ -185,8 +248,7 @@ class TorchLoader(Loader):
         finally:
             if slots is not None:
                 slots.close_epoch()
-            # Dropping the iterator joins the worker processes now, also on an early break or an error
-            # (an exception's traceback would otherwise keep them alive).
+            _end_workers(batches)
             del batches
 
     def _batch_slots(self, piece_size):

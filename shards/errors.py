@@ -17,3 +17,9 @@ class StorageError(ShardError):
 class ConvertError(Exception):
     """Bad input or output folder for a conversion (shards/convert.py), or counts that do not add up: one line on
     stderr, exit status 2."""
+
+
+class LoaderFailed(RuntimeError):
+    """A loader worker failed for another reason than a damaged shard (out of memory, a cache folder it cannot
+    write, killed by the system): the message names the worker, what it raised and where. The data is fine; the
+    run ends with exit status 1 rather than a traceback and a worker that never exits."""

@@ -21,7 +21,8 @@ DATA_STUB = None  # set by the data_stub fixture
 def state_at(step, val_owed=False):
     torch.manual_seed(step)
     return {"model": {"w": torch.randn(64, 64), "b": torch.randn(64)}, "epoch": step // 10, "batch": step % 10,
-            "step": step, "val_owed": val_owed, "config": {"lr": 0.1}}
+            "step": step, "val_owed": val_owed, "config": {"lr": 0.1}, "optimizer": {"state": {}}, "scaler": {},
+            "rng": {}, "best_prec1": 0.0}
 
 
 def damage_tensor_bytes(path, size, at=0.5):
@@ -69,6 +70,22 @@ def test_resume_auto_skips_a_damaged_latest_checkpoint_for_the_previous_one(tmp_
     assert lines[1] == f"=> resuming from {path}, the newest intact checkpoint"
     with pytest.raises(checkpoint.DamagedCheckpoint, match=f"checkpoint {latest} is damaged"):
         resume.load_for_resume(latest, out, "T", lines.append)  # named explicitly: refused
+
+
+def test_resume_auto_skips_a_latest_file_without_training_state_and_resume_path_refuses_it(tmp_path):
+    """A file holding weights alone (an average of checkpoints, an export) where the latest checkpoint belongs:
+    `--resume auto` goes on from the previous one; `--resume FILE` says what the file is good for."""
+    out, lines = str(tmp_path), []
+    checkpoint.save(out, "T", state_at(31), is_best=False)
+    latest = checkpoint.save(out, "T", state_at(32), is_best=False)
+    weights_only = {k: v for k, v in state_at(33).items() if k not in ("optimizer", "rng")}
+    checkpoint.save_atomic({**weights_only, "sha256": checkpoint.content_sha256(weights_only)}, latest)
+    path, ckpt = resume.load_for_resume("auto", out, "T", lines.append)
+    assert path == checkpoint.previous_path(out, "T") and ckpt["step"] == 31
+    assert lines[0] == f"=> skipped: checkpoint {latest} holds no training state (optimizer, rng missing)"
+    with pytest.raises(config.UsageError, match=r"--resume checkpoint .* holds no training state .*--pretrained"):
+        resume.load_for_resume(latest, out, "T", lines.append)
+    assert resume.load_for_resume(latest, out, "T", lines.append, training=False)[1]["step"] == 33  # --evaluate
 
 
 def test_resume_auto_prefers_the_best_copy_when_it_is_newer_than_the_previous_one(tmp_path):
@@ -128,18 +145,18 @@ def data_stub(tmp_path_factory):
 
 
 def test_a_folder_holding_a_run_of_the_prefix_is_refused_without_resume_or_overwrite(tmp_path):
-    output_dir.check_output_dir(output_args(tmp_path / "new"))  # made, writable, empty
+    output_dir.check_output_dir(output_args(tmp_path / "new"), writer=False)  # made, writable, empty
     assert os.path.isdir(tmp_path / "new") and os.listdir(tmp_path / "new") == []
     (tmp_path / "R_metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
     (tmp_path / "R_model_best.pth.tar").write_bytes(b"x")
     (tmp_path / "other_checkpoint.pth.tar").write_bytes(b"x")  # another prefix's run does not count
     with pytest.raises(config.UsageError) as error:
-        output_dir.check_output_dir(output_args(tmp_path))
+        output_dir.check_output_dir(output_args(tmp_path), writer=False)
     assert str(error.value) == (f"--output-dir {tmp_path} already holds a run of prefix R (R_model_best.pth.tar, "
                                 "R_metrics.jsonl): pass --resume auto to continue it, --overwrite to replace it, "
                                 "or another --output-dir or --prefix")
     for flags in (["--resume", "auto"], ["--overwrite"], ["--prefix", "S"], ["--benchmark"]):
-        output_dir.check_output_dir(output_args(tmp_path, *flags))
+        output_dir.check_output_dir(output_args(tmp_path, *flags), writer=False)
     with pytest.raises(config.UsageError, match="--overwrite and --resume exclude each other"):
         output_args(tmp_path, "--overwrite", "--resume", "auto")
 
@@ -166,10 +183,10 @@ def test_a_prefix_that_is_not_a_plain_name_is_refused(prefix):
 def test_an_output_dir_that_is_a_file_or_under_one_is_named(tmp_path):
     (tmp_path / "plain").write_text("x")
     with pytest.raises(config.UsageError, match=f"--output-dir {tmp_path}/plain is a file, not a folder"):
-        output_dir.check_output_dir(output_args(tmp_path / "plain"))
+        output_dir.check_output_dir(output_args(tmp_path / "plain"), writer=False)
     with pytest.raises(config.UsageError, match=f"--output-dir {tmp_path}/plain/sub cannot be written: Not a "
                                                 "directory"):
-        output_dir.check_output_dir(output_args(tmp_path / "plain" / "sub"))
+        output_dir.check_output_dir(output_args(tmp_path / "plain" / "sub"), writer=False)
 
 
 # --- metrics (training/metrics.py, tools/plot_metrics.py) ------------------------------------------------------------

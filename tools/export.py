@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from training import load
 from training.config import OneLineParser, UsageError
 from training.errors import run_reporting_usage_errors
+from training.output_dir import refuse_run_file
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size than the export, so N is proven dynamic
@@ -76,6 +78,19 @@ def export(model, fmt, out, image_size, opset=17):
     return float((got - expected).abs().max()), float(expected.abs().max())
 
 
+def writable_temporary(out):
+    """A new temporary file beside `out` (same suffix: the exporters and loaders go by it) that the export writes
+    before it is renamed to `out`; UsageError naming the folder when it cannot be written (read-only, full)."""
+    folder, name = os.path.split(os.path.abspath(out))
+    root, suffix = os.path.splitext(name)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{root}.", suffix=f".tmp{suffix}")
+        os.close(handle)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write in {folder}: {exc.strerror or exc}") from None
+    return temporary
+
+
 def parse_args(argv):
     p = OneLineParser(prog="export.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,13 +117,24 @@ def export_checkpoint(args):
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise UsageError(f"--out folder does not exist: {folder}")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a folder: name the file to write")
+    refuse_run_file(args.out, "--out")
+    temporary = writable_temporary(args.out)
     missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if args.format == "onnx" and missing:
         raise UsageError(f"--format onnx needs {' and '.join(missing)}: pip install -e '.[onnx]'")
     trained = load.read(args.checkpoint)
     model = trained.build("torch", args.eval_weights)
     size = args.image_size or trained.image_size
-    difference, scale = export(model, args.format, args.out, size, args.opset)
+    try:
+        difference, scale = export(model, args.format, temporary, size, args.opset)
+        os.replace(temporary, args.out)  # a complete, checked file or none: never a torn one
+    except OSError as exc:  # a full disk while writing, or the rename refused
+        raise UsageError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
     ok = difference <= args.atol * max(1.0, scale)
     print(f"{args.out}: {args.format}, {trained.arch}, {trained.num_classes} classes, input (N, 3, {size}, {size}); "
           f"batch of {CHECK_BATCH} vs eager: max |difference| {difference:.2e} (logits up to {scale:.2f})"

@@ -27,10 +27,19 @@ import argparse
 import re
 import sys
 
+from pipeline.augment import val_resize_size
 from shards.convert import convert
 from shards.errors import ConvertError
 from shards.sources import SPLITS
 from shards.workers import usable_cpus
+
+# The smallest --max-side, 37 px: the shorter side the val transform resizes to (pipeline/augment.py
+# val_resize_size) at the smallest crop train.py takes (--image-size >= 32, training/config.py). An image stored
+# with a longer side below it is upsampled by the val transform at every --image-size train.py accepts, and its
+# train crops (8% to 100% of it) more still, so such a value only throws detail away. At the default 224 px crop
+# the val resize is 256 px: choose --max-side from the size you will train at.
+MIN_TRAIN_CROP = 32
+MIN_MAX_SIDE = val_resize_size(MIN_TRAIN_CROP)
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
                  "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
@@ -45,6 +54,14 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def max_side(text):
+    value = positive_int(text)
+    if value < MIN_MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_MAX_SIDE} pixels (the val resize at the smallest "
+                                         f"--image-size train.py takes, {MIN_TRAIN_CROP}), got {value}")
     return value
 
 
@@ -74,8 +91,16 @@ def split_list(text):
     return splits
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag value is one line naming the flag, the value and what it must be (argparse's own message), not
+    the whole usage block before it; exit status 2 as argparse's."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="make_shards.py",
         description="Convert an ImageNet-layout folder into WebDataset shards (.tar + DALI .idx), classes.txt and "
                     "manifest.json. If interrupted, run the same command again: complete shards are verified and "
@@ -97,10 +122,10 @@ def parse_args(argv):
                         help="maximum shard size in bytes; suffixes K, M, G, T are powers of 1024, KB, MB, GB, "
                              "TB powers of 1000 (default: no limit). Planned from source sizes: a shard may run "
                              "over by what re-encoding adds, and always holds at least one sample")
-    parser.add_argument("--max-side", type=positive_int, metavar="PX", default=None,
-                        help="downscale images whose longer side exceeds this many pixels to exactly that "
-                             "(aspect ratio kept, Lanczos) and re-encode them at --quality (default: off, "
-                             "valid JPEGs are stored byte for byte)")
+    parser.add_argument("--max-side", type=max_side, metavar="PX", default=None,
+                        help=f"downscale images whose longer side exceeds this many pixels to exactly that "
+                             f"(aspect ratio kept, Lanczos) and re-encode them at --quality; at least "
+                             f"{MIN_MAX_SIDE} (default: off, valid JPEGs are stored byte for byte)")
     parser.add_argument("--quality", type=jpeg_quality, metavar="Q", default=95,
                         help="JPEG quality 1-100 for re-encoded images: converted ones and, with --max-side, "
                              "downscaled ones (default: %(default)s)")

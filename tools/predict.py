@@ -8,8 +8,9 @@ recursively. Class names are the shards' class list stored in the checkpoint (wn
 `--words FILE` adds readable names from ImageNet's words.txt ("n01440764<TAB>tench, Tinca tinca") or
 LOC_synset_mapping.txt ("n01440764 tench, Tinca tinca"); for a checkpoint without a class list (the authors'),
 a words file of exactly as many lines as classes gives the class order too. Output: a table, or one JSON
-object per image (`--json`). An image that cannot be read is named on stderr and skipped; the exit status is
-then 1. Usage errors: one line, exit 2.
+object per image (`--json`). An image that cannot be read or decoded (over the pixel limit, truncated, not an
+image) is named on stderr and skipped; the exit status is then 1. Usage errors (a folder without image files
+among them): one line, exit 2.
 """
 import argparse
 import json
@@ -18,7 +19,7 @@ import sys
 
 import torch
 
-from pipeline.folder import images_under, load_image, stack_images
+from pipeline.folder import IMAGE_SUFFIXES, MAX_IMAGE_SIZE, images_under, load_image, stack_images
 from training import load
 from training.config import OneLineParser, UsageError
 from training.errors import run_reporting_usage_errors
@@ -50,28 +51,43 @@ def parse_args(argv):
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--words", default="", metavar="FILE", help="ImageNet words.txt or LOC_synset_mapping.txt")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
-    p.add_argument("--image-size", type=int, default=None, help="crop side in pixels (default: the checkpoint's)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"crop side in pixels, 32 to {MAX_IMAGE_SIZE} (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = p.parse_args(argv)
     for flag in ("top_k", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.image_size is not None and args.image_size < 32:
-        p.error(f"--image-size must be >= 32 pixels, got {args.image_size}")
+    if args.image_size is not None and not 32 <= args.image_size <= MAX_IMAGE_SIZE:
+        p.error(f"--image-size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {args.image_size}")
     return args
+
+
+def image_files(arguments):
+    """The image files the IMAGE_OR_FOLDER arguments name; UsageError naming every folder that holds none (a
+    typo or the wrong folder, which would otherwise print nothing and succeed)."""
+    found, empty = [], []
+    for path in arguments:
+        files = images_under([path])
+        if os.path.isdir(path) and not files:
+            empty.append(path)
+        found += files
+    if empty:
+        raise UsageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(empty)}")
+    return found
 
 
 def predict_files(args):
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    paths = image_files(args.images)
     trained = load.read(args.checkpoint)
     names = load.class_names(trained, load.read_words(args.words) if args.words else {})
     model = trained.build("auto").to(args.device)
     size = args.image_size or trained.image_size
     top_k = min(args.top_k, trained.num_classes)
     failed = 0
-    paths = images_under(args.images)
     for first in range(0, len(paths), args.batch_size):
         batch, arrays = [], []
         for path in paths[first:first + args.batch_size]:

@@ -15,6 +15,7 @@ checksum and load unchecked.
 import hashlib
 import io
 import os
+import re
 import shutil
 
 import torch
@@ -41,6 +42,15 @@ EPOCH_INFIX = "_epoch"  # {prefix}_epoch{E}.pth.tar: the checkpoint at the end o
 
 def epoch_path(output_dir, prefix, epoch):
     return os.path.join(output_dir, f"{prefix}{EPOCH_INFIX}{epoch}.pth.tar")
+
+
+_EPOCH_NAME = re.compile(rf"(.+){EPOCH_INFIX}(\d+)\.pth\.tar$")
+
+
+def parse_epoch_name(name):
+    """(prefix, epoch) of a per-epoch checkpoint's file name, or None."""
+    match = _EPOCH_NAME.match(os.path.basename(name))
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def kept_epochs(output_dir, prefix):

@@ -82,6 +82,11 @@ def launched_by_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def rank_from_environment():
+    """This process's global rank as its launcher set it (0 when started alone), before the process group exists."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
 STATUS_DIR_ENV = "CBAM_RANK_STATUS_DIR"  # set by the --ngpu launcher: where each rank records its exit status
 
 

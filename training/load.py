@@ -35,6 +35,7 @@ class Trained:
     epoch: int              # the epoch training would go on from (= epochs trained when batch is 0)
     batch: int              # batches of that epoch trained (a mid-epoch checkpoint)
     weights: dict           # "raw" (and "ema" with --ema-decay) -> state dict in our key names
+    averaged_from: tuple = ()  # the checkpoints cbam-average-checkpoints averaged into this one
 
     @property
     def arch(self):
@@ -42,6 +43,8 @@ class Trained:
 
     def summary(self):
         trained = "" if self.epoch is None else f"; saved at epoch {self.epoch}, batch {self.batch}"
+        if self.averaged_from:
+            trained = f"; an average of {len(self.averaged_from)} checkpoints ({', '.join(self.averaged_from)})"
         return f"{self.arch}, {self.num_classes} classes, {self.image_size} px{trained}"
 
     def class_name(self, label):
@@ -76,8 +79,8 @@ def _read(path, mtime_ns, size):
         weights = {"raw": ckpt["model"], **({"ema": ckpt["ema"]} if "ema" in ckpt else {})}
         classes = tuple(ckpt["classes"]) if ckpt.get("classes") else None
         return Trained(path, cfg["depth"], cfg["att_type"], _num_classes(ckpt["model"], path), classes,
-                       int(cfg.get("val_image_size") or AUTHORS_IMAGE_SIZE), ckpt["epoch"], ckpt.get("batch", 0),
-                       weights)
+                       int(cfg.get("val_image_size") or AUTHORS_IMAGE_SIZE), ckpt.get("epoch"), ckpt.get("batch", 0),
+                       weights, tuple(map(str, ckpt.get("averaged_from") or ())))
     state = ckpt.get("state_dict", ckpt)  # the authors' {'state_dict': ...}, or a bare state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"checkpoint {path} holds neither our 'model' and 'config' nor a state dict of "

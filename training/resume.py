@@ -47,16 +47,41 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def load_for_resume(resume, output_dir, prefix, log):
+# What make_state() writes and restore() reads back to go on training: a file without them (an average of
+# checkpoints, an export) holds weights alone.
+TRAINING_STATE = ("model", "optimizer", "scaler", "epoch", "batch", "step", "best_prec1", "rng", "config")
+
+
+def training_state_problem(ckpt, path):
+    """Why the checkpoint cannot be trained on from where it stopped (None when it can): our format without the
+    whole training state. The authors' checkpoints (weights alone) are resumed from their weights."""
+    if is_original_format(ckpt):
+        return None
+    missing = [key for key in TRAINING_STATE if key not in ckpt]
+    if not missing:
+        return None
+    return (f"checkpoint {path} holds no training state ({', '.join(missing)} missing"
+            + ("; an average of checkpoints" if "averaged_from" in ckpt else "") + ")")
+
+
+RESUME_ADVICE = ("train.py goes on only from the checkpoints it saves; start from these weights with --pretrained, or "
+                 "evaluate them with --evaluate --resume")
+
+
+def load_for_resume(resume, output_dir, prefix, log, training=True):
     """(path, checkpoint) for --resume: none for '' (or 'auto' with no checkpoint of `prefix` in output_dir);
-    PATH must load intact; 'auto' goes on from the newest intact checkpoint of the prefix, naming each one
-    skipped and why."""
+    PATH must load intact and, for `training`, hold the training state; 'auto' goes on from the newest intact
+    checkpoint of the prefix that holds it, naming each one skipped and why."""
     if not resume:
         return None, {}
     if resume != "auto":
         if not os.path.isfile(resume):
             raise UsageError(f"--resume checkpoint not found: {resume}")
-        return resume, load(resume)
+        ckpt = load(resume)
+        problem = training and training_state_problem(ckpt, resume)
+        if problem:
+            raise UsageError(f"--resume {problem}: {RESUME_ADVICE}")
+        return resume, ckpt
     latest = checkpoint_path(output_dir, prefix)
     others = [previous_path(output_dir, prefix), best_path(output_dir, prefix)]
     found = [path for path in [latest, *others] if os.path.isfile(path)]
@@ -67,12 +92,17 @@ def load_for_resume(resume, output_dir, prefix, log):
         except DamagedCheckpoint as exc:
             log(f"=> skipped: {exc}")
             continue
+        problem = training_state_problem(ckpt, path)
+        if problem:
+            log(f"=> skipped: {problem}")
+            continue
         if path == latest:  # the newest by construction
             return path, ckpt
         intact.append((path, ckpt))
     if found and not intact:
         raise UsageError(f"--resume auto: no intact checkpoint of prefix {prefix} in {output_dir} (every one "
-                         "of " + ", ".join(os.path.basename(p) for p in found) + " is damaged)")
+                         "of " + ", ".join(os.path.basename(p) for p in found) + " is damaged or holds no training "
+                         "state)")
     if not intact:
         return None, {}
     # The previous checkpoint or the best one, whichever is further on; at the same step, the validated one.
@@ -166,7 +196,7 @@ def restore(run, learner, log=print, chosen=None):
     (--ema-decay) from the loaded weights when the checkpoint has none. Returns (the Position to go on from, the
     checkpoint's path or None)."""
     start = Position(run.start_epoch)
-    path, ckpt = chosen or load_for_resume(run.resume, run.output_dir, run.prefix, log)
+    path, ckpt = chosen or load_for_resume(run.resume, run.output_dir, run.prefix, log, training=not run.evaluate)
     cfg = run.as_dict()
     if path:
         load_model_weights(learner.model, ckpt, path, cfg)
