@@ -191,6 +191,7 @@ def main(argv=None):
     args = config.parse_args(argv)
     restarted = elastic.continue_own_run(args, output_dir.config_name(args.prefix))
     relaunch = args.ngpu > 1 and not distributed.launched_by_torchrun()
+    config.check_rank_batch(args, args.batch_size, distributed.world_size_from_environment(args.ngpu))
     output_dir.check_output_dir(args, writer=not relaunch and distributed.rank_from_environment() == 0)
     if relaunch:
         config.check_world(args, args.ngpu)

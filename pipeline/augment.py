@@ -38,6 +38,22 @@ CROP_ATTEMPTS = 10              # tries before the centred fallback crop
 FLIP_PROBABILITY = 0.5
 VAL_CROP_FRACTION = 0.875       # centre crop S out of a shorter side of S / 0.875
 
+# The crop sides (pixels) every tool takes for --image-size and --val-image-size. Below 32 px ResNet's five
+# stride-2 stages leave nothing to pool. Above 1024 px, over four times the 224 px these networks are trained at and
+# far past the sizes where evaluating larger than training still gains, the cost grows with the square: one image's
+# float input is 12 MB and each of a ResNet-50's largest activations 67 MB, times the batch. A larger value is a
+# typo: one of 100000 would ask for a 30 GB crop per image, found only when the first batch is decoded.
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 1024
+
+
+def image_size_problem(flag, value):
+    """Why `value` is not a crop side `flag` can take (None when it is)."""
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        return f"{flag} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {value}"
+    return None
+
+
 # JPEG DCT-domain downscale factors libjpeg offers through Pillow's Image.draft, largest first.
 DRAFT_FACTORS = (8, 4, 2, 1)
 
@@ -133,7 +149,8 @@ def parse_auto_augment(text):
     if kind in ("trivial", "imagenet") and not parts:
         return AutoAugmentPolicy(kind, text=text)
     if kind != "rand":
-        raise ValueError(f"expected rand-m<M>[-n<N>][-mstd<S>][-p<P>][-inc1], trivial or imagenet, got {text!r}")
+        raise ValueError(f"expected rand-m<M>[-n<N>][-mstd<S>][-p<P>][-inc1], trivial or imagenet, got "
+                         f"{str(text)[:60]!r}")
     values = dict(RAND_DEFAULTS)
     for part in parts:
         key = next((k for k in ("mstd", "inc", "m", "n", "p") if part.startswith(k)), None)
@@ -142,10 +159,14 @@ def parse_auto_augment(text):
         except ValueError:
             key = None
         if key is None:
-            raise ValueError(f"{text!r}: unknown part {part!r} (expected m<M>, n<N>, mstd<S>, p<P> or inc1)")
-    if not (0 <= values["m"] <= RAND_LEVEL_MAX and values["n"] >= 1 and values["n"] == int(values["n"])
-            and values["mstd"] >= 0 and 0 < values["p"] <= 1 and values["inc"] in (0, 1)):
-        raise ValueError(f"{text!r}: needs 0 <= m <= 10, a whole n >= 1, mstd >= 0, 0 < p <= 1 and inc 0 or 1")
+            raise ValueError(f"{text[:60]!r}: unknown part {part[:20]!r} (expected m<M>, n<N>, mstd<S>, p<P> or inc1)")
+    # n is bounded by the operations there are: timm draws the n with replacement, so more layers only repeat
+    # operations, each a pass over every image (n1000000 would hold the loader for hours per batch).
+    if not (0 <= values["m"] <= RAND_LEVEL_MAX and 1 <= values["n"] <= len(RAND_OPERATIONS)
+            and values["n"] == int(values["n"]) and values["mstd"] >= 0 and 0 < values["p"] <= 1
+            and values["inc"] in (0, 1)):
+        raise ValueError(f"{text[:60]!r}: needs 0 <= m <= {RAND_LEVEL_MAX:g}, a whole n from 1 to "
+                         f"{len(RAND_OPERATIONS)} (the operations there are), mstd >= 0, 0 < p <= 1 and inc 0 or 1")
     return AutoAugmentPolicy("rand", values["m"], int(values["n"]), values["mstd"], values["p"],
                              bool(values["inc"]), text)
 

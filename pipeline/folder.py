@@ -18,13 +18,6 @@ from .normalize import Normalizer
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
-# The largest crop side (--image-size) predict.py takes: over four times the 224 px these networks are trained at,
-# far past the sizes where a network evaluated larger than it was trained still gains, while the cost grows with
-# the square: at 1024 px one image's float input is 12 MB and each of a ResNet-50's largest activations 67 MB,
-# times --batch-size. A larger value is a typo, and one of 100000 would ask for a 30 GB crop per image.
-MAX_IMAGE_SIZE = 1024
-
-
 def is_image(name):
     return name.lower().endswith(IMAGE_SUFFIXES)
 

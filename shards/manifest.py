@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from . import storage
 from .errors import ShardError, StorageError
 from .format import FORMAT_VERSION, MANIFEST, TRAIN_SPLIT, index_header
-from .read import read_side_file
+from .read import expect_sizes, read_side_file
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class Split:
 
 def read_manifest(shard_dir):
     """The parsed manifest.json of shard_dir (a folder or URL, see shards/storage.py); ShardError naming the
-    file when it is missing or malformed."""
+    file when it is missing or malformed. Nothing records its size: a remote one is read up to
+    storage.SMALL_FILE_MAX_BYTES (StorageError naming the URL beyond that)."""
     path = storage.join(shard_dir, MANIFEST)
     if storage.is_remote(shard_dir):
         try:
@@ -101,7 +102,11 @@ def load_split(shard_dir, split, *, need_index=False):
     total = sum(s.samples for s in shards)
     if total != num_samples:
         raise ShardError(f"{manifest_path}: split {split!r} says {num_samples} samples but its shards hold {total}")
-    sizes = storage.sizes([s.path for s in shards]) if storage.is_remote(shard_dir) else None
+    sizes = None
+    if storage.is_remote(shard_dir):
+        for shard in shards:
+            expect_sizes(shard)  # no answer for a shard's files is read past the sizes recorded here
+        sizes = storage.sizes([s.path for s in shards])
     for shard in shards:
         check_shard_file(shard, sizes[shard.path] if sizes is not None else -1)
         if need_index:

@@ -22,11 +22,23 @@ def read_member(shard, reader, offset, size):
     return data
 
 
+def expect_sizes(shard):
+    """Tells shards/storage.py the sizes the manifest records for the shard's files: no answer for one of them is
+    read past its size (a server that ignores Range, or sends without end, is stopped there)."""
+    storage.expect_sizes({shard.path: shard.bytes, shard.index_path: shard.index_bytes,
+                          shard.checksums_path: shard.checksums_bytes})
+
+
 def read_side_file(shard, kind):
     """The bytes of the shard's DALI index (kind "index") or member checksums ("checksums"), checked against the
-    manifest (check_side_file)."""
+    manifest (check_side_file). Remote, no more than the size the manifest records is read (any size, up to
+    storage.SMALL_FILE_MAX_BYTES, where it records none)."""
     path = getattr(shard, f"{kind}_path")
-    data = storage.read_bytes(path)
+    # Every reader of a remote shard reads a side file first: a process that did not read the manifest itself (a
+    # loader worker not forked from it) learns the shard's sizes here, before any ranged read of the tar.
+    expect_sizes(shard)
+    size = getattr(shard, f"{kind}_bytes")
+    data = storage.read_bytes(path, size if size >= 0 else None)
     check_side_file(shard, kind, path, data)
     return data
 

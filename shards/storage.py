@@ -9,13 +9,24 @@ would cover S3 only; AWS's s3torchconnector S3 only, and through its own dataset
 Every remote request is retried with exponential back-off on errors that may pass (connection refused or reset,
 time-outs, HTTP 5xx, 429); a missing object (404), a refusal (401/403) or a request that still fails after
 ATTEMPTS tries raises StorageError: one line naming the URL. The clients' own retries are turned off so that this
-module alone decides how long a dead server is waited for: at most about BACKOFF_CAP * ATTEMPTS seconds per read.
+module alone decides how long a dead server is waited for.
+
+A server that stops sending, before its headers or mid-body, is waited for READ_TIMEOUT seconds per try and
+STALL_LIMIT seconds of silence per read in all, retries and back-off included (time in which data arrives does not
+count): then StorageError names the URL and the seconds waited. The clients' own read time-outs start again with
+every try, so tries alone would hold a read from a stalled server ATTEMPTS * READ_TIMEOUT seconds and more.
+
+Bodies are streamed and counted, never trusted to end: a ranged read takes at most the bytes it asked for; an
+answer with the whole object at most the size its manifest records (expect_sizes), else UNSIZED_OBJECT_MAX_BYTES;
+read_bytes of a file whose size nothing records (manifest.json) at most SMALL_FILE_MAX_BYTES. A server that
+sends (or announces) more is named in a StorageError when the cap is passed, with no more than the cap held.
 
 Servers that ignore HTTP Range (they answer a ranged GET with 200 and the whole object, as `python -m http.server`
-and many simple static servers do) are detected by the length of the answer, once per server and process (and
+and many simple static servers do) are detected by the answer's status, once per server and process (and
 probed up front by probe_ranges): their objects are then read whole, in one request, and the readers take every
 range they need from that copy (fetch, RangeReader), so any static file server works.
 """
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -31,14 +42,31 @@ REMOTE_SCHEMES = ("s3", "http", "https")
 ATTEMPTS = 6            # tries per request before a transient error is given up on
 BACKOFF_FIRST = 0.25    # seconds before the second try; doubled each time, with +-25% jitter
 BACKOFF_CAP = 4.0
-CONNECT_TIMEOUT = 10    # seconds
-READ_TIMEOUT = 60       # seconds without a byte from the server
+# The time-outs and caps below are read when used, so a test (or a caller) may change them at run time.
+CONNECT_TIMEOUT = 10    # seconds to open a connection
+# Seconds without a byte from the server (for the headers, or mid-body) before a try is given up and retried. An
+# object store answers in well under a second, even when it refuses with 503 SlowDown: 30 s is patience to spare.
+READ_TIMEOUT = 30
+# Seconds of silence, summed over the tries of one read and their back-off, before the read fails: the longest a
+# stalled server holds a read (two tries of READ_TIMEOUT). Time in which data arrives is not counted, so a long
+# download that breaks off once is still tried again.
+STALL_LIMIT = 60
+# The most read_bytes takes of a file whose size nothing records: manifest.json (and side files of manifests that
+# predate their sizes). ImageNet's manifest is about 0.7 MB with make_shards' default 1,000 samples a shard
+# (1,282 + 50 shards) and 1.1 MB with 2,048 + 64 shards; 64 MiB is some 60 times that, and still holds a listing
+# of 100,000 fixed or skipped images (about 12 MB).
+SMALL_FILE_MAX_BYTES = 64 << 20
+# The most held of a whole object (from a server that ignores Range) whose size no manifest read in this process
+# records: a shard of make_shards' default 1,000 ImageNet samples is about 110 MB.
+UNSIZED_OBJECT_MAX_BYTES = 4 << 30
 CHUNK = 16 << 20        # bytes per request when a whole object is copied or hashed
+_PIECE = 1 << 20        # bytes taken from a connection at a time while a body is counted against its cap
 _SIZE_QUERIES = 16      # concurrent size requests where a store cannot list (HTTP)
 
 log = logging.getLogger(__name__)
 _whole_object_servers = set()  # scheme://host:port of servers found to ignore Range in this process
 _probed_servers = set()
+_expected_sizes = {}  # URL -> its size in bytes as a manifest records it (expect_sizes)
 
 
 def scheme_of(path):
@@ -108,6 +136,7 @@ def _make_filesystem(scheme):
         fs.retries = 1  # s3fs's own retry loop: off, see the module docstring
         return fs
     import aiohttp
+    # Only a backstop: every request of this module waits under its own _Patience, read when it is made.
     timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
     return fsspec.filesystem(scheme, skip_instance_cache=True, client_kwargs={"timeout": timeout})
 
@@ -163,12 +192,53 @@ def classify(exc):
     return "transient"
 
 
+def _timed_out(exc):
+    """Whether a failed try ended because the server sent nothing in time (connect, headers or body)."""
+    return any(isinstance(c, (TimeoutError, asyncio.TimeoutError)) or type(c).__name__.startswith(
+        ("ReadTimeout", "ConnectTimeout", "ConnectionTimeout")) for c in _causes(exc))
+
+
+class _Patience:
+    """How long one read may still wait for its server: each wait at most READ_TIMEOUT seconds, and STALL_LIMIT
+    seconds of silence in all, summed over its tries: the wait that ended each failed try (since the try began or
+    last received data) and the back-off before the next. Time in which data arrives is not counted, so a long
+    download that breaks off is tried again; one that stalls every time fails after STALL_LIMIT seconds."""
+
+    def __init__(self):
+        self.spent = 0.0
+        self.since = time.monotonic()
+
+    def heard_from(self):
+        """Data arrived (or a try begins): the current silence starts now."""
+        self.since = time.monotonic()
+
+    def try_failed(self):
+        """The silence that ended a try counts as waited."""
+        self.spent += time.monotonic() - self.since
+        self.since = time.monotonic()
+
+    def paused(self, seconds):
+        """The back-off before the next try counts as waited."""
+        self.spent += seconds
+
+    def left(self):
+        return STALL_LIMIT - self.spent - max(0.0, time.monotonic() - self.since)
+
+    def wait(self):
+        """Seconds the next wait may last."""
+        return max(0.0, min(READ_TIMEOUT, self.left()))
+
+
 def retrying(path, what, request):
-    """request() with retries and back-off on transient errors; StorageError naming `path` otherwise."""
+    """request(patience) with retries and back-off on transient errors; StorageError naming `path` otherwise.
+    `patience` (a _Patience) bounds every wait of the request: a read whose server sends nothing for STALL_LIMIT
+    seconds, over all its tries, fails naming the seconds waited."""
+    patience = _Patience()
     delay = BACKOFF_FIRST
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            return request()
+            patience.heard_from()
+            return request(patience)
         except StorageError:
             raise
         except Exception as exc:  # the clients raise many types; classify() sorts them
@@ -181,23 +251,129 @@ def retrying(path, what, request):
                                    f"(AWS_ACCESS_KEY_ID/AWS_PROFILE) and the bucket policy") from exc
             if kind.startswith("refused"):
                 raise StorageError(f"{path}: the server {kind} while {what}: {detail[:300]}") from exc
-            if attempt == ATTEMPTS:
-                raise StorageError(f"{path} could not be read while {what}: {ATTEMPTS} tries failed, the last "
+            pause = delay * random.uniform(0.75, 1.25)
+            patience.try_failed()
+            if attempt == ATTEMPTS or patience.left() <= pause:
+                tries = f"{attempt} {'try' if attempt == 1 else 'tries'}"
+                if _timed_out(exc):
+                    raise StorageError(
+                        f"{path}: read timeout while {what}: waited {patience.spent:.1f} s in all for data from the "
+                        f"server ({tries}; a try waits at most READ_TIMEOUT = {READ_TIMEOUT:g} s for data, a read "
+                        f"STALL_LIMIT = {STALL_LIMIT:g} s)") from exc
+                raise StorageError(f"{path} could not be read while {what}: {tries} failed, the last "
                                    f"with {detail[:300]}") from exc
-        time.sleep(delay * random.uniform(0.75, 1.25))
+        time.sleep(pause)
+        patience.paused(pause)
         delay = min(delay * 2, BACKOFF_CAP)
     raise AssertionError("unreachable")
 
 
+# ------------------------------------------------------------------------------------- one streamed request
+
+def _run(fs, function, *args, **kwargs):
+    """function(*args, **kwargs), a coroutine function, run to its end on the event loop of the fsspec file system
+    `fs` (its clients live there)."""
+    from fsspec.asyn import sync
+    return sync(fs.loop, function, *args, **kwargs)
+
+
+async def _within(patience, function, *args, **kwargs):
+    """await function(*args, **kwargs) for at most the patience's next wait: a request whose answer comes whole
+    (a size, a listing)."""
+    return await asyncio.wait_for(function(*args, **kwargs), patience.wait())
+
+
+async def _http_answer(fs, path, headers):
+    """(status, Content-Length or None, read(n), close()) of a GET of `path` from fsspec's aiohttp session."""
+    session = await fs.set_session()
+    response = await session.get(fs.encode_url(path), headers=headers, **fs.kwargs)
+    try:
+        if response.status == 404:
+            raise FileNotFoundError(path)
+        response.raise_for_status()
+    except BaseException:
+        response.close()
+        raise
+    return response.status, response.content_length, response.content.read, response.close
+
+
+async def _s3_answer(fs, path, headers):
+    """The same through s3fs's client: a GetObject."""
+    bucket, key, version = fs.split_path(path)
+    extra = {"VersionId": version} if version else {}
+    answer = await fs._call_s3("get_object", Bucket=bucket, Key=key, **headers, **extra)
+    body = answer["Body"]
+    return answer["ResponseMetadata"]["HTTPStatusCode"], answer.get("ContentLength"), body.read, body.close
+
+
+async def _read_answer(path, fs, answer, headers, cap, patience):
+    """(status, body) of one GET, its body read in pieces and counted: StorageError as soon as it outgrows
+    cap(status) = (bytes, what that is), with no more than that held."""
+    await fs.set_session()  # the client itself (made once per process) is no wait for the server
+    patience.heard_from()
+    status, length, read, close = await asyncio.wait_for(answer(fs, path, headers), patience.wait())
+    try:
+        patience.heard_from()
+        limit, which = cap(status)
+        if length is not None and length > limit:
+            raise StorageError(f"{path}: the server announces {length} bytes (Content-Length), more than {which}: "
+                               "not read; the object is not the one expected, or the server misbehaves")
+        pieces, received = [], 0
+        while piece := await asyncio.wait_for(read(_PIECE), patience.wait()):
+            received += len(piece)
+            if received > limit:
+                raise StorageError(f"{path}: the server sent more than {which}; reading stopped there: the "
+                                   "object is not the one expected, or the server sends without end")
+            pieces.append(piece)
+            patience.heard_from()
+        return status, b"".join(pieces)
+    finally:
+        close()  # after the whole body the connection is already back in the pool; otherwise it is dropped
+
+
+def _get(path, span, cap, patience):
+    """(HTTP status, body) of one GET of `path`, of its bytes span = (start, stop) or (None) all of it, from the
+    store's own client, streamed under `cap` (see _read_answer) and `patience`."""
+    scheme = scheme_of(path)
+    headers = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else {}
+    answer = _s3_answer if scheme == "s3" else _http_answer
+    return _run(_filesystem(scheme), _read_answer, path, _filesystem(scheme), answer, headers, cap, patience)
+
+
+def expect_sizes(sizes):
+    """Records {URL: size in bytes} as a manifest states them: an answer that holds a whole object is read no
+    further than its recorded size (a server that ignores Range, or sends without end, is stopped there). Local
+    paths and unknown sizes (None, -1) are left out."""
+    _expected_sizes.update({path: int(size) for path, size in sizes.items()
+                            if is_remote(path) and size is not None and int(size) >= 0})
+
+
+def _whole_cap(path, total=None, fallback=None):
+    """(bytes, what that is): the most an answer with the whole object `path` may hold: `total`, else its size as
+    a manifest records it, else `fallback` (default: UNSIZED_OBJECT_MAX_BYTES)."""
+    known = total if total is not None else _expected_sizes.get(path)
+    if known is not None:
+        return known, f"the {known} bytes of the whole object (its recorded size)"
+    return fallback or (UNSIZED_OBJECT_MAX_BYTES, f"{UNSIZED_OBJECT_MAX_BYTES} bytes (UNSIZED_OBJECT_MAX_BYTES, "
+                                                  "the cap for a whole object whose size no manifest records)")
+
+
+def _small_file_cap():
+    return SMALL_FILE_MAX_BYTES, (f"{SMALL_FILE_MAX_BYTES} bytes (SMALL_FILE_MAX_BYTES, the cap for a file whose "
+                                  "size nothing records)")
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
-def read_bytes(path):
-    """The whole file (manifest, index, checksums: small files)."""
+def read_bytes(path, size=None):
+    """The whole file (manifest, index, checksums: small files). Remote, at most `size` bytes (what its manifest
+    records; default: as recorded with expect_sizes, else SMALL_FILE_MAX_BYTES): StorageError naming the URL when
+    the server sends more."""
     if not is_remote(path):
         with open(path, "rb") as handle:
             return handle.read()
-    fs = _filesystem(scheme_of(path))
-    return retrying(path, "reading it", lambda: fs.cat_file(_key(path)))
+    cap = _whole_cap(path, size, fallback=_small_file_cap())
+    return retrying(path, "reading it", lambda patience: _get(path, None, lambda status: cap, patience))[1]
 
 
 def read_range(path, start, stop):
@@ -216,23 +392,31 @@ def _server(path):
     return f"{parts.scheme.lower()}://{parts.netloc}"
 
 
-def fetch(path, start, stop):
+def fetch(path, start, stop, total=None):
     """(offset, data) of a remote file such that data holds its bytes [start, stop) from data[start - offset]: the
     range itself (offset = start), or from a server that ignores Range the whole object (offset 0), fetched
     without a Range header once the server is known to ignore it. StorageError when the object ends before
-    `stop`."""
-    fs = _filesystem(scheme_of(path))
+    `stop`, or when the server sends more than the range, or than `total` (the object's size; default: as its
+    manifest records it) for the whole object."""
+    return _fetch(path, start, stop, _whole_cap(path, total))
+
+
+def _fetch(path, start, stop, whole):
     if _server(path) in _whole_object_servers:
-        data = retrying(path, "reading it whole (its server ignores Range requests)", lambda: fs.cat_file(_key(path)))
+        _, data = retrying(path, "reading it whole (its server ignores Range requests)",
+                           lambda patience: _get(path, None, lambda status: whole, patience))
         return 0, _whole_object(path, data, start, stop)
-    data = retrying(path, f"reading bytes {start}-{stop - 1}", lambda: fs.cat_file(_key(path), start=start, end=stop))
-    if len(data) == stop - start:
+    asked = (stop - start, f"the {stop - start} bytes asked for (bytes {start}-{stop - 1})")
+    status, data = retrying(path, f"reading bytes {start}-{stop - 1}", lambda patience: _get(
+        path, (start, stop), lambda status: whole if status == 200 else asked, patience))
+    if status != 200:  # 206: the range
+        if len(data) < stop - start:
+            raise StorageError(f"{path}: asked for bytes {start}-{stop - 1}, received {len(data)} bytes: the "
+                               "object ends early, it is shorter than its manifest says")
         return start, data
-    if len(data) < stop - start:
-        raise StorageError(f"{path}: asked for bytes {start}-{stop - 1}, received {len(data)} bytes: the object "
-                           "ends early, it is shorter than its manifest says")
-    # More than asked for: a 200 with the whole object instead of a 206 with the range.
-    _whole_object_servers.add(_server(path))
+    # 200: the whole object instead of the range, unless it is just the range (from its first byte).
+    if not (start == 0 and len(data) == stop):
+        _whole_object_servers.add(_server(path))
     return 0, _whole_object(path, data, start, stop)
 
 
@@ -249,7 +433,7 @@ def probe_ranges(path, note=True):
     server = _server(path)
     if scheme_of(path) in ("http", "https") and server not in _probed_servers:
         _probed_servers.add(server)
-        fetch(path, 0, 1)
+        _fetch(path, 0, 1, _whole_cap(path, fallback=_small_file_cap()))
         if note and server in _whole_object_servers:
             log.warning("note: %s ignores HTTP Range requests (it answers a ranged GET with the whole object): "
                         "each shard is read whole, in one request per reader, instead of in ranged runs", server)
@@ -261,7 +445,8 @@ def _info(path):
     scheme = scheme_of(path)
     fs = _filesystem(scheme)
     extra = {"refresh": True} if scheme == "s3" else {}
-    return retrying(path, "asking its size", lambda: fs.info(_key(path), **extra))
+    return retrying(path, "asking its size",
+                    lambda patience: _run(fs, _within, patience, fs._info, _key(path), **extra))
 
 
 def size(path):
@@ -282,8 +467,9 @@ def sizes(paths):
         by_folder.setdefault((scheme_of(path), path.rsplit("/", 1)[0] if is_remote(path) else ""), []).append(path)
     for (scheme, folder), members in by_folder.items():
         if scheme == "s3":
-            listing = retrying(folder, "listing it", lambda folder=folder: _filesystem("s3").ls(
-                _key(folder), detail=True, refresh=True))
+            listing = retrying(folder, "listing it", lambda patience, folder=folder: _run(
+                _filesystem("s3"), _within, patience, _filesystem("s3")._ls, _key(folder), detail=True,
+                refresh=True))
             found = {"s3://" + entry["name"]: int(entry["size"])
                      for entry in listing if entry.get("type") == "file"}
             result.update({path: found.get(path) for path in members})
@@ -325,7 +511,7 @@ def copy_chunks(path, total):
     start, whole = 0, None
     while start < total:
         stop = min(total, start + CHUNK)
-        offset, data = (0, whole) if whole is not None else fetch(path, start, stop)
+        offset, data = (0, whole) if whole is not None else fetch(path, start, stop, total)
         if offset == 0 and len(data) >= total:
             whole = data  # the whole object: the remaining pieces come from it
         yield data[start - offset:stop - offset]

@@ -109,6 +109,14 @@ class HttpServer(_ServerProcess):
         except FileNotFoundError:
             return 0
 
+    def endless_bytes_sent(self):
+        """Body bytes of the last --endless answer, once it ended (None before): how far the client read."""
+        try:
+            with open(self.port_file + ".sent") as handle:
+                return int(handle.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
 
 class StaticHttpServer(_ServerProcess):
     """`python -m http.server` serving a copy of `folder`: every GET answers 200 with the whole file, Range or

@@ -321,6 +321,7 @@ def test_a_diverging_run_stops_at_the_next_report_and_keeps_the_last_checkpoint(
     # One process goes on from the 2 ranks' checkpoint with their batch: 8 per step, 2 accumulated, 8 steps.
     assert "global batch 16 kept as 8 per rank x 1 ranks x 2 accumulated" in result.stdout
     assert lines[-1].startswith("train.py: error: the run diverged at epoch 2, step 3/8: the loss is "), lines[-1]
+    assert lines[-1].endswith("(try a lower --lr)"), lines[-1]
     assert "Traceback" not in result.stderr
     assert (tmp_path / "T_checkpoint.pth.tar").read_bytes() == saved
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from model import set_cbam_impl
 from model.cbam import CBAM
+from pipeline.augment import image_size_problem
 from pipeline.folder import images_under, load_image, stack_images
 from training import load
 from training.config import OneLineParser, UsageError
@@ -200,8 +201,8 @@ def parse_args(argv):
                    "checkpoint's val size)")
     p.add_argument("--max-images", type=int, default=8, help="at most this many images (rows per checkpoint)")
     args = p.parse_args(argv)
-    if args.image_size is not None and args.image_size < 32:
-        p.error(f"--image-size must be >= 32 pixels, got {args.image_size}")
+    if args.image_size is not None and image_size_problem("--image-size", args.image_size):
+        p.error(image_size_problem("--image-size", args.image_size))
     return args
 
 

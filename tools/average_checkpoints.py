@@ -114,9 +114,7 @@ def load_weights(path, weights):
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise UsageError(f"checkpoint {path}: {key}[{name!r}] is a {type(value).__name__}, not a tensor")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise DamagedCheckpoint(f"checkpoint {path}: {key}[{name!r}] holds non-finite values (NaN or inf): "
-                                    "averaging it would spread them")
+    checkpoint.check_finite_weights(state, path, key)  # an average would spread them over every weight
     return state, ckpt
 
 

@@ -25,6 +25,7 @@ import warnings
 
 import torch
 
+from pipeline.augment import image_size_problem
 from training import load
 from training.config import OneLineParser, UsageError
 from training.errors import run_reporting_usage_errors
@@ -104,8 +105,8 @@ def parse_args(argv):
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed |saved - eager| logit difference, times max(1, largest |logit|)")
     args = p.parse_args(argv)
-    if args.image_size is not None and args.image_size < 32:
-        p.error(f"--image-size must be >= 32 pixels, got {args.image_size}")
+    if args.image_size is not None and image_size_problem("--image-size", args.image_size):
+        p.error(image_size_problem("--image-size", args.image_size))
     return args
 
 

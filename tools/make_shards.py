@@ -27,19 +27,18 @@ import argparse
 import re
 import sys
 
-from pipeline.augment import val_resize_size
+from pipeline.augment import MIN_IMAGE_SIZE, val_resize_size
 from shards.convert import convert
 from shards.errors import ConvertError
 from shards.sources import SPLITS
 from shards.workers import usable_cpus
 
 # The smallest --max-side, 37 px: the shorter side the val transform resizes to (pipeline/augment.py
-# val_resize_size) at the smallest crop train.py takes (--image-size >= 32, training/config.py). An image stored
+# val_resize_size) at the smallest crop train.py takes (pipeline/augment.py MIN_IMAGE_SIZE). An image stored
 # with a longer side below it is upsampled by the val transform at every --image-size train.py accepts, and its
 # train crops (8% to 100% of it) more still, so such a value only throws detail away. At the default 224 px crop
 # the val resize is 256 px: choose --max-side from the size you will train at.
-MIN_TRAIN_CROP = 32
-MIN_MAX_SIDE = val_resize_size(MIN_TRAIN_CROP)
+MIN_MAX_SIDE = val_resize_size(MIN_IMAGE_SIZE)
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
                  "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
@@ -61,7 +60,7 @@ def max_side(text):
     value = positive_int(text)
     if value < MIN_MAX_SIDE:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_MAX_SIDE} pixels (the val resize at the smallest "
-                                         f"--image-size train.py takes, {MIN_TRAIN_CROP}), got {value}")
+                                         f"--image-size train.py takes, {MIN_IMAGE_SIZE}), got {value}")
     return value
 
 

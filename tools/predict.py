@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-from pipeline.folder import IMAGE_SUFFIXES, MAX_IMAGE_SIZE, images_under, load_image, stack_images
+from pipeline.augment import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, image_size_problem
+from pipeline.folder import IMAGE_SUFFIXES, images_under, load_image, stack_images
 from training import load
 from training.config import OneLineParser, UsageError
 from training.errors import run_reporting_usage_errors
@@ -52,15 +53,15 @@ def parse_args(argv):
     p.add_argument("--words", default="", metavar="FILE", help="ImageNet words.txt or LOC_synset_mapping.txt")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
     p.add_argument("--image-size", type=int, default=None,
-                   help=f"crop side in pixels, 32 to {MAX_IMAGE_SIZE} (default: the checkpoint's)")
+                   help=f"crop side in pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = p.parse_args(argv)
     for flag in ("top_k", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.image_size is not None and not 32 <= args.image_size <= MAX_IMAGE_SIZE:
-        p.error(f"--image-size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {args.image_size}")
+    if args.image_size is not None and image_size_problem("--image-size", args.image_size):
+        p.error(image_size_problem("--image-size", args.image_size))
     return args
 
 

@@ -92,6 +92,23 @@ def _feed(digest, value):
         digest.update(f"{type(value).__name__} {value!r};".encode())
 
 
+def non_finite_tensor(state):
+    """The name of the first floating-point tensor of a state dict holding NaN or inf, or None."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
+def check_finite_weights(state, path, key="model"):
+    """DamagedCheckpoint when the weights `state` of checkpoint `path` hold a NaN or inf: a model built from them
+    predicts NaN, and training from them diverges at its first step."""
+    name = non_finite_tensor(state)
+    if name is not None:
+        raise DamagedCheckpoint(f"checkpoint {path}: {key}[{name!r}] holds non-finite values (NaN or inf): these "
+                                "weights cannot be used")
+
+
 class CheckpointError(Exception):
     """A checkpoint could not be written; the message is one line naming the file, the folder and the bytes."""
 

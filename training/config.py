@@ -17,6 +17,7 @@ import torch
 
 from model.attention import canonical_attention
 from pipeline import BackendUnavailable, ShardError, resolve_backend
+from pipeline.augment import image_size_problem
 from pipeline.folder import folder_problem
 from shards.storage import is_remote, normalize
 from training.compile import resolve_cbam, resolve_compile, resolve_cuda_graphs, use_cache_dir
@@ -43,6 +44,15 @@ def _recipe_switch_checks(args):
     ]
 
 
+def _image_size_problem(schedule):
+    """Why an --image-size schedule (one side, or a ramp from one to another) is refused, or None."""
+    for side in (schedule.start, schedule.end):
+        problem = image_size_problem("--image-size", side)
+        if problem:
+            return f"{problem}{'' if schedule.start == schedule.end else f' (in {schedule})'}"
+    return None
+
+
 def parse_args(argv=None):
     """Parsed and validated flags as an argparse.Namespace; exits 2 with one line on any invalid value."""
     argv = sys.argv[1:] if argv is None else argv
@@ -65,8 +75,7 @@ def parse_args(argv=None):
         (args.ngpu >= 1, f"--ngpu must be >= 1, got {args.ngpu}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
         (0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"),
-        (min(args.image_size.start, args.image_size.end) >= 32,
-         f"--image-size must be >= 32 pixels, got {args.image_size}"),
+        (_image_size_problem(args.image_size) is None, _image_size_problem(args.image_size)),
         (args.accum_steps >= 1, f"--accum-steps must be >= 1, got {args.accum_steps}"),
         (args.save_every >= 0, f"--save-every must be >= 0 minutes (0 = only at epoch ends), got {args.save_every}"),
         (args.collective_timeout >= 1, f"--collective-timeout must be >= 1 second, got {args.collective_timeout}"),
@@ -74,8 +83,8 @@ def parse_args(argv=None):
                                                          f"{args.ema_decay}"),
         (args.mixup >= 0, f"--mixup must be >= 0, got {args.mixup}"),
         (args.cutmix >= 0, f"--cutmix must be >= 0, got {args.cutmix}"),
-        (args.val_image_size is None or args.val_image_size >= 32,
-         f"--val-image-size must be >= 32 pixels, got {args.val_image_size}"),
+        (args.val_image_size is None or image_size_problem("--val-image-size", args.val_image_size) is None,
+         args.val_image_size and image_size_problem("--val-image-size", args.val_image_size)),
         (args.benchmark_warmup >= 0, f"--benchmark-warmup must be >= 0, got {args.benchmark_warmup}"),
         (args.benchmark_steps >= 1, f"--benchmark-steps must be >= 1, got {args.benchmark_steps}"),
         (not (args.evaluate and not args.resume), "--evaluate needs --resume PATH (the checkpoint to evaluate)"),
@@ -101,7 +110,8 @@ def parse_args(argv=None):
     if args.prefix is None:
         args.prefix = f"RESNET{args.depth}_{args.att_type.upper()}"
     if not args.prefix or "/" in args.prefix or ".." in args.prefix or "\0" in args.prefix:
-        raise UsageError(f"--prefix must be a plain file-name part, without '/' or '..', got {args.prefix!r}")
+        raise UsageError(name_origin(f"--prefix must be a plain file-name part, without '/' or '..', got "
+                                     f"{args.prefix!r}", args))
     if args.config:
         args.config = os.path.abspath(args.config)  # recorded in the resolved configuration
     return args
@@ -110,7 +120,17 @@ def parse_args(argv=None):
 def check_world(args, world_size):
     """Checks that need the world size (a fresh start's batch split, training/elastic.py); UsageError like
     parse_args."""
-    batch_plan(args.batch_size, args.accum_steps, world_size)
+    check_rank_batch(args, batch_plan(args.batch_size, args.accum_steps, world_size)[0], world_size)
+
+
+def check_rank_batch(args, global_batch, world_size):
+    """Training needs two images per rank at least: BatchNorm normalises each rank's batch on its own (without
+    --sync-bn), and one image's statistics are itself (at the last stage of a small crop, a single value per
+    channel, which BatchNorm refuses outright)."""
+    if not args.evaluate and global_batch // world_size < 2:
+        raise UsageError(f"--batch-size {args.batch_size} over {world_size} rank{'s' if world_size > 1 else ''} "
+                         f"leaves {global_batch // world_size} image per rank: BatchNorm cannot train on one image; "
+                         f"give at least {2 * world_size}")
 
 
 def _given(argv, dests):
@@ -221,6 +241,7 @@ def resolve(args, world, resumed_config=None):
     without DALI or a GPU, a batch that does not divide over the ranks). resumed_config: the configuration of the
     checkpoint the run goes on from, whose global batch a world of another size keeps (training/elastic.py)."""
     global_batch, accum, batch_note = batch_plan(args.batch_size, args.accum_steps, world.size, resumed_config)
+    check_rank_batch(args, global_batch, world.size)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
     device = world.device

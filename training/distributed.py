@@ -87,6 +87,11 @@ def rank_from_environment():
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+def world_size_from_environment(ngpu=1):
+    """The number of ranks the run will have, before the process group exists: torchrun's, else --ngpu's."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else ngpu
+
+
 STATUS_DIR_ENV = "CBAM_RANK_STATUS_DIR"  # set by the --ngpu launcher: where each rank records its exit status
 
 

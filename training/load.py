@@ -77,6 +77,8 @@ def _read(path, mtime_ns, size):
     cfg = ckpt.get("config")
     if "model" in ckpt and isinstance(cfg, dict):  # ours
         weights = {"raw": ckpt["model"], **({"ema": ckpt["ema"]} if "ema" in ckpt else {})}
+        for key, state in (("model", ckpt["model"]), ("ema", ckpt.get("ema") or {})):
+            checkpoint.check_finite_weights(state, path, key)
         classes = tuple(ckpt["classes"]) if ckpt.get("classes") else None
         return Trained(path, cfg["depth"], cfg["att_type"], _num_classes(ckpt["model"], path), classes,
                        int(cfg.get("val_image_size") or AUTHORS_IMAGE_SIZE), ckpt.get("epoch"), ckpt.get("batch", 0),
@@ -85,6 +87,7 @@ def _read(path, mtime_ns, size):
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"checkpoint {path} holds neither our 'model' and 'config' nor a state dict of "
                                 "tensors (bare or under 'state_dict')")
+    checkpoint.check_finite_weights(state, path, "state_dict")
     state = {original_to_ours(key): value for key, value in state.items() if not key.endswith("num_batches_tracked")}
     depth, att_type = architecture_of(state, path)
     epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None

@@ -16,7 +16,7 @@ import torch
 from model import load_original_checkpoint
 
 from . import distributed
-from .checkpoint import DamagedCheckpoint, best_path, checkpoint_path, load, previous_path
+from .checkpoint import DamagedCheckpoint, best_path, check_finite_weights, checkpoint_path, load, previous_path
 from .checkpoint import save as save_checkpoint
 from .errors import UsageError
 from .stop import OTHER_RANK_DAMAGED, AgreedShardError
@@ -138,6 +138,9 @@ def load_model_weights(model, ckpt, path, cfg=None):
         if None not in was and was != now:
             raise UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} "
                              f"{now[1]}: pass the same --depth and --att-type")
+    weights = ckpt.get("state_dict", ckpt) if is_original_format(ckpt) else ckpt["model"]
+    if isinstance(weights, dict):
+        check_finite_weights(weights, path, "state_dict" if is_original_format(ckpt) else "model")
     try:
         if is_original_format(ckpt):
             load_original_checkpoint(model, ckpt)

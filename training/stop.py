@@ -133,4 +133,22 @@ def check_finite(world, learner, loss, epoch, step, steps, saving=False):
                 f"the fp16 loss scale fell to {scale:g}, below {MIN_LOSS_SCALE:g}: the gradients overflowed at "
                 "step after step, which the scaler skips" if skipping else "the weights are not finite")
         raise Diverged(f"the run diverged at epoch {epoch}, step {step}/{steps}: {what}; stopped without saving, "
-                       "the last checkpoint is kept (try a lower --lr)")
+                       f"the last checkpoint is kept ({likely_cause(learner.optimizer)})")
+
+
+# The weight decay is the likely cause of a divergence when both the decay and its step, lr x weight decay, are far
+# beyond what trains: the CBAM authors use 1e-4 at lr 0.1 (a step of 1e-5), the recipes here (recipes/*.yaml) at most
+# 0.02 under LAMB at lr 8e-3 (1.6e-4). A huge lr with the usual decay is the lr's fault, not the decay's.
+WEIGHT_DECAY_LIMIT = 0.01
+WEIGHT_DECAY_STEP_LIMIT = 0.01
+
+
+def likely_cause(optimizer):
+    """The advice a divergence ends with: the weight decay when it is absurd (each step scales the weights by
+    1 - lr x wd, whose size alone then decides whether they blow up), else the lr."""
+    for group in optimizer.param_groups:
+        lr, decay = float(group.get("lr", 0.0)), float(group.get("weight_decay", 0.0))
+        if decay >= WEIGHT_DECAY_LIMIT and lr * decay >= WEIGHT_DECAY_STEP_LIMIT:
+            return (f"--weight-decay {decay:g} at lr {lr:g} takes {lr * decay:g} of every weight each step, far "
+                    f"beyond what trains (the CBAM authors: 1e-4 at lr 0.1): try a much lower --weight-decay")
+    return "try a lower --lr"
