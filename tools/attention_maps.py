@@ -33,6 +33,7 @@ from pipeline.folder import images_under, load_image, stack_images
 from training import load
 from training.config import OneLineParser, UsageError
 from training.errors import run_reporting_usage_errors
+from training.output_dir import refuse_run_file
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -164,8 +165,12 @@ def draw(rows, pictures, size, out):
         else:
             axes[0][c].set_title(f"{title}\n{axes[0][c].get_title()}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=90)
+    except OSError as exc:  # a read-only or full folder: one line
+        raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 def target_labels(names, wanted, first, path):
@@ -210,6 +215,9 @@ def draw_maps(args):
     for path in args.checkpoint:
         if not os.path.isfile(path):
             raise UsageError(f"checkpoint not found: {path}")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a folder: name the PNG to write")
+    refuse_run_file(args.out, "--out")
     models = [load.read(path) for path in args.checkpoint]
     words = load.read_words(args.words) if args.words else {}
     size = args.image_size or models[0].image_size

@@ -104,6 +104,13 @@ def main(argv=None):
         parser.error(f"metrics file not found: {args.metrics}")
     if args.output and os.path.isdir(args.output):
         parser.error(f"-o {args.output} is a folder: name the PNG to write")
+    if args.output:
+        from training.errors import UsageError
+        from training.output_dir import refuse_run_file  # (imports torch: only when -o names a file)
+        try:
+            refuse_run_file(args.output, "-o")
+        except UsageError as exc:
+            parser.error(str(exc))
     out = args.output or os.path.splitext(args.metrics)[0] + ".png"
     plot(read_records(args.metrics), out)
     print(f"wrote {out}")
