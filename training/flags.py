@@ -212,8 +212,9 @@ def _add_recipe_flags(p):
     """Recipes as files, and the optimizer, loss, gradient, augmentation and weight-averaging switches of
     "ResNet strikes back" (Wightman et al., 2021)."""
     p.add_argument("--config", default="", metavar="FILE.yaml",
-                   help="a recipe: YAML mapping of flag names (with _ or -) to values; flags given on the command "
-                        "line override it (recipes/ holds the project's)")
+                   help="a recipe: YAML mapping of flag names (with _ or -) to values, each flag once; flags given "
+                        "on the command line override it; --overwrite only on the command line (recipes/ holds "
+                        "the project's)")
     p.add_argument("--opt", default="sgd", choices=OPTIMIZERS,
                    help="optimizer: sgd (momentum --momentum), adamw or lamb (betas 0.9, 0.999; lamb is timm's, "
                         "which clips the gradient norm to 1.0 itself); --lr, --weight-decay and the schedule apply")
