@@ -30,9 +30,9 @@ def read_records(path):
                       "while writing it)", file=sys.stderr)
                 continue
             raise SystemExit(f"plot_metrics.py: error: {path}:{number}: not a JSON line ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
-            raise SystemExit(f"plot_metrics.py: error: {path}:{number}: not a metrics row (a JSON object with a "
-                             f"numeric 'step'): {line.strip()[:60]}")
+        if not isinstance(record, dict):
+            raise SystemExit(f"plot_metrics.py: error: {path}:{number}: not a metrics row (a JSON object): "
+                             f"{line.strip()[:60]}")
         records.append(record)
     if not records:
         raise SystemExit(f"plot_metrics.py: error: {path} holds no metrics")
