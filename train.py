@@ -47,9 +47,8 @@ def evaluate(learner, loader, world, weights="raw", tta="none"):
     sums, problem = RunningSums(world.device), None
     amp = learner.amp_dtype
     with torch.no_grad(), torch.autocast(world.device.type, dtype=amp, enabled=amp is not None), learner.evaluation():
-        for batch in stopping.until_damaged(loader):
-            if isinstance(batch, str):
-                problem = batch
+        for batch, problem in stopping.until_damaged(loader):
+            if problem:
                 break
             images, labels = batch
             logits = evaluated(images)
@@ -73,8 +72,7 @@ def train_one_epoch(run, learner, loader, epoch, first_step, stop, metrics, watc
     with EpochProgress(run.world, metrics, epoch=epoch, steps=steps, first_step=first_step,
                        print_freq=run.print_freq) as progress:
         group_buffers = None
-        for i, batch in enumerate(stopping.until_damaged(loader)):
-            problem = batch if isinstance(batch, str) else None
+        for i, (batch, problem) in enumerate(stopping.until_damaged(loader)):
             if problem and i >= steps:  # found after the last batch: the epoch's end check stops the run
                 return 0, steps, progress, problem
             if i < first_step and not problem:  # exact mid-epoch resume: the order is a function of (seed, epoch)

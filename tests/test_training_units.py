@@ -531,3 +531,15 @@ def test_a_damaged_shard_outranks_a_signal():
     assert stop.agreed_reason(world, not_asked, None) == 0
     assert stop.agreed_reason(world, asked, None) == stop.SIGNAL
     assert stop.agreed_reason(world, asked, "shard 3 is damaged") == stop.DAMAGED_SHARD
+
+
+def test_a_damaged_shard_comes_as_the_problem_beside_no_batch_and_ends_the_batches():
+    from shards.errors import ShardError
+
+    def loader():
+        yield "first"
+        yield "second"
+        raise ShardError("shard train-000003.tar: sample 'n01_7': CRC mismatch")
+    assert list(stop.until_damaged(loader())) == [("first", None), ("second", None),
+                                                  (None, "shard train-000003.tar: sample 'n01_7': CRC mismatch")]
+    assert list(stop.until_damaged(iter(["only"]))) == [("only", None)]

@@ -95,12 +95,14 @@ def agreed_reason(world, stop, problem, at_group_start=True, save_due=False):
 
 
 def until_damaged(loader):
-    """The loader's batches; if its reader finds a damaged shard, that ShardError's message (a str) comes in place
-    of the next batch and ends them, so the rank can agree on the stop with the others instead of dying alone."""
+    """(batch, None) for each of the loader's batches; if its reader finds a damaged shard, (None, that ShardError's
+    message) comes in place of the next batch and ends them, so the rank can agree on the stop with the others
+    instead of dying alone."""
     try:
-        yield from loader
+        for batch in loader:
+            yield batch, None
     except ShardError as exc:
-        yield str(exc)
+        yield None, str(exc)
 
 
 def raise_if_damaged(world, problem):
