@@ -23,13 +23,13 @@ if __name__ == "__main__":  # before torch imports: a signal in those seconds is
 import torch
 
 from pipeline import LoaderFailed, ShardError
-from training import benchmark, checkpoint, config, distributed, early_signals, elastic, load, output_dir, resume
+from training import benchmark, checkpoint, config, distributed, early_signals, elastic, output_dir, resume
 from training import stop as stopping
 from training.learner import build_learner, prepare_to_run
 from training.metrics import EpochProgress, MetricsFile, RunningSums, summarize
 from training.optim import set_learning_rate
 from training.resume import Position
-from training.run_loaders import build_loaders, warn_about_empty_classes
+from training.run_loaders import build_loaders
 
 
 def evaluate(learner, loader, world, weights="raw", tta="none"):
@@ -186,7 +186,7 @@ def fit(run, learner, train_loader, val_loader, position, stop, log):
 def main(argv=None):
     # Until training starts a signal ends the rank where it is (one that came while imports ran: at once).
     stop = stopping.StopRequest(at_once=True, earlier=early_signals.take())
-    args = config.parse_args(argv)
+    args, trained = config.parse_command_line(argv)  # trained: the checkpoint --evaluate scores, read once
     restarted = elastic.continue_own_run(args, output_dir.config_name(args.prefix))
     relaunch = args.ngpu > 1 and not distributed.launched_by_torchrun()
     config.check_rank_batch(args, args.batch_size, distributed.world_size_from_environment(args.ngpu))
@@ -209,20 +209,18 @@ def main(argv=None):
         log(note)
     torch.manual_seed(run.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
 
-    trained = load.read(run.resume) if run.evaluate else None
-    train_loader, val_loader = build_loaders(run, trained)
+    train_loader, val_loader = build_loaders(run, trained, log)
     loader = train_loader or val_loader
     log(f"loader: {loader!r}")
-    warn_about_empty_classes(run.data, log)
     if trained:
         learner = build_learner(run, trained.num_classes, log)
+        trained.load_into(learner.model, run.eval_weights)
+        log(f"=> evaluating checkpoint {trained.path}: {trained.summary()}")
     else:
         learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
-    position, resumed_from = resume.restore(run, learner, log, chosen)
-    if trained:
-        log(f"=> evaluating checkpoint {resumed_from}: {trained.summary()}")
-    elif resumed_from:
-        log(f"=> loaded checkpoint {resumed_from} (next: epoch {position.epoch}, batch {position.batch})")
+        position, resumed_from = resume.restore(run, learner, log, chosen)
+        if resumed_from:
+            log(f"=> loaded checkpoint {resumed_from} (next: epoch {position.epoch}, batch {position.batch})")
     prepare_to_run(learner, run)
 
     status = 0

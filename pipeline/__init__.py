@@ -43,7 +43,7 @@ def default_workers():
 
 def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, world_size=1, workers=None,
                  device=None, image_size=224, seed=0, dtype=None, verify="background", verify_dir=None,
-                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES, auto_augment=None, reprob=0.0):
+                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES, auto_augment=None, reprob=0.0, manifest=None):
     """A loader over `split` of the shards in `shard_dir` (written by tools/make_shards.py).
 
     per_rank_batch: samples per batch on this rank (a global batch of B over N ranks is B // N here). workers:
@@ -60,7 +60,8 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
     keep only their index files there. auto_augment: an augment.AutoAugmentPolicy (or its text, e.g.
     'rand-m9-mstd0.5') applied to train samples; reprob: the chance of a random-erasing box per train sample
     (pipeline/augment.py; both off by default). backend: a name of BACKEND_CHOICES, or the Backend that
-    resolve_backend returned for this location.
+    resolve_backend returned for this location. manifest: shard_dir's parsed manifest.json when the caller has
+    read it (shards.manifest.read_manifest), so that a run reads it once.
     Raises ShardError for a missing/damaged manifest or shard, BackendUnavailable for a backend that cannot run
     here or cannot read shard_dir, ValueError for bad arguments. A train split too small for one batch per rank
     logs a warning and yields no batches (len 0), so that evaluation-only runs still work."""
@@ -79,9 +80,11 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
     verify_dir = default_record_dir() if verify_dir is None else verify_dir
     backend = resolve_backend(backend, device, data=shard_dir)
     remote = storage.is_remote(shard_dir)
-    data = load_split(shard_dir, split, need_index=backend.needs_local_index and not remote)
-    if remote:  # before the workers fork, so that they know too; the note comes from rank 0 alone
-        storage.probe_ranges(storage.join(data.shard_dir, "manifest.json"), note=rank == 0)
+    data = load_split(shard_dir, split, need_index=backend.needs_local_index and not remote, manifest=manifest)
+    if remote:  # before the workers fork, so that they know too; the note comes from rank 0 alone. A small file
+        # whose size the manifest records, not the manifest itself: that is read once.
+        first = data.shards[0]
+        storage.probe_ranges(first.index_path or first.checksums_path or first.path, note=rank == 0)
     if data.is_train and data.num_samples < world_size * per_rank_batch:
         log.warning("split %r of %s has %d samples, fewer than world_size * per_rank_batch = %d: the train loader "
                     "yields no batches", split, data.shard_dir, data.num_samples, world_size * per_rank_batch)

@@ -74,15 +74,16 @@ def read_manifest(shard_dir):
     return manifest
 
 
-def load_split(shard_dir, split, *, need_index=False):
-    """The Split named `split`, after cheap checks of every shard file it lists.
+def load_split(shard_dir, split, *, need_index=False, manifest=None):
+    """The Split named `split`, after cheap checks of every shard file it lists. `manifest`: shard_dir's manifest
+    as read_manifest returned it, when the caller has read it already (a file is read once per process).
 
     Checks that no file is listed twice in the manifest, that each listed .tar exists with the size the manifest
     records (a shard cut short is caught here; in object storage with one listing per folder), and with
     need_index (the DALI backends) that its .idx is the one the manifest records (size, sha256) and describes the
     same number of samples inside the file. Sample counts are checked again while reading."""
     shard_dir = storage.normalize(shard_dir)
-    manifest = read_manifest(shard_dir)
+    manifest = read_manifest(shard_dir) if manifest is None else manifest
     manifest_path = storage.join(shard_dir, MANIFEST)
     splits = manifest.get("splits") or {}
     if split not in splits:

@@ -29,6 +29,14 @@ def checkpoint_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_checkpoint.pth.tar")
 
 
+def latest_checkpoints(output_dir):
+    """The latest checkpoint (checkpoint_path) of every run in output_dir, sorted."""
+    suffix = os.path.basename(checkpoint_path("", "\0"))[1:]  # what follows the prefix
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return [os.path.join(output_dir, name) for name in sorted(names)
+            if name.endswith(suffix) and len(name) > len(suffix)]
+
+
 def previous_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_checkpoint.prev.pth.tar")
 

@@ -20,6 +20,7 @@ from pipeline import BackendUnavailable, ShardError, resolve_backend
 from pipeline.augment import image_size_problem
 from pipeline.folder import folder_problem
 from shards.storage import is_remote, normalize
+from training.checkpoint import checkpoint_path, latest_checkpoints
 from training.compile import resolve_cbam, resolve_compile, resolve_cuda_graphs, use_cache_dir
 from training.elastic import batch_plan, launch_id
 from training.errors import UsageError
@@ -54,7 +55,13 @@ def _image_size_problem(schedule):
 
 
 def parse_args(argv=None):
-    """Parsed and validated flags as an argparse.Namespace; exits 2 with one line on any invalid value."""
+    """Parsed and validated flags as an argparse.Namespace; UsageError (one line) on any invalid value."""
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv=None):
+    """(parse_args' Namespace, the training.load.Trained that --evaluate scores, else None): the checkpoint is
+    read here once, for the architecture it records, and handed on rather than read again."""
     argv = sys.argv[1:] if argv is None else argv
     parser, name_origin = with_recipe(build_parser(), argv)
     args = parser.parse_args(argv)
@@ -103,8 +110,10 @@ def parse_args(argv=None):
         if not ok:
             raise UsageError(name_origin(message, args))
     args.att_type = canonical_attention(args.att_type)
+    trained = None
     if args.evaluate:
-        _take_architecture_from_checkpoint(args, _given(argv, ("depth", "att_type", "image_size", "val_image_size")))
+        trained = _take_architecture_from_checkpoint(args, _given(argv, ("depth", "att_type", "image_size",
+                                                                         "val_image_size")))
     if args.val_image_size is None:
         args.val_image_size = args.image_size.end
     if args.prefix is None:
@@ -114,7 +123,7 @@ def parse_args(argv=None):
                                      f"{args.prefix!r}", args))
     if args.config:
         args.config = os.path.abspath(args.config)  # recorded in the resolved configuration
-    return args
+    return args, trained
 
 
 def check_world(args, world_size):
@@ -142,22 +151,23 @@ def _given(argv, dests):
 
 
 def _evaluated_checkpoint(args):
-    """The file --evaluate scores: --resume PATH, or with 'auto' {prefix}_checkpoint.pth.tar in --output-dir (with
-    no --prefix: the folder's only checkpoint). UsageError when there is none: never score initial weights."""
+    """The file --evaluate scores: --resume PATH, or with 'auto' the latest checkpoint of --prefix in --output-dir
+    (with no --prefix: the folder's only run's). UsageError when there is none: never score initial weights."""
     if args.resume != "auto":
         return args.resume
     folder = args.output_dir
     if args.prefix is not None:
-        path = os.path.join(folder, f"{args.prefix}_checkpoint.pth.tar")
+        path = checkpoint_path(folder, args.prefix)
         if not os.path.isfile(path):
             raise UsageError(f"--evaluate --resume auto: no checkpoint {path}")
         return path
-    found = sorted(name for name in os.listdir(folder) if name.endswith("_checkpoint.pth.tar")) \
-        if os.path.isdir(folder) else []
+    found = latest_checkpoints(folder)
+    suffix = os.path.basename(checkpoint_path("", ""))
     if len(found) != 1:
-        raise UsageError(f"--evaluate --resume auto: {len(found) or 'no'} checkpoints (*_checkpoint.pth.tar) in "
-                         f"{folder}{': ' + ', '.join(found) if found else ''}; pass --resume PATH or --prefix")
-    return os.path.join(folder, found[0])
+        names = ", ".join(os.path.basename(path) for path in found)
+        raise UsageError(f"--evaluate --resume auto: {len(found) or 'no'} checkpoints (*{suffix}) in {folder}"
+                         f"{': ' + names if found else ''}; pass --resume PATH or --prefix")
+    return found[0]
 
 
 def _take_architecture_from_checkpoint(args, given):
@@ -173,6 +183,7 @@ def _take_architecture_from_checkpoint(args, given):
                          "pass the same --depth and --att-type, or neither (--evaluate reads them from the checkpoint)")
     if "val_image_size" not in given:
         args.val_image_size = args.image_size.end if "image_size" in given else trained.image_size
+    return trained
 
 
 def _data_problem(data, evaluate=False):

@@ -7,7 +7,6 @@ model/authors_checkpoint.py) and plain ResNet state dicts in torchvision's layou
 architecture is read off the keys (blocks per stage, bottlenecks, attention modules) and the image size is the
 authors' 224 px. Errors are UsageError, one line naming the file.
 """
-import functools
 import os
 from dataclasses import dataclass
 
@@ -52,25 +51,23 @@ class Trained:
 
     def build(self, cbam_impl="torch", weights="raw"):
         """The model with these weights, in eval mode on the CPU."""
+        model = build_model(self.depth, self.att_type, num_classes=self.num_classes, cbam_impl=cbam_impl)
+        self.load_into(model, weights)
+        return model.eval()
+
+    def load_into(self, model, weights="raw"):
+        """Copies the trained ("raw") weights or their moving average ("ema") into `model`, a build_model() of
+        this architecture."""
         if weights not in self.weights:
             raise UsageError(f"checkpoint {self.path} holds no weight average (it was trained without "
-                                    "--ema-decay): use --eval-weights raw")
-        model = build_model(self.depth, self.att_type, num_classes=self.num_classes, cbam_impl=cbam_impl)
+                             "--ema-decay): use --eval-weights raw")
         model.load_state_dict(self.weights[weights])
-        return model.eval()
 
 
 def read(path):
-    """The Trained of the checkpoint file at `path`. The last one read is kept while the file is unchanged:
-    train.py --evaluate reads it for its flags and again for its class list."""
+    """The Trained of the checkpoint file at `path` (read once: hand the Trained on rather than reading again)."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint not found: {path}")
-    stat = os.stat(path)
-    return _read(path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=1)
-def _read(path, mtime_ns, size):
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict):
         raise UsageError(f"checkpoint {path} is not a dict of weights (got {type(ckpt).__name__})")

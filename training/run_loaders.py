@@ -12,20 +12,25 @@ from shards.storage import is_remote, normalize
 from .errors import UsageError
 
 
-def build_loaders(run, trained=None):
+def build_loaders(run, trained=None, log=print):
     """(train loader, or None with --evaluate; val loader, or None without a val split). A shard folder that
-    cannot be used is found here, before any training: a UsageError naming it. With --evaluate, `trained` is the
-    checkpoint's training.load.Trained: DATA may be an image folder, and its classes must be the checkpoint's."""
+    cannot be used is found here, before any training: a UsageError naming it; classes without samples are
+    named through `log`. With --evaluate, `trained` is the checkpoint's training.load.Trained: DATA may be an
+    image folder, and its classes must be the checkpoint's. The manifest is read once, here."""
     if run.evaluate and is_image_folder(run.data):
         return None, _folder_loader(run, trained)
+    try:
+        manifest = read_manifest(run.data)
+    except ShardError as exc:
+        raise UsageError(str(exc)) from None
     if run.evaluate:
-        check_classes(trained, read_manifest(run.data)["classes"], run.data)
+        check_classes(trained, manifest["classes"], run.data)
     common = dict(rank=run.world.rank, world_size=run.world.size, workers=run.loader_workers,
                   device=run.world.device, seed=run.seed, dtype=run.amp_dtype or torch.float32, backend=run.backend,
                   verify=run.verify_shards, verify_dir="" if run.verify_record == "none" else run.verify_record,
-                  cache_dir=run.cache_dir or None, cache_bytes=int(run.cache_size * 2**30))
+                  cache_dir=run.cache_dir or None, cache_bytes=int(run.cache_size * 2**30), manifest=manifest)
     try:
-        splits = read_manifest(run.data)["splits"]
+        splits = manifest.get("splits") or {}
         train = None if run.evaluate else build_loader(run.data, "train", run.per_rank_batch,
                                                        image_size=run.image_size.at(run.start_epoch),
                                                        auto_augment=run.auto_augment, reprob=run.reprob, **common)
@@ -38,6 +43,7 @@ def build_loaders(run, trained=None):
     if train is not None and len(train) == 0:
         raise UsageError(f"the train split has {train.num_samples} samples, fewer than one global batch of "
                          f"{run.global_batch}")
+    warn_about_empty_classes(manifest, log)
     return train, val
 
 
@@ -72,12 +78,9 @@ def check_classes(trained, classes, data):
                          "class list to match them by name")
 
 
-def warn_about_empty_classes(data, log):
-    """Names the classes a split has no sample of (make_shards records per-class counts, and stores such a split
-    only with --allow-empty-classes): a class without train samples cannot be learned."""
-    if is_image_folder(data):
-        return
-    manifest = read_manifest(data)
+def warn_about_empty_classes(manifest, log):
+    """Names the classes a split of `manifest` has no sample of (make_shards records per-class counts, and stores
+    such a split only with --allow-empty-classes): a class without train samples cannot be learned."""
     for split, entry in manifest["splits"].items():
         empty = [name for name, count in zip(manifest["classes"], entry.get("class_counts") or []) if count == 0]
         if empty:
