@@ -21,7 +21,7 @@ COMMON = ["--depth", "18", "--att-type", "CBAM", "--image-size", "32", "--backen
 STEPS = 12
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 pytestmark = pytest.mark.slow
-# Elastic runs as the README gives them: torch 2.14's agents share one store with their workers, and then an agent
+# Elastic runs as docs/clusters.md gives them: torch 2.14's agents share one store with their workers, and then an agent
 # that joins a running job waits for a key of the new round that the first agent never writes (it built its
 # store's address in the first round only).
 UNSHARED_STORE = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
