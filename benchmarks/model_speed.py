@@ -40,6 +40,7 @@ from torch.autograd import DeviceType
 from benchmarks.common import markdown_row, markdown_table, median_time, record
 from model import build_model
 from model.cbam import CBAM
+from model.resnet import residual_tail
 from model.se import SqueezeExcite
 from training.compile import compile_model, resolve_cbam
 from training.config import OneLineParser, UsageError
@@ -342,9 +343,7 @@ class BlockTail(torch.nn.Module):
         self.attn = attention
 
     def forward(self, z, identity):
-        if self.attn is None:
-            return torch.relu(self.bn(z) + identity)
-        return self.attn.block_tail(z, self.bn, identity)
+        return residual_tail(self.attn, self.bn, z, identity)
 
 
 def make_tail_step(variant, channels, side, mode, args):

@@ -1,15 +1,13 @@
 """The attention types a ResNet can carry: one registry, read by the model (model/resnet.py) and by train.py's
 --att-type flag alike.
 
-The contract of a block attention module (where = "block": one module in every residual block, built as
-`cls(channels)` for the block's output channels):
-- `forward(x, identity=None)`: attention(x); given the block's shortcut, the whole block tail
-  relu(attention(x) + identity);
-- `block_tail(z, bn, identity)`: relu(attention(bn(z)) + identity) for the block's last BatchNorm `bn` and its
-  input `z`, which model/resnet.py's residual_tail calls, so that an implementation may fuse the BatchNorm, the
-  gate, the add and the ReLU (the compiled CBAM does: model/cbam_folded.py).
-A stage attention module (where = "stage") sits after a whole stage (BAM: after the first three, on
-`cls(stage output channels)`), forward(x) -> x's shape. "none" has no module.
+An attention module maps x to a tensor of x's shape: forward(x). A block attention module (where = "block") is
+built as `cls(channels)` for the block's output channels and sits in every residual block after its last BatchNorm
+and before the residual add: model/resnet.py's residual_tail computes relu(attention(bn(z)) + identity). A module
+may offer that whole tail in one piece as `fused_tail(z, bn, identity)`, which residual_tail then calls instead;
+only CBAM does (model/cbam.py: its compiled and its Triton implementation fuse the BatchNorm, the add and the
+ReLU). A stage attention module (where = "stage") sits after a whole stage (BAM: after the first three, on
+`cls(stage output channels)`). "none" has no module.
 """
 from dataclasses import dataclass
 

@@ -2,8 +2,9 @@
 
 Same parameters as model/cbam.py; only the forward differs: full-map avg_pool2d/max_pool2d with a kernel of the
 map's size, `expand_as` broadcasts, and torch.max/torch.mean channel pooling, exactly as
-github.com/Jongchan/attention-module MODELS/cbam.py computes them. tests/ checks the "torch" and "triton"
-implementations against it; benchmarks/model_speed.py measures all three.
+github.com/Jongchan/attention-module MODELS/cbam.py computes them. tests/ checks every other way of computing CBAM
+(eager, compiled with the BatchNorm folded in, the fused op) against it; benchmarks/model_speed.py measures it. A
+file of its own that imports nothing of the model: the truth shares no helper with the code it checks.
 """
 import torch
 import torch.nn.functional as F

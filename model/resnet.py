@@ -8,6 +8,7 @@ BAM sits after each of the first three stages.
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import ATTENTION, canonical_attention
@@ -18,13 +19,16 @@ def conv3x3(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
-def residual_tail(block, bn, z, identity):
-    """relu(attention(bn(z)) + identity): the block's last BatchNorm, its attention, the add and the ReLU. The
-    attention module takes all of them (its block_tail), to fuse what it can: the compiled CBAM folds the
-    BatchNorm into its pools (model/cbam_folded.py)."""
-    if block.attn is None:
-        return block.relu(bn(z) + identity)
-    return block.attn.block_tail(z, bn, identity)
+def residual_tail(attn, bn, z, identity):
+    """relu(attn(bn(z)) + identity): the block's last BatchNorm, its attention module (None: none), the add and the
+    ReLU. An attention module that computes this tail in one piece offers it as `fused_tail` (model/attention.py);
+    only CBAM does."""
+    if attn is None:
+        return F.relu(bn(z) + identity, inplace=True)
+    fused_tail = getattr(attn, "fused_tail", None)
+    if fused_tail is not None:
+        return fused_tail(z, bn, identity)
+    return F.relu(attn(bn(z)) + identity, inplace=True)
 
 
 class BasicBlock(nn.Module):
@@ -43,7 +47,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return residual_tail(self, self.bn2, self.conv2(out), identity)
+        return residual_tail(self.attn, self.bn2, self.conv2(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -65,7 +69,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return residual_tail(self, self.bn3, self.conv3(out), identity)
+        return residual_tail(self.attn, self.bn3, self.conv3(out), identity)
 
 
 class ResNet(nn.Module):

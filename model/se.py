@@ -4,7 +4,6 @@ Global average pool -> FC C->C/r (bias) -> ReLU -> FC C/r->C (bias) -> sigmoid -
 r = 16 as in the paper. Placed where CBAM goes (after the block's last BN, before the residual add), which is
 also where the SE paper puts it in SE-ResNet.
 """
-import torch
 from torch import nn
 
 
@@ -18,11 +17,5 @@ class SqueezeExcite(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x, identity=None):
-        """SE(x); given the block's shortcut `identity`, the block tail relu(SE(x) + identity)."""
-        out = x * self.mlp(x.mean(dim=(2, 3)))[:, :, None, None]
-        return out if identity is None else torch.relu(out + identity)
-
-    def block_tail(self, z, bn, identity):
-        """relu(SE(bn(z)) + identity): the residual block's tail (model/resnet.py residual_tail)."""
-        return self(bn(z), identity)
+    def forward(self, x):
+        return x * self.mlp(x.mean(dim=(2, 3)))[:, :, None, None]

@@ -1,4 +1,4 @@
-"""The compiled "torch" CBAM (model/cbam_folded.py): the block's last BatchNorm folded into the gates' pools.
+"""The compiled "torch" CBAM (model/cbam.py folded_block_tail): the block's last BatchNorm folded into the gates' pools.
 
 One CBAM bottleneck is compiled with inductor in float64: its outputs, every gradient and every running statistic
 equal the authors' formulation run eagerly, and the code inductor generates for it stays within the design's

@@ -1,13 +1,22 @@
-"""The fused CBAM op (model/cbam_fused.py) with its PyTorch kernels, on the CPU: numbers against the authors'
-formulation (model/reference.py), torch.library registration, torch.compile, and implementation selection.
-The Triton kernels run the same checks under Triton's interpreter (tests/test_cbam_triton.py)."""
+"""The fused CBAM op (model/triton_cbam/op.py) on its kernels' PyTorch mirror (tests/cbam_kernels_torch.py), on
+the CPU: numbers against the authors' formulation (model/reference.py), torch.library registration,
+torch.compile, and implementation selection. The Triton kernels run the same checks under Triton's interpreter
+(tests/test_cbam_triton.py)."""
 import pytest
 import torch
 
-from model import CBAM_IMPLS, build_model, cbam_kernels_torch, set_cbam_impl
+from model import CBAM_IMPLS, build_model, set_cbam_impl
 from model.cbam import CBAM, resolve_impl
-from model.cbam_fused import fused_cbam
+from model.triton_cbam import fused_cbam, op
+from tests import cbam_kernels_torch
 from tests.cbam_cases import compare_with_reference, fused_tail, randomised_cbam, torch_tail
+
+
+@pytest.fixture(autouse=True)
+def pytorch_kernels(monkeypatch):
+    """The op on the PyTorch mirror of its kernels: the Triton ones need CUDA or Triton's interpreter."""
+    monkeypatch.setattr(op, "kernels", cbam_kernels_torch)
+
 
 # Channel counts that are not powers of two, H*W that is no multiple of a kernel block, batch 1, both layouts,
 # training and eval mode, with and without the residual.
@@ -148,7 +157,7 @@ def test_whole_resnet_with_the_fused_op_matches_the_reference():
     fused.load_state_dict(ref.state_dict())
     for m in fused.modules():
         if isinstance(m, CBAM):  # the fused op with its PyTorch kernels ("triton" needs CUDA or the interpreter)
-            m.forward = lambda x, identity=None, m=m: fused_cbam(m, x, identity)
+            m.fused_tail = lambda z, bn, identity, m=m: fused_cbam(m, bn(z), identity)
     x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
     for model in (ref, fused):
         model(x).logsumexp(1).sum().backward()

@@ -17,7 +17,7 @@ from training.compile import (
 
 
 def test_auto_compiles_blocks_on_cuda_unless_the_fused_cbam_op_is_asked_for():
-    from model.cbam_fused import triton_unavailable_reason
+    from model.triton_env import triton_unavailable_reason
     cuda_compiles = "off" if triton_unavailable_reason(torch.device("cuda")) else "blocks"
     assert resolve_compile("auto", "cuda") == cuda_compiles
     assert resolve_compile("auto", "cuda", "CBAM", "auto") == cuda_compiles

@@ -1,10 +1,17 @@
-"""Model: shapes, gradients, parameter counts, CBAM gate numerics, original-checkpoint loading."""
+"""Model: shapes, gradients, parameter counts, CBAM gate numerics, original-checkpoint loading, and the fused
+Triton op staying an optional package."""
+import ast
 import itertools
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 
 from model import build_model, load_original_checkpoint, set_cbam_impl
 from model.cbam import CBAM, ChannelGate, SpatialGate
@@ -270,3 +277,53 @@ def test_compiled_cbam_gates_match_eager_values_and_gradients():
     torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
     for eager, compiled in zip(eager_grads, [x.grad] + [p.grad for p in block.parameters()]):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+OPTIONAL_PACKAGE = "triton_cbam"  # model/triton_cbam/: the fused Triton op, CBAM's optional "triton" implementation
+
+
+def test_the_model_runs_without_importing_triton_or_the_optional_package():
+    """Importing the model, building ResNet-18-CBAM as "torch" and as "auto", and a training step of each on the CPU
+    import neither Triton nor model/triton_cbam/ (a fresh process: this one may have imported both already)."""
+    code = textwrap.dedent(f"""
+        import sys
+        import torch
+        import model
+        def loaded():
+            return sorted(m for m in sys.modules
+                          if m.split(".")[0] == "triton" or m.startswith("model.{OPTIONAL_PACKAGE}"))
+        print("import", loaded())
+        for impl in ("torch", "auto"):
+            net = model.build_model(18, "CBAM", num_classes=2, cbam_impl=impl)
+            print("build", impl, loaded())
+            net(torch.randn(2, 3, 32, 32)).sum().backward()
+            print("step", impl, loaded())
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter would make "auto" Triton
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["import []", "build torch []", "step torch []", "build auto []",
+                                          "step auto []"]
+
+
+def test_the_model_names_the_optional_package_in_its_one_lazy_import_alone():
+    """Outside model/triton_cbam/, the package's name appears only inside model/cbam.py's _fused_op, which imports it
+    when the "triton" implementation runs: deleting the package touches that function (and the choice) alone."""
+    model_dir = os.path.join(ROOT, "model")
+    with open(os.path.join(model_dir, "cbam.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    lazy = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "_fused_op")
+    imports = [node for node in ast.walk(lazy) if isinstance(node, ast.ImportFrom)]
+    assert [(node.level, node.module) for node in imports] == [(1, OPTIONAL_PACKAGE)]
+    outside = []
+    for folder, subfolders, files in os.walk(model_dir):
+        subfolders[:] = [d for d in subfolders if d != OPTIONAL_PACKAGE]
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    inside = path == os.path.join(model_dir, "cbam.py") and lazy.lineno <= number <= lazy.end_lineno
+                    if OPTIONAL_PACKAGE in line and not inside:
+                        outside.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert outside == []

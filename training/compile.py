@@ -18,8 +18,8 @@ import os
 import torch
 
 from model.cbam import resolve_impl
-from model.cbam_fused import triton_unavailable_reason
 from model.resnet import BasicBlock, Bottleneck
+from model.triton_env import triton_unavailable_reason
 from shards.files import user_cache_dir
 
 COMPILE_CHOICES = ("auto", "off", "blocks", "model")
@@ -47,8 +47,8 @@ def resolve_compile(choice, device, att_type="none", cbam_choice="auto"):
 
 def resolve_cbam(choice, device, compile_how):
     """--cbam-impl auto -> the CBAM implementation measured fastest for how the model runs: compiled on CUDA,
-    "torch" (inductor fuses it with BatchNorm folded in, model/cbam_folded.py; compiled plain-PyTorch gates beat
-    the fused Triton op eager on an H100: BENCHMARKS.md, "CBAM the compiler can see");
+    "torch" (inductor fuses it with BatchNorm folded in, model/cbam.py folded_block_tail; compiled plain-PyTorch
+    gates beat the fused Triton op eager on an H100: BENCHMARKS.md, "CBAM the compiler can see");
     eager on CUDA, "triton"; elsewhere "torch". RuntimeError when an explicit choice cannot run on `device`."""
     if choice == "auto" and torch.device(device).type == "cuda" and compile_how != "off":
         return "torch"

@@ -8,7 +8,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
-from model.cbam_fused import triton_unavailable_reason
+from model.triton_env import triton_unavailable_reason
 
 from .compile import compile_model
 from .ema import WeightAverage

@@ -148,7 +148,7 @@ WEIGHT_DECAY_STEP_LIMIT = 0.01
 def likely_cause(optimizer):
     """The advice a divergence ends with: the weight decay when it is absurd (each step scales the weights by
     1 - lr x wd, whose size alone then decides whether they blow up), else the lr."""
-    for group in optimizer.param_groups:
+    for group in getattr(optimizer, "param_groups", ()):  # (None: a learner without one, as in unit tests)
         lr, decay = float(group.get("lr", 0.0)), float(group.get("weight_decay", 0.0))
         if decay >= WEIGHT_DECAY_LIMIT and lr * decay >= WEIGHT_DECAY_STEP_LIMIT:
             return (f"--weight-decay {decay:g} at lr {lr:g} takes {lr * decay:g} of every weight each step, far "

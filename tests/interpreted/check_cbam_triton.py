@@ -1,7 +1,7 @@
 """The Triton kernels of the fused CBAM op, run by Triton's interpreter on CPU tensors.
 
 Not collected by the main test run: tests/test_cbam_triton.py runs this file in a pytest subprocess with
-TRITON_INTERPRET=1, which must be set before Triton and model/cbam_triton.py are imported. The interpreter is
+TRITON_INTERPRET=1, which must be set before Triton and model/triton_cbam/kernels.py are imported. The interpreter is
 100-1000x slower than eager PyTorch, so shapes stay small; they still cover channel counts that are not powers of
 two and exceed a block (150), H*W that is no multiple of a block and exceeds one (99), batch 1, both layouts.
 """
@@ -15,8 +15,10 @@ import triton.language as tl
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by tests/test_cbam_triton.py with TRITON_INTERPRET=1", allow_module_level=True)
 
-from model import build_model, cbam_kernels_torch, cbam_triton  # noqa: E402
+from model import build_model  # noqa: E402
 from model.cbam import CBAM, resolve_impl  # noqa: E402
+from model.triton_cbam import kernels as cbam_triton  # noqa: E402
+from tests import cbam_kernels_torch  # noqa: E402
 from tests.cbam_cases import compare_with_reference, fused_tail, tail_and_grads  # noqa: E402
 
 SHAPES = [(2, 150, 9, 11), (1, 70, 13, 13), (2, 24, 1, 1), (3, 9, 4, 5)]

@@ -1,9 +1,9 @@
-"""The six kernels of the fused CBAM op (model/cbam_fused.py) in Triton, for CUDA GPUs.
+"""The six kernels of the fused CBAM op (op.py) in Triton, for CUDA GPUs.
 
-Same arguments and results as model/cbam_kernels_torch.py, against which tests/test_cbam_triton.py checks them
-under Triton's interpreter. x is addressed as (N, C, P = H*W) with one stride per axis, so contiguous and
-channels_last tensors are read in place; every big tensor a kernel touches has x's strides (cbam_fused
-guarantees it). Per-(n, c) and per-(n, p) vectors are contiguous, in the accumulation dtype.
+Same arguments and results as their PyTorch mirror, tests/cbam_kernels_torch.py, against which
+tests/test_cbam_triton.py checks them under Triton's interpreter. x is addressed as (N, C, P = H*W) with one stride
+per axis, so contiguous and channels_last tensors are read in place; every big tensor a kernel touches has x's
+strides (op.py guarantees it). Per-(n, c) and per-(n, p) vectors are contiguous, in the accumulation dtype.
 
 Two shapes of kernel:
 - reductions over P with a program per (n, block of channels), looping over P (channel_pool, grad_channel);
@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .triton_env import interpreting
+from ..triton_env import interpreting
 
 
 def _configs(shapes):
@@ -202,7 +202,7 @@ def _grad_input_kernel(dy_ptr, x_ptr, cs_ptr, ss_ptr, d_pooled_s_ptr, argmax_s_p
 
 
 def _strides(x):
-    """(stride of n, of c, of p = h*W + w): valid for the contiguous and channels_last tensors cbam_fused passes."""
+    """(stride of n, of c, of p = h*W + w): valid for the contiguous and channels_last tensors op.py passes."""
     s_n, s_c, _, s_w = x.stride()
     return s_n, s_c, s_w
 

@@ -1,7 +1,8 @@
-"""The six kernels of the fused CBAM op (model/cbam_fused.py) in plain PyTorch.
+"""The six kernels of the fused CBAM op (model/triton_cbam/op.py) in plain PyTorch, for the tests.
 
-They run the fused op where Triton does not, and they are the reference model/cbam_triton.py is tested against:
-same arguments, same results. x is (N, C, H, W) in any dense layout; per-position maps are passed flattened to
+Same arguments and same results as model/triton_cbam/kernels.py: the reference the Triton kernels are checked
+against under Triton's interpreter (tests/interpreted/check_cbam_triton.py), and the kernels tests/test_cbam_fused.py
+runs the op on without it. x is (N, C, H, W) in any dense layout; per-position maps are passed flattened to
 (N, H*W); reductions accumulate in the dtype of the gate tensors (fp32, fp64 for fp64 inputs).
 """
 import torch

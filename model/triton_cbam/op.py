@@ -23,48 +23,19 @@ size is saved for the backward but x itself and the output (which the next block
 the max reductions are differentiated through saved argmax indices, as max_pool2d and torch.max are: between
 exactly tied maxima the gradient goes to the first one.
 
-Kernels: model/cbam_triton.py on CUDA (and on the CPU under TRITON_INTERPRET=1); model/cbam_kernels_torch.py,
-the same six kernels in plain PyTorch, elsewhere (the reference the Triton kernels are tested against). The op
-is functional: BatchNorm's running statistics are updated by fused_cbam() from the batch statistics the op
-returns, so torch.compile(fullgraph=True) keeps the op whole.
+Kernels: kernels.py, Triton (CUDA, or the CPU under TRITON_INTERPRET=1); tests/cbam_kernels_torch.py mirrors them
+in PyTorch, and the tests run the op on that mirror too. The op is functional: BatchNorm's running statistics are
+updated by fused_cbam() from the batch statistics the op returns, so torch.compile(fullgraph=True) keeps the op
+whole.
 """
-import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .batchnorm import update_running_stats
-from .triton_env import interpreting
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_import_error():
-    try:
-        from . import cbam_triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a Triton without a usable backend
-        return f"Triton does not import ({type(exc).__name__}: {exc})"
-    return ""
-
-
-@torch.compiler.assume_constant_result  # fixed for a process: torch.compile evaluates it once, never traces it
-def triton_unavailable_reason(device):
-    """Why the Triton kernels cannot run on `device`, or "" when they can."""
-    device = torch.device(device)
-    if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
-        return (f"the Triton kernels run on CUDA devices (or on the CPU under TRITON_INTERPRET=1), "
-                f"not on {device.type}")
-    return _triton_import_error()
-
-
-def _kernels(x):
-    """The module holding the six kernels for tensor x: Triton where it runs, else plain PyTorch."""
-    if not triton_unavailable_reason(x.device):
-        from . import cbam_triton
-        return cbam_triton
-    from . import cbam_kernels_torch
-    return cbam_kernels_torch
+from ..batchnorm import update_running_stats
+from . import kernels
 
 
 def accumulation_dtype(x):
@@ -121,7 +92,6 @@ def fused_tail(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Tensor, w2
     (2, N, C) [mean, max] and their argmax over H*W (N, C), the spatial descriptors (N, 2, H, W) [max, mean] and
     their argmax over C (N, H, W), and the BatchNorm statistics used (2,) [mean, biased var]: the batch's when
     batch_stats, else the running ones."""
-    kernels = _kernels(x)
     x = kernel_layout(x)
     acc = accumulation_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
@@ -157,7 +127,6 @@ def fused_tail_backward(grad: Tensor, out: Optional[Tensor], x: Tensor, w1: Tens
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of fused_tail for x, identity (empty when the forward had none: `out` is None then), w1, b1, w2,
     b2, conv_w, bn_w and bn_b, from the forward's saved descriptors; the gate scales are recomputed."""
-    kernels = _kernels(x)
     x = kernel_layout(x)
     acc = accumulation_dtype(x)
     params = (w1, b1, w2, b2, conv_w, bn_w, bn_b)
