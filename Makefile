@@ -1,6 +1,6 @@
 # The README's commands. `make demo` and `make test` set up .venv/ first (idempotent, seconds when done).
 PY := .venv/bin/python
-.PHONY: setup demo test bench-loader bench-shards bench-model info clean-demo
+.PHONY: setup demo test test-fast bench-loader bench-shards bench-model info clean-demo
 
 setup:
 	@bash tools/setup_env.sh
@@ -11,6 +11,11 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Every unit test in about two minutes on 2 cores: the tests not marked slow (setup.cfg). CI runs `make test`.
+test-fast: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 info: setup
 	@$(PY) -m pipeline.info

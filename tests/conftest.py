@@ -126,3 +126,14 @@ def saved_signal_handlers():
     yield
     for s, handler in previous.items():
         signal.signal(s, handler)
+
+
+# Fixtures that run train.py (a trained checkpoint, a reference run): a test that uses one is slow whatever its own
+# body costs, so that `make test-fast` (-m "not slow") never builds them.
+SLOW_FIXTURES = {"trained", "reference_run", "two_tasks"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

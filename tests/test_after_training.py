@@ -88,6 +88,7 @@ def validate(capsys, *args):
     return status, out, err
 
 
+@pytest.mark.slow
 def test_evaluate_needs_only_the_checkpoint_and_scores_a_jpeg_folder_as_its_shards(trained, capsys):
     ckpt, shards, tree = trained
     status, out, err = validate(capsys, ckpt, shards)
@@ -115,6 +116,7 @@ def test_a_jpeg_folder_is_split_over_ranks_each_image_once(trained, world_size):
     assert torch.equal(images, next(iter(whole))[0])
 
 
+@pytest.mark.slow
 def test_flip_tta_scores_an_image_and_its_mirror_alike(trained, tmp_path, capsys):
     from PIL import Image
     ckpt, _, tree = trained
@@ -163,6 +165,7 @@ def test_evaluate_refuses_what_does_not_fit_in_one_line(trained, generated_shard
     assert len(lines) == 1 and lines[0].startswith(f"validate.py: error: {torn}: cannot decode: "), lines
 
 
+@pytest.mark.slow
 def test_predict_gives_the_models_top_k_with_names_and_names_bad_images(trained, tmp_path, capsys):
     import pipeline
     from tools import predict
@@ -209,6 +212,7 @@ def test_predict_gives_the_models_top_k_with_names_and_names_bad_images(trained,
     assert (top["label"], top["class"], top["name"]) == (best, classes[best], f"name of {classes[best]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("exported-program", ".pt2")])
 def test_export_writes_a_graph_with_a_dynamic_batch_that_matches_the_eager_model(trained, tmp_path, capsys, fmt,
                                                                                   suffix):
@@ -283,6 +287,7 @@ def quadrant_images(n, size, generator):
     return images, labels, quadrants
 
 
+@pytest.mark.slow
 def test_grad_cam_peaks_in_the_quadrant_that_holds_the_class_evidence():
     from tools.attention_maps import explain, upsample
     torch.manual_seed(0)
@@ -310,6 +315,7 @@ def test_grad_cam_peaks_in_the_quadrant_that_holds_the_class_evidence():
     assert (found == quadrants).float().mean() >= 0.9, (found.tolist(), quadrants.tolist())
 
 
+@pytest.mark.slow
 def test_attention_maps_draws_checkpoints_side_by_side(trained, tmp_path, capsys):
     from tools import attention_maps
     ckpt, _, tree = trained
@@ -367,6 +373,7 @@ def pretrain(shards, steps):
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_pretrained_resnet_with_fresh_cbam_beats_training_from_scratch(two_tasks, tmp_path):
     task_a, task_b = two_tasks
     torch.save(pretrain(task_a, 100), tmp_path / "resnet18.pth")

@@ -1,5 +1,6 @@
 """cbam-average-checkpoints on checkpoints written the way train.py --keep-epochs writes them: which files it
 takes, what the average holds, and its one-line errors. (Its val top-1 on a trained run: test_recipe_features.)"""
+import pytest
 import torch
 
 from tools.average_checkpoints import main
@@ -63,6 +64,7 @@ def write_model_epochs(folder, prefix, classes, epochs=2, real=False):
         save(str(folder), prefix, state, is_best=False, keep_epochs=epochs)
 
 
+@pytest.mark.slow
 def test_an_averaged_checkpoint_is_evaluated_validated_and_used_by_predict(generated_shards, tmp_path, capsys):
     import glob
     import json

@@ -27,6 +27,7 @@ def run_benchmark(script, *args):
     return result.stdout, json.loads(json_lines[-1])
 
 
+@pytest.mark.slow
 def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
     write_tree(str(tmp_path / "src"), classes=3, train_per_class=4, val_per_class=2, size=48, seed=5)
     stdout, data = run_benchmark("make_shards.py", "--src", tmp_path / "src", "--copies", 2, "--repeats", 1,
@@ -46,6 +47,7 @@ def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
     assert "| make_shards --workers 2 |" in stdout and "2 vs 1 worker" in stdout
 
 
+@pytest.mark.slow
 def test_model_benchmark_reports_the_cbam_over_none_ratio():
     stdout, data = run_benchmark("model_speed.py", "--depth", 18, "--batch-size", 2, "--image-size", 32,
                                  "--variants", "CBAM,CBAM-ref,none", "--modes", "eager", "--repeats", 1,
@@ -65,6 +67,7 @@ def test_model_benchmark_reports_the_cbam_over_none_ratio():
     assert sum(line.startswith("| ResNet-18 CBAM-ref | eager | ") for line in lines) == 2
 
 
+@pytest.mark.slow
 def test_block_benchmark_counts_each_tail_in_passes_of_a_copy():
     stdout, data = run_benchmark("model_speed.py", "--blocks", "--batch-size", 2, "--stage-shapes", "32x8,64x4",
                                  "--variants", "none,CBAM-torch,CBAM-ref", "--modes", "eager", "--repeats", 1,
@@ -79,6 +82,7 @@ def test_block_benchmark_counts_each_tail_in_passes_of_a_copy():
     assert "| 64 x 4x4 | CBAM-ref tail | eager | " in stdout
 
 
+@pytest.mark.slow
 def test_profile_prints_a_table_of_the_top_ops():
     stdout, _ = run_benchmark("model_speed.py", "--blocks", "--batch-size", 1, "--stage-shapes", "32x4", "--variants",
                               "CBAM-torch", "--modes", "eager", "--repeats", 1, "--steps", 1, "--warmup", 1,
@@ -91,11 +95,13 @@ def test_profile_prints_a_table_of_the_top_ops():
     assert any(line.startswith("| aten::convolution") for line in table), table
 
 
+@pytest.mark.slow
 def test_time_limit_skips_the_cases_not_started():
     stdout, data = run_benchmark("model_speed.py", "--blocks", "--stage-shapes", "32x4", "--time-limit", 0)
     assert data["results"] == [] and "skipped stage 32 x 4x4: --time-limit 0 s used up" in stdout
 
 
+@pytest.mark.slow
 def test_model_benchmark_refuses_a_variant_that_cannot_run_here_in_one_line():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "model_speed.py"), "--variants",
                              "none,CBAM-triton"], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -104,6 +110,7 @@ def test_model_benchmark_refuses_a_variant_that_cannot_run_here_in_one_line():
     assert len(lines) == 1 and "variant CBAM-triton" in lines[0] and "'triton'" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_cuda_graph_modes_are_refused_without_a_gpu_in_one_line():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "model_speed.py"), "--modes",
                              "eager,compiled+graph"], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -112,6 +119,7 @@ def test_cuda_graph_modes_are_refused_without_a_gpu_in_one_line():
     assert len(lines) == 1 and "compiled+graph" in lines[0] and "CUDA" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path):
     write_tree(str(tmp_path / "src"), classes=2, train_per_class=8, val_per_class=0, size=48, seed=6)
     backends = "torch,dali-cpu" if dali_importable() else "torch"
@@ -128,6 +136,7 @@ def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path)
     assert "row (a) not run: --no-stock-pillow" in stdout
 
 
+@pytest.mark.slow
 def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     """benchmarks/gpu_suite.sh's structure, run on this CPU with tiny sizes: a stage builds the photograph tree and
     its shards once, later calls reuse them; unknown stages are refused before anything runs."""
@@ -160,6 +169,7 @@ def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     assert second.returncode == 0 and "kept from an earlier stage" in second.stdout
 
 
+@pytest.mark.slow
 def test_host_steps_benchmark_measures_each_step_against_its_baseline(tmp_path):
     from conftest import imagenet_sample_files
     photos = tmp_path / "photos"

@@ -56,6 +56,7 @@ def test_import_pipeline_is_cheap():
     assert result.returncode == 0, result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_info_reports_the_active_pil():
     result = subprocess.run([sys.executable, "-m", "pipeline.info"], capture_output=True, text=True, cwd=ROOT,
                             timeout=120)

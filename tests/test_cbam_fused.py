@@ -84,6 +84,7 @@ def _op_samples():
                gate.bn.weight, gate.bn.bias, gate.bn.running_mean, gate.bn.running_var, training, gate.bn.eps)
 
 
+@pytest.mark.slow
 def test_opcheck_forward_and_backward_ops():
     for args in _op_samples():
         torch.library.opcheck(torch.ops.cbam.fused_tail.default, args)
@@ -137,6 +138,7 @@ def test_torch_compile_fullgraph_keeps_the_fused_op_whole():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_state_dict_is_the_same_for_every_implementation():
     torch.manual_seed(0)
     models = {impl: build_model(50, "CBAM", num_classes=10, cbam_impl=impl) for impl in CBAM_IMPLS}
@@ -146,6 +148,7 @@ def test_the_state_dict_is_the_same_for_every_implementation():
     models["torch"].load_state_dict(models["triton"].state_dict())
 
 
+@pytest.mark.slow
 def test_whole_resnet_with_the_fused_op_matches_the_reference():
     """ResNet-18-CBAM (BasicBlock tails) end to end: logits and every parameter's gradient."""
     torch.manual_seed(0)

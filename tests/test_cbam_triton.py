@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_triton_kernels_under_the_interpreter():
     import triton  # noqa: F401  (a dependency of torch on Linux x86-64: its absence is a set-up error, not a skip)
     env = dict(os.environ, TRITON_INTERPRET="1")

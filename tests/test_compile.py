@@ -50,6 +50,7 @@ def test_cuda_graphs_need_a_compiled_model_on_cuda_and_one_backward_per_step():
         resolve_cuda_graphs("on", "cpu", "blocks")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,expected_graphs", [("blocks", 7), ("model", 1)])
 def test_identical_blocks_share_one_compiled_graph(how, expected_graphs):
     """ResNet-34: 16 blocks of 7 kinds (each stage's first block, then the rest of it; stage 1 has no first kind

@@ -70,6 +70,7 @@ def test_val_covers_every_sample_exactly_once_across_ranks(unique_shards, backen
     assert max(lengths) - min(lengths) <= 1
 
 
+@pytest.mark.slow
 def test_more_val_ranks_than_samples_yield_empty_epochs_not_errors(generated_shards):
     # 20 val samples over 24 ranks: DALI refuses more shards than samples, so ranks map to single samples.
     backends = ["torch"] + (["dali-cpu"] if dali_importable() else [])

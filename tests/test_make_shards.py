@@ -386,6 +386,7 @@ def sample_set(out, split="train"):
     return sorted((key, label, sha(jpeg)) for key, label, jpeg in read_webdataset(out, split))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_then_rerun_gives_exactly_the_same_samples(tmp_path):
     src = tmp_path / "src"
     write_tree(str(src), classes=3, train_per_class=80, val_per_class=0, size=24, seed=5)
@@ -882,6 +883,7 @@ def big_photograph(size):
     return jpeg_bytes(Image.fromarray(pixels, "L"), quality=80)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(20000, 10000), (12000, 8000)])  # over twice Pillow's limit, and just over it
 def test_a_photograph_over_the_pixel_limit_is_stored_downscaled_and_named(tmp_path, size):
     src = tmp_path / "src"

@@ -42,7 +42,12 @@ ZERO_GRAD_BY_DESIGN = re.compile(r"spatial_gate\.conv\.weight$"
                                  r"|bam\d\.(channel_gate\.mlp\.0|spatial_gate\.layers\.[036])\.bias$")
 
 
-@pytest.mark.parametrize("depth,att", list(itertools.product(DEPTHS, ATTENTIONS)))
+def _by_size(depth, *rest):
+    """A parameter set, marked slow for the bottleneck depths (50, 101: seconds each on a CPU)."""
+    return pytest.param(depth, *rest, marks=[pytest.mark.slow] if depth >= 50 else [])
+
+
+@pytest.mark.parametrize("depth,att", [_by_size(d, a) for d, a in itertools.product(DEPTHS, ATTENTIONS)])
 def test_forward_backward_every_parameter_gets_gradient(depth, att):
     torch.manual_seed(0)
     model = build_model(depth, att, num_classes=10)
@@ -188,7 +193,8 @@ def _randomised(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("depth,att", [(18, "CBAM"), (50, "CBAM"), (34, "BAM"), (50, "none")])
+@pytest.mark.parametrize("depth,att", [_by_size(*case) for case in ((18, "CBAM"), (50, "CBAM"), (34, "BAM"),
+                                                                     (50, "none"))])
 def test_original_checkpoint_gives_identical_logits(tmp_path, depth, att):
     source = _randomised(build_model(depth, att, num_classes=7))
     original = _to_original_names(source.state_dict())
@@ -240,6 +246,7 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_cbam_matches_reference_formulation(channels_last):
     """Our CBAM forward (adaptive/indexed pooling, one MLP call) vs the authors' straightforward formulation:
@@ -282,6 +289,7 @@ def test_compiled_cbam_gates_match_eager_values_and_gradients():
 OPTIONAL_PACKAGE = "triton_cbam"  # model/triton_cbam/: the fused Triton op, CBAM's optional "triton" implementation
 
 
+@pytest.mark.slow
 def test_the_model_runs_without_importing_triton_or_the_optional_package():
     """Importing the model, building ResNet-18-CBAM as "torch" and as "auto", and a training step of each on the CPU
     import neither Triton nor model/triton_cbam/ (a fresh process: this one may have imported both already)."""

@@ -104,6 +104,7 @@ def test_export_outputs_it_cannot_or_must_not_write_are_one_line(tmp_path, error
         assert f"--image-size must be between 32 and 1024 pixels, got {size}" in line
 
 
+@pytest.mark.slow
 def test_plot_metrics_draws_rows_without_top5_and_names_what_it_cannot_read(tmp_path, error_line):
     from tools import plot_metrics
     metrics = tmp_path / "T_metrics.jsonl"

@@ -27,6 +27,7 @@ def start_holder(folder, prefix):
     return holder
 
 
+@pytest.mark.slow
 def test_a_live_holder_is_named_and_a_killed_one_keeps_nothing(tmp_path, capsys):
     import train
     holder = start_holder(tmp_path, "P7")
@@ -51,6 +52,7 @@ def test_a_live_holder_is_named_and_a_killed_one_keeps_nothing(tmp_path, capsys)
     assert output_dir.hold_run(str(tmp_path), "P7") == output_dir.lock_path(str(tmp_path), "P7")
 
 
+@pytest.mark.slow
 def test_a_clean_exit_removes_the_lock_file(tmp_path):
     subprocess.run([PY, "-c", "import sys; from training.output_dir import hold_run; hold_run(sys.argv[1], 'Q')",
                     str(tmp_path)], cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT))

@@ -57,6 +57,7 @@ def first_error(shard_dir, backend, split="train"):
     return str(info.value)
 
 
+@pytest.mark.slow
 def test_indexed_and_streamed_reading_give_identical_batches(generated_shards, tmp_path):
     streamed_dir = damaged_copy(generated_shards, tmp_path)
     reader_backend(streamed_dir, "torch-streamed")

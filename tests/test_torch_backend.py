@@ -20,6 +20,7 @@ def test_torch_backend_in_process_and_with_more_workers(unique_shards, workers):
     assert multiprocessing.active_children() == []  # the DataLoader workers are gone after the epoch
 
 
+@pytest.mark.slow
 def test_slow_consumer_and_an_early_break_get_the_same_batches(unique_shards):
     """The torch backend's workers reuse shared-memory slots that the main process releases: a consumer slower
     than the workers (they fill every slot and wait) or one that left the last epoch early must still receive

@@ -56,6 +56,7 @@ def reference_run(shards, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_reference_run_logs_checkpoints_and_metrics(reference_run):
     out, result = reference_run
     assert "Epoch: [0][1/4]\tTime" in result.stdout and "Prec@5" in result.stdout
@@ -72,6 +73,7 @@ def test_reference_run_logs_checkpoints_and_metrics(reference_run):
     assert len(val) == 2 and all(r["images"] == 24 for r in val)  # every val sample counted exactly once
 
 
+@pytest.mark.slow
 def test_ngpu_launcher_then_resume_reproduce_the_uninterrupted_run(reference_run, shards, tmp_path):
     ref_out, _ = reference_run
     reference = {r["step"]: r["loss"] for r in metrics(ref_out)}
@@ -89,6 +91,7 @@ def test_ngpu_launcher_then_resume_reproduce_the_uninterrupted_run(reference_run
         assert got[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), f"step {step}"
 
 
+@pytest.mark.slow
 def test_evaluate_matches_end_of_training_top1(reference_run, shards):
     out, _ = reference_run
     last_val = metrics(out, "val")[-1]
@@ -99,6 +102,7 @@ def test_evaluate_matches_end_of_training_top1(reference_run, shards):
     assert float(line.split()[2]) == pytest.approx(last_val["top1"], abs=5e-4)  # printed with 3 decimals
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_a_loadable_checkpoint_and_resume_finishes(shards, tmp_path):
     args = [PY, "train.py", *COMMON, "--batch-size", "2", "--epochs", "1", "--output-dir", str(tmp_path),
             str(shards)]
@@ -164,6 +168,7 @@ def _no_bigger_files_than(limit):
     return apply
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary_file(shards, tmp_path):
     """ResNet-18's checkpoint (~90 MB with the optimizer state) against a 5 MB file-size limit."""
     result = run([PY, "train.py", *COMMON, "--epochs", "1", "--output-dir", str(tmp_path), str(shards)],
@@ -188,6 +193,7 @@ def test_temporary_files_of_interrupted_saves_are_swept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in kept)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verify", ["background", "off"])
 def test_a_damaged_val_shard_loses_no_training(shards, tmp_path, verify):
     """A val shard zeroed at the same size. Checked in the background, it stops training at the next step (or at
@@ -229,6 +235,7 @@ def assert_every_step_taken_is_saved(out):
     assert ckpt["step"] == trained[-1]["step"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "dali-cpu"])
 def test_a_flipped_jpeg_stops_training_naming_shard_and_sample_and_resume_works(shards, tmp_path, backend):
     """Bytes flipped inside one JPEG of a train shard decode without an error (libjpeg at most warns); the
@@ -306,6 +313,7 @@ def test_seed_style_launcher_fails_when_a_rank_died_during_a_stop(shards, tmp_pa
     assert "not every rank saved and exited cleanly (" in stderr and "rank 1: none (killed)" in stderr
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_next_report_and_keeps_the_last_checkpoint(reference_run, shards, tmp_path):
     """Resumed after 2 epochs with a learning rate that makes the weights overflow: exit 1 naming the epoch and
     step; the checkpoint on disk is still the finite one."""
@@ -326,6 +334,7 @@ def test_a_diverging_run_stops_at_the_next_report_and_keeps_the_last_checkpoint(
     assert (tmp_path / "T_checkpoint.pth.tar").read_bytes() == saved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2])
 def test_a_label_the_reader_cannot_parse_stops_every_rank_with_the_steps_taken_saved(unique_shards, tmp_path, accum):
     """Under torchrun, one rank's torch reader meets a .cls member that is not a number after some steps: the ranks
@@ -373,6 +382,7 @@ def _read(path, offset, size):
         return f.read(size)
 
 
+@pytest.mark.slow
 def test_a_signal_during_set_up_is_a_clean_stop_with_its_status(shards, tmp_path):
     """SIGINT to the authors'-style launcher alone (as Kubernetes signals only PID 1) while the ranks build their
     loaders and model: nothing to save, no crash, exit 130."""
@@ -406,6 +416,7 @@ def _torch_loaded(pid):
         return "libtorch" in maps.read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path, signum):
     """The signal the moment train.py starts handling it (its SIGTERM handler is the first it installs; Python
@@ -432,6 +443,7 @@ def test_a_signal_while_torch_imports_is_the_same_clean_stop(shards, tmp_path, s
     assert before_torch, "every signal came after libtorch had loaded: the import window was not tried"
 
 
+@pytest.mark.slow
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_anything_is_built(shards, tmp_path):
     """A folder under one the user may not write (root without its file capabilities): exit 2 before the world,
     loaders and model are set up (tests/test_nothing_lost.py has the other cases, in-process)."""
@@ -447,6 +459,7 @@ def test_an_output_dir_that_cannot_be_written_is_one_line_before_anything_is_bui
     assert "config " not in result.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_json_has_every_key_with_sane_values(shards):
     result = torchrun([*COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "3", str(shards)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -477,8 +490,10 @@ def test_compile_blocks_reuses_the_persistent_cache_on_a_second_run(shards, tmp_
     cache = tmp_path / "cache"
     reports = []
     for _ in range(2):
-        result = run([PY, "train.py", *COMMON, "--benchmark", "--benchmark-warmup", "1", "--benchmark-steps", "1",
-                      "--compile", "--compile-cache", str(cache), str(shards)], timeout=600)
+        # The plain ResNet-18 (--att-type none after COMMON's CBAM): the same 7 distinct blocks, compiled in about
+        # half the time; compiled CBAM has tests of its own (test_cbam_compiled.py, test_compile.py).
+        result = run([PY, "train.py", *COMMON, "--att-type", "none", "--benchmark", "--benchmark-warmup", "1",
+                      "--benchmark-steps", "1", "--compile", "--compile-cache", str(cache), str(shards)], timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         reports.append(json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"benchmark"'))))
     first, second = reports
@@ -512,6 +527,7 @@ def test_bad_flags_exit_2_with_one_line(shards, flags, message, capsys):
     assert status == 2 and len(lines) == 1 and message in lines[0], lines
 
 
+@pytest.mark.slow
 def test_unusable_backend_or_damaged_shards_exit_2_with_one_line(shards, tmp_path):
     result = run([PY, "train.py", *COMMON, "--backend", "dali", str(shards)])
     assert result.returncode == 2, result.stderr[-2000:]
@@ -530,11 +546,13 @@ def test_unusable_backend_or_damaged_shards_exit_2_with_one_line(shards, tmp_pat
     assert len(lines) == 1 and first_train.name in lines[0], lines
 
 
+@pytest.mark.slow
 def test_missing_data_folder_exits_2(tmp_path):
     result = run([PY, "train.py", str(tmp_path / "nope")])
     assert result.returncode == 2 and "DATA folder not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_learnability_reaches_90_percent(tmp_path):
     from shards.synthetic import write_tree
     write_tree(str(tmp_path / "images"), classes=5, train_per_class=60, val_per_class=12, size=48, seed=7)
@@ -548,6 +566,7 @@ def test_learnability_reaches_90_percent(tmp_path):
     assert max(r["top1"] for r in val) >= 90.0, [r["top1"] for r in val]
 
 
+@pytest.mark.slow
 def test_evaluate_loads_a_checkpoint_of_the_authors_code(reference_run, shards, tmp_path):
     """A checkpoint saved by the original repository (its key names, 'module.' prefix, no config) evaluates
     through the model's key mapping and gives the same top-1 as our own checkpoint of the same weights."""
@@ -564,6 +583,7 @@ def test_evaluate_loads_a_checkpoint_of_the_authors_code(reference_run, shards, 
     assert float(line.split()[2]) == pytest.approx(metrics(out, "val")[-1]["top1"], abs=5e-4)
 
 
+@pytest.mark.slow
 def test_plot_metrics_renders_a_png(reference_run, tmp_path):
     out, _ = reference_run
     png = tmp_path / "metrics.png"
@@ -576,6 +596,7 @@ def test_plot_metrics_renders_a_png(reference_run, tmp_path):
     assert result.returncode != 0 and f"{bad}:2: not a JSON line" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_needs_only_a_val_split(reference_run, shards, tmp_path):
     out, _ = reference_run
     images = tmp_path / "images"
@@ -589,12 +610,14 @@ def test_evaluate_needs_only_a_val_split(reference_run, shards, tmp_path):
     assert "(loss" in result.stdout and "12 images)" in result.stdout
 
 
+@pytest.mark.slow
 def test_ngpu_launcher_passes_on_the_workers_exit_status(shards):
     result = run([PY, "train.py", *COMMON, "--ngpu", "2", "--backend", "dali", str(shards)])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "backend 'dali'" in result.stderr
 
 
+@pytest.mark.slow
 def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_path):
     out, _ = reference_run
     empty = tmp_path / "empty.pth.tar"
@@ -619,6 +642,7 @@ def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_
         assert str(path) in lines[0] and message in lines[0] and "weights_only=False" not in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_a_bad_flag_under_torchrun_is_reported_once(shards):
     """Every rank finds the same bad flag; only the node's first rank prints it (torchrun adds its own report)."""
     result = torchrun(["--lr", "-1", str(shards)])
@@ -627,6 +651,7 @@ def test_a_bad_flag_under_torchrun_is_reported_once(shards):
     assert errors == ["train.py: error: --lr must be > 0, got -1.0"], result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_class_without_train_samples_is_named_at_start(tmp_path):
     from shards.synthetic import write_tree
     write_tree(str(tmp_path / "images"), classes=4, train_per_class=16, val_per_class=4, size=40, seed=5)
