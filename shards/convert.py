@@ -10,7 +10,7 @@ import time
 
 from .errors import ConvertError
 from .files import fsync_dir, write_atomic
-from .format import CLASSES_FILE, MANIFEST, SHARD_ENTRY
+from .format import CLASSES_FILE, MANIFEST, SHARD_ENTRY, TIMM_INFO, timm_info
 from .imagecheck import Check, check_file
 from .outdir import OUR_FILE, CheckJournal, lock_out, prepare_out, run_identity
 from .plan import plan_shards
@@ -169,7 +169,9 @@ def convert(args):
             manifest["splits"][split] = convert_split(split, sources[split], classes, args, out, state, workers)
     write_atomic(os.path.join(out, CLASSES_FILE), "".join(f"{name}\n" for name in classes).encode())
     manifest_path = os.path.join(out, MANIFEST)
-    write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(os.path.join(out, TIMM_INFO), (json.dumps(timm_info(os.path.basename(out), manifest), indent=1)
+                                                 + "\n").encode())
+    write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())  # last: the run is complete
     fsync_dir(out)
     status = report_skipped(manifest, manifest_path, args.skip_bad)
     return max(status, report_empty_classes(manifest, args.allow_empty_classes))

@@ -30,6 +30,21 @@ from .errors import ShardError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CLASSES_FILE = "classes.txt"
+# timm's split-info file (timm/data/readers/reader_wds.py reads it): with it, `timm.data.create_dataset("wds/NAME",
+# root=OUT, split="train")` reads these shards as they are; the labels are the .cls members, as timm reads them.
+TIMM_INFO = "_info.json"
+
+
+def timm_info(name, manifest):
+    """The _info.json timm's WebDataset reader takes for the shards `manifest` lists: per split its name, sample
+    count, file names and per-shard sample counts, in manifest order."""
+    splits = {}
+    for split, entry in manifest["splits"].items():
+        shards = entry["shards"]
+        splits[split] = {"name": split, "num_samples": sum(shard["samples"] for shard in shards),
+                         "filenames": [shard["tar"] for shard in shards],
+                         "shard_lengths": [shard["samples"] for shard in shards]}
+    return {"name": name, "num_classes": len(manifest["classes"]), "splits": splits}
 TRAIN_SPLIT = "train"
 SAMPLE_MEMBERS = ("jpg", "cls")  # the members every sample has, in tar order; readers skip any other
 BLOCK = 512  # tar block size

@@ -916,3 +916,27 @@ def test_a_12_bit_jpeg_is_named_as_such():
     check = check_bytes(bytes(data), "deep.JPEG")
     assert check.status == "skipped"
     assert check.reason.startswith("12-bit JPEG not supported"), check.reason
+
+
+def test_timm_reads_the_shards_as_they_are_through_their_info_file(generated_shards):
+    """make_shards writes timm's split-info file (_info.json): timm's own WebDataset reader (create_dataset
+    "wds/...") then reads every sample of each split, with the labels the shards hold, in manifest order."""
+    import json
+    import tarfile
+
+    import timm.data
+    manifest = json.load(open(os.path.join(generated_shards, "manifest.json")))
+    info = json.load(open(os.path.join(generated_shards, "_info.json")))
+    assert info["num_classes"] == len(manifest["classes"])
+    for split, entry in manifest["splits"].items():
+        expected = []  # (label, picture size) of each sample, read from the tars directly
+        for shard in entry["shards"]:
+            with tarfile.open(os.path.join(generated_shards, shard["tar"])) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+            expected += [(int(members[name]), Image.open(io.BytesIO(members[name[:-3] + "jpg"])).size)
+                         for name in members if name.endswith(".cls")]
+        dataset = timm.data.create_dataset("wds/cbam-shards", root=generated_shards, split=split, is_training=False,
+                                           batch_size=1)
+        read = [(int(target), image.size) for image, target in dataset]
+        assert len(dataset) == entry["samples"] == len(read) == len(expected)
+        assert read == expected  # the labels, and pictures decoded at their size
