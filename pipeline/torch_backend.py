@@ -39,6 +39,7 @@ from .shard_read import read_samples
 # batch). It also halves the wait for the first batch.
 _PIECES_PER_BATCH = 2
 _PREFETCH = 2  # items each worker may have ready ahead (DataLoader's prefetch_factor, its default)
+ORDER_STREAM = 1  # epoch_seed's stream of the shuffle buffer's draws (the crops draw from the worker's own stream)
 
 
 class _Failure:
@@ -104,7 +105,10 @@ class ShardStream(IterableDataset):
             yield _failure_of(exc, worker)
 
     def _batches(self, share, rng, windows, worker):
-        samples = self._samples(share, rng)
+        # The buffer draws from a stream of its own, apart from the crops': the order is then a function of the
+        # plan alone (benchmarks/order_quality.py replays it sample for sample), whatever the pictures' sizes.
+        order_rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, self.rank, worker or 0, ORDER_STREAM))
+        samples = self._samples(share, order_rng)
         remaining = share.batches * self.plan.batch_size if self.plan.train else share.stop - share.start
         decoded = 0
         while remaining > 0:
