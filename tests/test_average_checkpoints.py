@@ -134,6 +134,7 @@ def test_the_output_carries_its_checksum_and_a_damaged_average_is_refused_by_its
 def test_no_output_replaces_a_file_of_a_run(tmp_path, capsys):
     import hashlib
     write_model_epochs(tmp_path, "RUN", ["a", "b"])
+    assert "is a folder" in one_error(capsys, 2, main([str(tmp_path), "--output", str(tmp_path)]))
     for name in ("RUN_checkpoint.pth.tar", "RUN_checkpoint.prev.pth.tar", "RUN_model_best.pth.tar",
                  "RUN_metrics.jsonl", "RUN_config.json", "RUN_epoch1.pth.tar", "OTHER_epoch12.pth.tar",
                  "OTHER_checkpoint.pth.tar"):

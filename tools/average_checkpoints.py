@@ -202,6 +202,8 @@ def main(argv=None):
             if args.output is None:
                 raise UsageError("--output is needed when checkpoint files are given")
             output = args.output
+        if os.path.isdir(output):
+            raise UsageError(f"--output {output} is a folder: name the file to write")
         refuse_run_file(output, "--output")
         if any(os.path.realpath(output) == os.path.realpath(path) for path in paths):
             raise UsageError(f"--output {output} is one of the checkpoints being averaged")
