@@ -134,8 +134,18 @@ def test_flip_tta_scores_an_image_and_its_mirror_alike(trained, tmp_path, capsys
             status, out, err = validate(capsys, ckpt, tmp_path / name, "--tta", tta)
             assert status == 0, err
             lines[name, tta] = score_line(out)
-    assert lines["plain", "flip"] == lines["mirrored", "flip"] and "flip TTA" in lines["plain", "flip"]
+    # The logits of an image and of its mirror are added in either order; the convolutions of a mirrored input
+    # round differently in the last bits, so the printed loss may differ in its last digit, the counts not at all.
+    plain, mirrored = (_scores(lines[name, "flip"]) for name in ("plain", "mirrored"))
+    assert plain[:2] == mirrored[:2] and abs(plain[2] - mirrored[2]) <= 2e-4 and "flip TTA" in lines["plain", "flip"]
     assert lines["plain", "none"] != lines["mirrored", "none"]
+
+
+def _scores(line):
+    """(top-1, top-5, loss) of a line ' * ... Prec@1 T1 Prec@5 T5  (loss L, N images)'."""
+    import re
+    top1, top5, loss = re.search(r"Prec@1 ([\d.]+) Prec@5 ([\d.]+)  \(loss ([\d.]+),", line).groups()
+    return float(top1), float(top5), float(loss)
 
 
 def test_evaluate_refuses_what_does_not_fit_in_one_line(trained, generated_shards, tmp_path, capsys):
