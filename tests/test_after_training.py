@@ -386,9 +386,9 @@ def pretrain(shards, steps):
 @pytest.mark.slow
 def test_fine_tuning_a_pretrained_resnet_with_fresh_cbam_beats_training_from_scratch(two_tasks, tmp_path):
     task_a, task_b = two_tasks
-    torch.save(pretrain(task_a, 100), tmp_path / "resnet18.pth")
+    torch.save(pretrain(task_a, 60), tmp_path / "resnet18.pth")
     common = ["train.py", "--depth", "18", "--att-type", "CBAM", "--image-size", "32", "-b", "10", "-j", "1",
-              "--lr", "0.1", "--epochs", "8", "--print-freq", "5", "--backend", "torch", "--prefix", "F", task_b]
+              "--lr", "0.1", "--epochs", "6", "--print-freq", "5", "--backend", "torch", "--prefix", "F", task_b]
     tuned = run([*common, "--pretrained", str(tmp_path / "resnet18.pth"), "--pretrained-lr-scale", "0.3",
                  "--output-dir", str(tmp_path / "tuned")])
     assert tuned.returncode == 0, tuned.stderr[-3000:]
