@@ -29,9 +29,15 @@ def checkpoint_path(output_dir, prefix):
     return os.path.join(output_dir, f"{prefix}_checkpoint.pth.tar")
 
 
+def name_after_prefix(path_of):
+    """What follows the prefix in the file name `path_of(output_dir, prefix)` gives: "_checkpoint.pth.tar" for
+    checkpoint_path. The names are stated once, in their functions; matching a folder's files goes by this."""
+    return os.path.basename(path_of("", "\0"))[1:]
+
+
 def latest_checkpoints(output_dir):
     """The latest checkpoint (checkpoint_path) of every run in output_dir, sorted."""
-    suffix = os.path.basename(checkpoint_path("", "\0"))[1:]  # what follows the prefix
+    suffix = name_after_prefix(checkpoint_path)
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     return [os.path.join(output_dir, name) for name in sorted(names)
             if name.endswith(suffix) and len(name) > len(suffix)]

@@ -20,7 +20,7 @@ from pipeline import BackendUnavailable, ShardError, resolve_backend
 from pipeline.augment import image_size_problem
 from pipeline.folder import folder_problem
 from shards.storage import is_remote, normalize
-from training.checkpoint import checkpoint_path, latest_checkpoints
+from training.checkpoint import checkpoint_path, latest_checkpoints, name_after_prefix
 from training.compile import resolve_cbam, resolve_compile, resolve_cuda_graphs, use_cache_dir
 from training.elastic import batch_plan, launch_id
 from training.errors import UsageError
@@ -162,7 +162,7 @@ def _evaluated_checkpoint(args):
             raise UsageError(f"--evaluate --resume auto: no checkpoint {path}")
         return path
     found = latest_checkpoints(folder)
-    suffix = os.path.basename(checkpoint_path("", ""))
+    suffix = name_after_prefix(checkpoint_path)
     if len(found) != 1:
         names = ", ".join(os.path.basename(path) for path in found)
         raise UsageError(f"--evaluate --resume auto: {len(found) or 'no'} checkpoints (*{suffix}) in {folder}"

@@ -17,7 +17,15 @@ import time
 
 from shards.files import write_atomic
 
-from .checkpoint import best_path, checkpoint_path, kept_epochs, parse_epoch_name, previous_path, sweep_temporaries
+from .checkpoint import (
+    best_path,
+    checkpoint_path,
+    kept_epochs,
+    name_after_prefix,
+    parse_epoch_name,
+    previous_path,
+    sweep_temporaries,
+)
 from .errors import UsageError
 
 
@@ -48,9 +56,10 @@ def run_files(output_dir, prefix):
 
 def _run_file_suffixes():
     """What follows the prefix in the name of each file a run writes (checkpoint, .prev, best, metrics, config)."""
-    marker = "\0"
-    names = [os.path.basename(path("", marker)) for path in (checkpoint_path, previous_path, best_path)]
-    return tuple(name[len(marker):] for name in names + [metrics_name(marker), config_name(marker)])
+    def config_path(folder, prefix):
+        return os.path.join(folder, config_name(prefix))
+    return tuple(name_after_prefix(path) for path in (checkpoint_path, previous_path, best_path, metrics_path,
+                                                       config_path))
 
 
 def run_file_prefix(path):
