@@ -7,6 +7,10 @@ A backend is one `Backend` entry in BACKENDS. Its contract:
 - `problem(device)`: None when it can deliver batches on `device` on this machine, else the reason in words.
   It imports nothing heavy unless it must (a CPU machine never imports DALI to learn that 'dali' cannot run).
 - `needs_local_index`: it reads the DALI index file of each shard from a local path.
+- `reads_label_files`: it reads splits whose labels are `.labels` side files (adopted tars with labels in .json
+  members, shards/format.py); DALI's reader takes labels from tar members only.
+- `shuffle_block(remote)`: the samples a train epoch's fresh order keeps together by default, for local shards
+  or shards in object storage (pipeline/rank_plan.py epoch_order).
 - `make(split, cache_dir, cache_bytes, **common)`: the pipeline.loader.Loader over `split` (a
   shards.manifest.Split), where `common` is what build_loader passes every backend (per-rank batch, rank,
   device, ...) and cache_dir/cache_bytes say where and how much it may keep of remote shards (cache_dir None:
@@ -23,6 +27,8 @@ from typing import Callable
 
 from shards import storage
 
+from .rank_plan import DALI_BLOCK, REQUEST_BLOCK, SAMPLE_BLOCK
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +43,9 @@ class Backend:
     schemes: tuple                  # shards.storage.scheme_of values it reads
     problem: Callable               # problem(device) -> None, or why it cannot run on `device` here
     make: Callable                  # make(split, cache_dir, cache_bytes, **common) -> pipeline.loader.Loader
+    shuffle_block: Callable = lambda remote: REQUEST_BLOCK if remote else SAMPLE_BLOCK
     needs_local_index: bool = False
+    reads_label_files: bool = False
 
     def reads(self, data):
         return storage.scheme_of(data or "") in self.schemes
@@ -68,14 +76,14 @@ def _dali_gpu_problem(device):
 def _make_torch(split, cache_dir, cache_bytes, **common):
     from .shard_cache import ShardCache
     from .torch_backend import TorchLoader
-    remote = storage.is_remote(split.shard_dir)
+    remote = any(storage.is_remote(shard.path) for shard in split.shards)  # adopted tars: maybe not the manifest's
     return TorchLoader(split, cache=ShardCache(cache_dir, cache_bytes) if cache_dir and remote else None, **common)
 
 
 def _make_dali(gpu):
     def make(split, cache_dir, cache_bytes, **common):
         from .dali import DaliLoader, with_local_indexes
-        if storage.is_remote(split.shard_dir):
+        if storage.is_remote(split.shards[0].index_path):  # adopted remote tars have local indexes
             split = with_local_indexes(split, cache_dir)
         return DaliLoader(split, gpu=gpu, **common)
     return make
@@ -85,11 +93,11 @@ _LOCAL_AND_S3 = ("", "s3")  # DALI's readers take local paths and s3:// (NVIDIA/
 
 BACKENDS = {backend.name: backend for backend in (
     Backend("dali", "DALI: JPEG decode and augmentation on the GPU", _LOCAL_AND_S3, _dali_gpu_problem,
-            _make_dali(gpu=True), needs_local_index=True),
+            _make_dali(gpu=True), shuffle_block=lambda remote: DALI_BLOCK, needs_local_index=True),
     Backend("dali-cpu", "the same DALI graph on CPU operators", _LOCAL_AND_S3, lambda device: _dali_import_problem(),
-            _make_dali(gpu=False), needs_local_index=True),
+            _make_dali(gpu=False), shuffle_block=lambda remote: DALI_BLOCK, needs_local_index=True),
     Backend("torch", "ROI JPEG decode and Pillow-SIMD in DataLoader workers; needs neither DALI nor a GPU",
-            ("", *storage.REMOTE_SCHEMES), lambda device: None, _make_torch),
+            ("", *storage.REMOTE_SCHEMES), lambda device: None, _make_torch, reads_label_files=True),
 )}
 AUTO = "auto"
 CHOICES = (AUTO, *BACKENDS)
@@ -113,6 +121,16 @@ def resolve(choice, device, data=None):
     if problem:
         raise BackendUnavailable(f"backend {choice!r} cannot run: {problem}{_instead(device, data)}")
     return backend
+
+
+def check_split(backend, device, split):
+    """BackendUnavailable naming the reason when `backend` cannot read the loaded `split`: tars elsewhere than its
+    manifest (adopted tars in object storage) in a scheme it does not read, or labels in .labels files."""
+    _check_reads(backend, device, split.shards[0].path)
+    if split.label_files and not backend.reads_label_files:
+        raise BackendUnavailable(f"backend {backend.name!r} cannot read split {split.name!r} of {split.shard_dir}: "
+                                 "its labels are a field of the tars' .json members (adopted, in .labels files), "
+                                 "and DALI's reader takes labels from tar members only; use --backend torch")
 
 
 def _check_reads(backend, device, data):

@@ -9,6 +9,10 @@ consecutive samples (the loader passes its batch size) instead of one per member
 checked against the shard's member checksums (.crc32) as it arrives: the bytes are checked where they are used,
 without downloading each shard a second time to hash it. With a ShardCache the shard is first copied whole to
 local disk (verified by its sha256) and read from there.
+
+Adopted tars (tools/adopt_shards.py) read the same way: their .idx names the image member `jpg` and the label
+member `cls` wherever they are in the tar; where the labels are .json fields, the shard's `.labels` side file gives
+them (its lines are what a `.cls` member would hold) and the index names images only.
 """
 import os
 import tarfile
@@ -17,7 +21,7 @@ from webdataset.tariterators import tar_file_iterator
 
 from shards.errors import ShardError, StorageError
 from shards.format import BLOCK, SAMPLE_MEMBERS, member_checksum
-from shards.read import read_checksums, read_index, read_member
+from shards.read import read_checksums, read_index, read_labels, read_member
 from shards.storage import RangeReader, is_remote
 
 WANTED = SAMPLE_MEMBERS  # the only members ever decoded; anything else in a shard is skipped unread
@@ -47,30 +51,39 @@ def read_indexed_samples(shard, first, stop, *, per_request=1, checked=False):
     loader's CPU time when streamed (BENCHMARKS.md). Every member's own tar header is read too and must
     be intact (checksum) and agree with the index on the size, so a shard overwritten in place, which keeps its
     size, still fails naming the file. per_request > 1: one ranged request per `per_request` consecutive samples.
-    checked: every member is compared with the shard's member checksums (when its manifest names them)."""
+    checked: every member is compared with the shard's member checksums (when its manifest names them). A shard
+    with a .labels file (adopted tars with labels in .json members) takes its labels from there."""
     records = read_index(shard)
+    labels = read_labels(shard) if shard.labels_path else None
+    wanted = ("jpg",) if labels is not None else WANTED
     expected = _member_checksums(shard) if checked else {}
     try:
         with RangeReader(shard.path) as reader:
             for number in range(first, stop):
                 if per_request > 1 and (number - first) % per_request == 0:
                     reader.prefetch(*_span(records[number:min(stop, number + per_request)]))
-                parts = {}
-                for ext in WANTED:
+                parts = {} if labels is None else {"cls": labels[number]}
+                for ext in wanted:
                     if ext not in records[number]:
                         raise ShardError(f"shard {shard.path}: sample {number} has no .{ext} member in "
                                          f"{shard.index_path}")
-                    offset, size, name = records[number][ext]
+                    offset, size, member = records[number][ext]
                     parts[ext] = read_member(shard, reader, offset, size)
-                    if name in expected and member_checksum(parts[ext]) != expected[name]:
-                        raise ShardError(f"shard {shard.path}: member {name} differs from its checksum in "
+                    if member in expected and member_checksum(parts[ext]) != expected[member]:
+                        raise ShardError(f"shard {shard.path}: member {member} differs from its checksum in "
                                          f"{os.path.basename(shard.checksums_path)}: the object changed after "
                                          "tools/make_shards.py wrote it; upload the shard folder again")
-                yield name.rsplit(".", 1)[0], parts["jpg"], parts["cls"]
+                yield _key(records[number]["jpg"][2]), parts["jpg"], parts["cls"]
     except StorageError:
         raise
     except OSError as exc:
         raise ShardError(f"shard {shard.path} is unreadable: {exc}") from exc
+
+
+def _key(member):
+    """A sample's key from its member's name, as webdataset splits it: up to the first dot of the last path part."""
+    folder, _, name = member.rpartition("/")
+    return f"{folder}/{name.split('.', 1)[0]}" if folder else name.split(".", 1)[0]
 
 
 def _span(records):

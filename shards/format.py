@@ -20,6 +20,16 @@ shard, or one changed, is named instead of misleading DALI or the member checks.
 those fields existed lack them (their side files are read unchecked), and may lack "checksums" (the damaged
 sample is then found by decoding, see pipeline/verify.py). A file is listed once in the whole manifest: a shard
 listed twice would be read twice per epoch.
+
+Adopted shards (tools/adopt_shards.py, shards/adopt.py: WebDataset tars someone else wrote, left as they are) have
+the same side files, written for the tars as found: the .idx names each sample's image member `jpg` whatever its
+real extension (jpeg, png, webp) and its label member `cls`, at the members' real offsets, in any order and with
+any webdataset key; the .crc32 lists those members only. Two additions:
+    "tars" (manifest)    where the tars are (an absolute folder or URL) when not beside the manifest: the side files
+                         of tars in object storage are local
+    <name>.labels        per sample of the .idx one decimal label a line, for tars whose labels are a field of
+                         the .json member (no member holds them as DALI's graph reads them): the shard entry then
+                         names it, with its size and sha256, and only the torch backend reads such a split
 """
 import hashlib
 import tarfile
@@ -51,6 +61,7 @@ BLOCK = 512  # tar block size
 RECORD = 20 * BLOCK  # tar record size: GNU tar and Python's tarfile pad archives to whole records
 INDEX_VERSION = "v1.2"
 LABEL_DIGITS_MAX = 9  # a `.cls` member longer than this is not a label
+LABELS_ENTRY = ("labels", "labels_bytes", "labels_sha256")  # in a shard entry whose labels are a side file
 SHARD_ENTRY = ("tar", "index", "checksums", "samples", "bytes", "sha256", "index_bytes", "index_sha256",
                "checksums_bytes", "checksums_sha256")
 
@@ -114,7 +125,7 @@ def check_side_file(shard, kind, path, data):
         return
     actual = hashlib.sha256(data).hexdigest()
     if len(data) != size or actual != digest:
-        what = "DALI index" if kind == "index" else "member checksums"
+        what = {"index": "DALI index", "checksums": "member checksums", "labels": "labels file"}[kind]
         raise ShardError(f"{what} {path} is not the file tools/make_shards.py wrote for "
                          f"{shard.path.rsplit('/', 1)[-1]}: {len(data)} bytes, sha256 "
                          f"{actual[:12]}..., where the manifest records {size} bytes, sha256 {digest[:12]}...: "
@@ -143,3 +154,10 @@ def index_header(first_line):
 def checksums_text(members):
     """The `.crc32` file of a tar; `members` holds (member name, crc32) in tar order."""
     return "".join(f"{name} {crc:08x}\n" for name, crc in members)
+
+
+# ---------------------------------------------------------------------------------------------------- labels file
+
+def labels_text(labels):
+    """The `.labels` file of an adopted tar: one decimal label a line, in index order."""
+    return "".join(f"{label}\n" for label in labels)

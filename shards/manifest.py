@@ -27,6 +27,10 @@ class Shard:
     index_sha256: str = ""
     checksums_bytes: int = -1
     checksums_sha256: str = ""
+    # Adopted tars whose labels are a .json field: the .labels side file (shards/format.py) and its size and sha256.
+    labels_path: str = ""
+    labels_bytes: int = -1
+    labels_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,12 @@ class Split:
     @property
     def is_train(self):
         return self.name == TRAIN_SPLIT
+
+    @property
+    def label_files(self):
+        """Whether its labels come from .labels side files (adopted tars with labels in .json members), which only
+        the torch backend reads."""
+        return any(shard.labels_path for shard in self.shards)
 
 
 def read_manifest(shard_dir):
@@ -78,6 +88,7 @@ def load_split(shard_dir, split, *, need_index=False, manifest=None):
     """The Split named `split`, after cheap checks of every shard file it lists. `manifest`: shard_dir's manifest
     as read_manifest returned it, when the caller has read it already (a file is read once per process).
 
+    The tars are in shard_dir, or where the manifest's "tars" says (adopted tars, shards/format.py).
     Checks that no file is listed twice in the manifest, that each listed .tar exists with the size the manifest
     records (a shard cut short is caught here; in object storage with one listing per folder), and with
     need_index (the DALI backends) that its .idx is the one the manifest records (size, sha256) and describes the
@@ -91,7 +102,7 @@ def load_split(shard_dir, split, *, need_index=False, manifest=None):
     entry = splits[split]
     try:
         _refuse_files_listed_twice(manifest_path, splits)
-        shards = _shards_of(shard_dir, entry["shards"])
+        shards = _shards_of(shard_dir, _tar_folder(shard_dir, manifest), entry["shards"])
         classes = tuple(manifest["classes"])
         num_samples = int(entry["samples"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -104,7 +115,7 @@ def load_split(shard_dir, split, *, need_index=False, manifest=None):
     if total != num_samples:
         raise ShardError(f"{manifest_path}: split {split!r} says {num_samples} samples but its shards hold {total}")
     sizes = None
-    if storage.is_remote(shard_dir):
+    if any(storage.is_remote(path) for s in shards for path in (s.path, s.index_path)):
         for shard in shards:
             expect_sizes(shard)  # no answer for a shard's files is read past the sizes recorded here
         sizes = storage.sizes([s.path for s in shards])
@@ -124,7 +135,8 @@ def _refuse_files_listed_twice(manifest_path, splits):
         for number, entry in enumerate(entries if isinstance(entries, list) else []):
             if not isinstance(entry, dict):
                 continue  # malformed: named when its split is loaded
-            for name in filter(None, (entry.get("tar"), entry.get("index"), entry.get("checksums"))):
+            for name in filter(None, (entry.get("tar"), entry.get("index"), entry.get("checksums"),
+                                      entry.get("labels"))):
                 place = f"split {split_name!r} shard entry {number}"
                 if name in first_place:
                     raise ShardError(f"{manifest_path}: {name} is listed twice ({first_place[name]} and {place}): "
@@ -132,21 +144,34 @@ def _refuse_files_listed_twice(manifest_path, splits):
                 first_place[name] = place
 
 
-def _shards_of(shard_dir, entries):
+def _tar_folder(shard_dir, manifest):
+    """Where the manifest's tars are: shard_dir, or its "tars" (an absolute folder or a URL; adopted tars)."""
+    folder = manifest.get("tars")
+    if folder is None:
+        return shard_dir
+    if not isinstance(folder, str) or not (storage.is_remote(folder) or os.path.isabs(folder)):
+        raise ValueError(f"\"tars\" {folder!r} is not an absolute folder or a URL")
+    return storage.normalize(folder)
+
+
+def _shards_of(shard_dir, tar_folder, entries):
     shards, offset = [], 0
     for entry in entries:
         index, checksums = entry.get("index") or "", entry.get("checksums") or ""
-        for name in (entry["tar"], index, checksums):
+        labels = entry.get("labels") or ""
+        for name in (entry["tar"], index, checksums, labels):
             if os.path.basename(name) != name:  # the contract names plain files inside the shard directory
                 raise ValueError(f"shard file name {name!r} is not a plain file name")
-        shard = Shard(path=storage.join(shard_dir, entry["tar"]),
+        shard = Shard(path=storage.join(tar_folder, entry["tar"]),
                       index_path=storage.join(shard_dir, index) if index else "",
                       samples=int(entry["samples"]), bytes=int(entry["bytes"]),
                       sha256=entry.get("sha256") or "", offset=offset,
                       checksums_path=storage.join(shard_dir, checksums) if checksums else "",
                       index_bytes=int(entry.get("index_bytes", -1)), index_sha256=entry.get("index_sha256") or "",
                       checksums_bytes=int(entry.get("checksums_bytes", -1)),
-                      checksums_sha256=entry.get("checksums_sha256") or "")
+                      checksums_sha256=entry.get("checksums_sha256") or "",
+                      labels_path=storage.join(shard_dir, labels) if labels else "",
+                      labels_bytes=int(entry.get("labels_bytes", -1)), labels_sha256=entry.get("labels_sha256") or "")
         if shard.samples <= 0:
             raise ValueError(f"shard {entry['tar']} has {shard.samples} samples")
         shards.append(shard)

@@ -62,14 +62,14 @@ def remove_temporary_files(out, state):
 LOCK_FILE = ".make_shards.lock"  # in OUT, never removed: one run at a time per OUT
 
 
-def lock_out(out):
-    """Takes OUT's lock for the rest of this process (released by the kernel when it ends, even by SIGKILL);
-    ConvertError naming the holder when another run has it. Returns the open lock file."""
+def lock_out(out, lock_file=LOCK_FILE, tool="make_shards"):
+    """Takes OUT's lock (`lock_file` in it) for the rest of this process (released by the kernel when it ends, even
+    by SIGKILL); ConvertError naming the holder when another run of `tool` has it. Returns the open lock file."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"OUT {out} exists and is not a directory")
     try:
         os.makedirs(out, exist_ok=True)
-        lock = open(os.path.join(out, LOCK_FILE), "a+")
+        lock = open(os.path.join(out, lock_file), "a+")
     except OSError as exc:
         raise ConvertError(f"cannot write to OUT {out}: {exc}") from None
     try:
@@ -78,7 +78,7 @@ def lock_out(out):
         lock.seek(0)
         holder = lock.read().strip() or "unknown"
         lock.close()
-        raise ConvertError(f"OUT {out} is being written by another make_shards run (pid {holder}); wait for it to "
+        raise ConvertError(f"OUT {out} is being written by another {tool} run (pid {holder}); wait for it to "
                         "finish or choose another OUT") from None
     try:
         lock.seek(0)

@@ -26,11 +26,12 @@ def expect_sizes(shard):
     """Tells shards/storage.py the sizes the manifest records for the shard's files: no answer for one of them is
     read past its size (a server that ignores Range, or sends without end, is stopped there)."""
     storage.expect_sizes({shard.path: shard.bytes, shard.index_path: shard.index_bytes,
-                          shard.checksums_path: shard.checksums_bytes})
+                          shard.checksums_path: shard.checksums_bytes, shard.labels_path: shard.labels_bytes})
 
 
 def read_side_file(shard, kind):
-    """The bytes of the shard's DALI index (kind "index") or member checksums ("checksums"), checked against the
+    """The bytes of the shard's DALI index (kind "index"), member checksums ("checksums") or labels ("labels", adopted
+    tars only), checked against the
     manifest (check_side_file). Remote, no more than the size the manifest records is read (any size, up to
     storage.SMALL_FILE_MAX_BYTES, where it records none)."""
     path = getattr(shard, f"{kind}_path")
@@ -91,3 +92,16 @@ def read_checksums(shard):
             raise ValueError(f"{path} line {number} is not `<member name> <crc32>`")
         members.append((fields[0], int(fields[1], 16)))
     return members
+
+
+def read_labels(shard):
+    """[label bytes] per sample from the shard's `.labels` file (adopted tars whose labels are .json fields);
+    ShardError naming the file unless it matches the manifest and holds one line per sample."""
+    try:
+        lines = read_side_file(shard, "labels").split(b"\n")[:-1]
+    except OSError as exc:
+        raise ShardError(f"labels file {shard.labels_path} is unreadable: {exc}") from exc
+    if len(lines) != shard.samples:
+        raise ShardError(f"labels file {shard.labels_path} lists {len(lines)} labels but the manifest says "
+                         f"{shard.samples} samples")
+    return lines

@@ -481,6 +481,19 @@ def sizes(paths):
     return result
 
 
+def list_files(folder):
+    """{name: size} of the files directly in `folder` (a local folder or s3:// prefix); None for http(s)://, where a
+    web server offers no listing. StorageError (or OSError locally) when it cannot be listed."""
+    scheme = scheme_of(folder)
+    if not scheme:
+        return {entry.name: entry.stat().st_size for entry in os.scandir(folder) if entry.is_file()}
+    if scheme != "s3":
+        return None
+    listing = retrying(folder, "listing it", lambda patience: _run(
+        _filesystem("s3"), _within, patience, _filesystem("s3")._ls, _key(folder), detail=True, refresh=True))
+    return {entry["name"].rsplit("/", 1)[-1]: int(entry["size"]) for entry in listing if entry.get("type") == "file"}
+
+
 def _size_or_none(path):
     try:
         return size(path)
