@@ -277,6 +277,9 @@ def adopt_tar(job):
     record = reusable_record(job)
     if record is not None:
         return dict(record, reused=True)
+    # A record that claims the side files before they are written: a run killed in between leaves files a rerun
+    # knows as its own (refuse_foreign_files) and redoes (no identity in the record).
+    write_atomic(job.record, json.dumps({"tar": job.name, "pending": True}).encode(), durable=False)
     scan = scan_tar(job)
     stem = job.name[:-len(".tar")]
     files = {"index": (f"{stem}.idx", index_text(scan["index"]).encode()),
