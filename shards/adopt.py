@@ -69,16 +69,24 @@ class _HashingReader:
     """A file object over a stream of byte chunks that hashes and counts every byte read through it."""
 
     def __init__(self, chunks):
-        self._chunks, self._buffer = chunks, b""
+        self._chunks, self._buffer, self._position = chunks, b"", 0
         self.digest, self.size = hashlib.sha256(), 0
 
     def read(self, count=-1):
-        while count < 0 or len(self._buffer) < count:
-            chunk = next(self._chunks, b"")
-            if not chunk:
-                break
-            self._buffer += chunk
-        data, self._buffer = (self._buffer, b"") if count < 0 else (self._buffer[:count], self._buffer[count:])
+        # tarfile's stream mode reads 10 kB at a time: the chunk in hand is sliced, never copied whole per read.
+        if count < 0 or self._position + count > len(self._buffer):
+            pieces = [self._buffer[self._position:]]
+            held = len(pieces[0])
+            while count < 0 or held < count:
+                chunk = next(self._chunks, b"")
+                if not chunk:
+                    break
+                pieces.append(chunk)
+                held += len(chunk)
+            self._buffer, self._position = b"".join(pieces), 0
+        stop = len(self._buffer) if count < 0 else self._position + count
+        data = self._buffer[self._position:stop]
+        self._position += len(data)
         self.digest.update(data)
         self.size += len(data)
         return data
