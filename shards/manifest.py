@@ -102,7 +102,7 @@ def load_split(shard_dir, split, *, need_index=False, manifest=None):
     entry = splits[split]
     try:
         _refuse_files_listed_twice(manifest_path, splits)
-        shards = _shards_of(shard_dir, _tar_folder(shard_dir, manifest), entry["shards"])
+        shards = _shards_of(shard_dir, entry["shards"], _tar_folder(shard_dir, manifest))
         classes = tuple(manifest["classes"])
         num_samples = int(entry["samples"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -154,7 +154,9 @@ def _tar_folder(shard_dir, manifest):
     return storage.normalize(folder)
 
 
-def _shards_of(shard_dir, tar_folder, entries):
+def _shards_of(shard_dir, entries, tar_folder=None):
+    """The Shards of a split's manifest entries; their tars in `tar_folder` (default: shard_dir)."""
+    tar_folder = tar_folder or shard_dir
     shards, offset = [], 0
     for entry in entries:
         index, checksums = entry.get("index") or "", entry.get("checksums") or ""
