@@ -22,6 +22,7 @@ if __name__ == "__main__":  # before torch imports: a signal in those seconds is
 
 import torch
 
+from model import parameter_count
 from pipeline import LoaderFailed, ShardError
 from training import benchmark, checkpoint, config, distributed, early_signals, elastic, output_dir, resume
 from training import stop as stopping
@@ -204,20 +205,25 @@ def main(argv=None):
         resume.check_same_start(world, chosen)
     run = config.resolve(args, world, (chosen[1] or {}).get("config") if chosen else None)
     torch.backends.cudnn.benchmark = run.cudnn_benchmark
-    log("config " + json.dumps(run.as_dict(), sort_keys=True))
-    for note in run.notes:
-        log(note)
     torch.manual_seed(run.seed)  # same initial weights on every rank (DDP broadcasts them anyway)
 
     train_loader, val_loader = build_loaders(run, trained, log)
     loader = train_loader or val_loader
-    log(f"loader: {loader!r}")
     if trained:
         learner = build_learner(run, trained.num_classes, log)
+    else:
+        learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
+    # The configuration once the model is built (its size depends on the data's classes): the config line, the
+    # config file and every checkpoint record the parameter count, to hold against the papers' tables.
+    run = replace(run, parameters=parameter_count(learner.model))
+    log("config " + json.dumps(run.as_dict(), sort_keys=True))
+    for note in run.notes:
+        log(note)
+    log(f"loader: {loader!r}")
+    if trained:
         trained.load_into(learner.model, run.eval_weights)
         log(f"=> evaluating checkpoint {trained.path}: {trained.summary()}")
     else:
-        learner = build_learner(run, len(loader.split.classes), log, loader.split.classes)
         position, resumed_from = resume.restore(run, learner, log, chosen)
         if resumed_from:
             log(f"=> loaded checkpoint {resumed_from} (next: epoch {position.epoch}, batch {position.batch})")

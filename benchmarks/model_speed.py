@@ -1,14 +1,15 @@
-"""ResNet train-step speed for each attention variant and CBAM implementation; with --blocks, the speed of one
-residual block tail at each ResNet-50 stage, counted in memory passes.
+"""Train-step speed of each network for each attention variant and CBAM implementation; with --blocks, the speed
+of one residual block tail at each ResNet-50 stage, counted in memory passes.
 
-Model benchmark (default): train steps (forward, backward, SGD step) of ResNet-`depth` on a fixed random batch,
-channels_last, bf16 autocast on a GPU and fp32 on the CPU, eager and torch.compile. Variants: none, SE, CBAM
-(implementation auto; its row names what auto chose), CBAM-triton, CBAM-torch and CBAM-ref (the authors'
-formulation), the implementations of model/cbam.py. In each mode `none` runs first and every later row gives its
-time ratio to it. Default variants: none, CBAM-triton (on CUDA, when the Triton kernels run), CBAM-torch,
-CBAM-ref. SE is left out of the default (add it with --variants): the fused-CBAM work does not change it, and
-every further case costs a compilation in the 4 minutes that a cold-cache default run on one H100 is meant to
-take.
+Model benchmark (default): train steps (forward, backward, SGD step) of each network of --networks (default:
+ResNet-`depth`; model/networks.py tags such as resnext50_32x4d, wrn18_1.5, mobilenet_0.7, or `cbam-paper` for the
+CBAM paper's ResNeXt, WideResNet and MobileNet rows) on a fixed random batch, channels_last, bf16 autocast on a
+GPU and fp32 on the CPU, eager and torch.compile. Variants: none, SE, CBAM (implementation auto; its row names
+what auto chose), CBAM-triton, CBAM-torch and CBAM-ref (the authors' formulation), the implementations of
+model/cbam.py. For each network, in each mode, `none` runs first and every later row gives its time ratio to it.
+Default variants: none, CBAM-triton (on CUDA, when the Triton kernels run), CBAM-torch, CBAM-ref. SE is left out of
+the default (add it with --variants): the fused-CBAM work does not change it, and every further case costs a
+compilation in the 4 minutes that a cold-cache default run on one H100 is meant to take.
 
 Block benchmark (--blocks): forward + backward of one block tail with its last BatchNorm, relu(bn(z) + identity)
 (`none`) or relu(attention(bn(z)) + identity), with gradients for z, identity and the parameters, at ResNet-50's stage
@@ -24,8 +25,8 @@ moment it is measured, so a run stopped at a time limit still shows what it meas
 line follow. --profile runs torch.profiler over 3 more calls right after each case is timed (never inside the
 timed loops) and prints its top 15 kernels by self CUDA time (GPU) or ops by self CPU time (CPU).
 
-    .venv/bin/python benchmarks/model_speed.py [--depth 50] [--variants none,SE,CBAM,CBAM-torch] [--modes eager]
-        [--time-limit 240] [--profile] [--record]
+    .venv/bin/python benchmarks/model_speed.py [--depth 50 | --networks resnext50_32x4d,mobilenet_0.7,...]
+        [--variants none,SE,CBAM,CBAM-torch] [--modes eager] [--time-limit 240] [--profile] [--record]
     .venv/bin/python benchmarks/model_speed.py --blocks [--stage-shapes 256x56,2048x7] [--batch-size 256] [--profile]
 """
 import argparse
@@ -38,7 +39,7 @@ import torch
 from torch.autograd import DeviceType
 
 from benchmarks.common import markdown_row, markdown_table, median_time, record
-from model import build_model
+from model import Network, build_network, parameter_count
 from model.cbam import CBAM
 from model.resnet import residual_tail
 from model.se import SqueezeExcite
@@ -51,6 +52,8 @@ VARIANTS = {"none": ("none", None), "SE": ("SE", None), "CBAM": ("CBAM", "auto")
 MODES = ("eager", "compiled", "eager+graph", "compiled+graph")
 # Where ResNet-50's block tails run at 224 px: (channels, side) of conv2_x..conv5_x (He et al. 2016, table 1).
 RESNET50_STAGES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+# --networks cbam-paper: the networks of the CBAM paper's Tables 4 and 5 beyond ResNet.
+CBAM_PAPER_NETWORKS = ("resnext50_32x4d", "resnext101_32x4d", "wrn18_1.5", "wrn18_2.0", "mobilenet_0.7")
 PROFILE_STEPS = 3  # enough to see every kernel of a step; the times that count come from the timed loops
 PROFILE_TOP = 15
 
@@ -85,7 +88,11 @@ def parse_args(argv):
     p.add_argument("--blocks", action="store_true",
                    help="time block tails per ResNet-50 stage (forward + backward) instead of whole train steps")
     p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101],
-                   help="ResNet depth (model benchmark; default: 50)")
+                   help="ResNet depth (model benchmark without --networks; default: 50)")
+    p.add_argument("--networks", default=None, metavar="TAG,...",
+                   help="model benchmark: comma list of networks (resnet50, resnext101_32x4d, wrn18_2.0, "
+                        f"mobilenet_0.7, ...), or cbam-paper = {','.join(CBAM_PAPER_NETWORKS)} (default: "
+                        "ResNet---depth)")
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (model benchmark; default: 224)")
     p.add_argument("--stage-shapes", type=stage_shapes, default=RESNET50_STAGES, metavar="CxS,...",
                    help="--blocks: comma list of channels x side in pixels (default: ResNet-50's four stages)")
@@ -114,6 +121,11 @@ def parse_args(argv):
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
     args.device = torch.device("cuda" if cuda else "cpu")
+    tags = CBAM_PAPER_NETWORKS if args.networks == "cbam-paper" else (args.networks or "").split(",")
+    try:
+        args.networks = [Network.from_tag(tag) for tag in tags] if args.networks else [Network(depth=args.depth)]
+    except ValueError as exc:
+        p.error(f"--networks: {exc}")
     args.amp_dtype = torch.bfloat16 if cuda else None  # what train.py's --amp auto picks
     args.modes = args.modes.split(",")
     args.variants = args.variants.split(",") if args.variants else default_variants(args.device)
@@ -251,12 +263,13 @@ def cbam_impl(variant, device, how="off"):
     return resolve_cbam(impl, device, how) if att_type == "CBAM" else None
 
 
-def make_train_step(variant, mode, args):
-    """One train step (forward, backward, SGD step) of ResNet-`depth` with `variant`, on a fixed random batch."""
+def make_train_step(network, variant, mode, args):
+    """(One train step (forward, backward, SGD step) of `network` with `variant` on a fixed random batch, the
+    model's parameter count)."""
     torch.manual_seed(0)
     att_type = VARIANTS[variant][0]
     how = compile_how(mode, args)
-    model = build_model(args.depth, att_type, cbam_impl=cbam_impl(variant, args.device, how) or "auto")
+    model = build_network(network, att_type, cbam_impl=cbam_impl(variant, args.device, how) or "auto")
     model = model.to(args.device, memory_format=torch.channels_last)
     net = compiled(model, mode, args.compile_how)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -270,52 +283,55 @@ def make_train_step(variant, mode, args):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return step
+    return step, parameter_count(model)
 
 
 def measure_models(args):
-    """Times every (mode, variant) train step, printing each row as it is measured; returns the table."""
-    header = ("model", "mode", "ms/step (median)", "images/s", "time / none", "host ms/step", "warm-up s")
+    """Times every (network, mode, variant) train step, printing each row as it is measured; returns the table."""
+    header = ("model", "parameters", "mode", "ms/step (median)", "images/s", "time / none", "host ms/step",
+              "warm-up s")
     print(markdown_table(header, []), flush=True)
     rows, results, none_seconds = [], [], {}
-    for mode in args.modes:
-        for variant in args.variants:
-            how = compile_how(mode, args)
-            name = f"ResNet-{args.depth} {variant_label(variant, args.device, how)}"
-            if out_of_time(args, f"{name} ({mode})"):
-                continue
-            step = make_train_step(variant, mode, args)
-            try:
-                timing = measure(f"{name} ({mode})", step, args, mode)
-            except RuntimeError as exc:
-                print(f"skipped {name} ({mode}): {exc}", flush=True)
-                continue
-            seconds = timing["seconds"]
-            if variant == "none":
-                none_seconds[mode] = seconds
-            ratio = seconds / none_seconds[mode] if mode in none_seconds else None
-            rows.append((name, mode, f"{seconds * 1000:.1f}", f"{args.batch_size / seconds:.1f}",
-                         f"{ratio:.3f}x" if ratio else "-", f"{timing['host_s'] * 1000:.1f}",
-                         f"{timing['warmup_s']:.1f}"))
-            print(markdown_row(rows[-1]), flush=True)
-            results.append({"variant": variant, "cbam_impl": cbam_impl(variant, args.device, how), "mode": mode,
-                            "ms_per_step": round(seconds * 1000, 2),
-                            "images_per_sec": round(args.batch_size / seconds, 2),
-                            "time_ratio_vs_none": ratio and round(ratio, 3),
-                            "spread_ms": [round(s * 1000, 2) for s in timing["spread"]],
-                            "host_ms_per_step": round(timing["host_s"] * 1000, 2),
-                            "warmup_s": round(timing["warmup_s"], 1)})
-            if args.profile:
-                profile(f"{name} ({mode})", timing["fn"], args.device, seconds)
+    cases = [(network, mode, variant) for network in args.networks for mode in args.modes for variant in args.variants]
+    for network, mode, variant in cases:
+        how = compile_how(mode, args)
+        name = f"{network.name} {variant_label(variant, args.device, how)}"
+        if out_of_time(args, f"{name} ({mode})"):
+            continue
+        step, parameters = make_train_step(network, variant, mode, args)
+        try:
+            timing = measure(f"{name} ({mode})", step, args, mode)
+        except RuntimeError as exc:
+            print(f"skipped {name} ({mode}): {exc}", flush=True)
+            continue
+        seconds = timing["seconds"]
+        if variant == "none":
+            none_seconds[network, mode] = seconds
+        ratio = seconds / none_seconds[network, mode] if (network, mode) in none_seconds else None
+        rows.append((name, f"{parameters:,}", mode, f"{seconds * 1000:.1f}", f"{args.batch_size / seconds:.1f}",
+                     f"{ratio:.3f}x" if ratio else "-", f"{timing['host_s'] * 1000:.1f}",
+                     f"{timing['warmup_s']:.1f}"))
+        print(markdown_row(rows[-1]), flush=True)
+        results.append({"network": network.tag, "parameters": parameters, "variant": variant,
+                        "cbam_impl": cbam_impl(variant, args.device, how), "mode": mode,
+                        "ms_per_step": round(seconds * 1000, 2),
+                        "images_per_sec": round(args.batch_size / seconds, 2),
+                        "time_ratio_vs_none": ratio and round(ratio, 3),
+                        "spread_ms": [round(s * 1000, 2) for s in timing["spread"]],
+                        "host_ms_per_step": round(timing["host_s"] * 1000, 2),
+                        "warmup_s": round(timing["warmup_s"], 1)})
+        if args.profile:
+            profile(f"{name} ({mode})", timing["fn"], args.device, seconds)
     table = markdown_table(header, rows)
     print(table)
     print(json.dumps({"benchmark": "model", "device": str(args.device), "amp": "bf16" if args.amp_dtype else "off",
                       "batch_size": args.batch_size, "image_size": args.image_size, "repeats": args.repeats,
                       "steps": args.steps, "warmup": args.warmup, "channels_last": True, "results": results}))
-    return (f"ResNet-{args.depth} train step, batch {args.batch_size}, {args.image_size} px", table,
+    return (f"{', '.join(network.name for network in args.networks)} train step, batch {args.batch_size}, "
+            f"{args.image_size} px", table,
             f"Median of {args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up steps, each case "
-            "in turn; time / none against `none` of the same mode; host ms/step = the time to issue a step's work "
-            f"(compiled modes: --compile {args.compile_how}).")
+            "in turn; time / none against `none` of the same network and mode; host ms/step = the time to issue a "
+            f"step's work (compiled modes: --compile {args.compile_how}).")
 
 
 def block_tensor(channels, side, args):

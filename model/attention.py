@@ -1,5 +1,5 @@
-"""The attention types a ResNet can carry: one registry, read by the model (model/resnet.py) and by train.py's
---att-type flag alike.
+"""The attention types a network can carry: one registry, read by the models (model/resnet.py for ResNet, ResNeXt
+and WideResNet, model/mobilenet.py) and by train.py's --att-type flag alike.
 
 An attention module maps x to a tensor of x's shape: forward(x). A block attention module (where = "block") is
 built as `cls(channels)` for the block's output channels and sits in every residual block after its last BatchNorm

@@ -31,6 +31,7 @@ from torch import nn
 
 from .batchnorm import update_running_stats
 from .reference import reference_cbam
+from .se import reduced_width
 from .triton_env import triton_unavailable_reason
 
 CBAM_IMPLS = ("auto", "triton", "torch", "reference")
@@ -39,10 +40,11 @@ CBAM_IMPLS = ("auto", "triton", "torch", "reference")
 class ChannelGate(nn.Module):
     def __init__(self, channels, reduction=16):
         super().__init__()
+        hidden = reduced_width(channels, reduction)  # C/16, rounded as SE's (model/se.py)
         self.mlp = nn.Sequential(
-            nn.Linear(channels, channels // reduction),
+            nn.Linear(channels, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(channels // reduction, channels),
+            nn.Linear(hidden, channels),
         )
 
     def forward(self, x):

@@ -7,13 +7,23 @@ also where the SE paper puts it in SE-ResNet.
 from torch import nn
 
 
+def reduced_width(channels, reduction=16):
+    """The hidden width of the SE and CBAM MLPs: C / r rounded to the nearest integer (halves up), at least 1.
+
+    The papers write C/r; every ResNet, ResNeXt and WideResNet width divides by 16, and for those this is exactly
+    C/r. MobileNet at width 0.7 has channel counts that do not (22, 44, 89, 179, 358, 716): rounding to the
+    nearest gives the CBAM paper's Table 5 counts (SE 2.71 M), rounding down would print 2.70 M."""
+    return max(1, (channels + reduction // 2) // reduction)
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, channels, reduction=16):
         super().__init__()
+        hidden = reduced_width(channels, reduction)
         self.mlp = nn.Sequential(
-            nn.Linear(channels, channels // reduction),
+            nn.Linear(channels, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(channels // reduction, channels),
+            nn.Linear(hidden, channels),
             nn.Sigmoid(),
         )
 

@@ -157,7 +157,7 @@ def test_evaluate_refuses_what_does_not_fit_in_one_line(trained, generated_shard
         (train.cli, ["--evaluate", "--resume", "auto", "--output-dir", str(tmp_path), shards],
          f"train.py: error: --evaluate --resume auto: no checkpoints (*_checkpoint.pth.tar) in {tmp_path}"),
         (train.cli, ["--evaluate", "--resume", str(ckpt), "--depth", "50", shards],
-         "is ResNet-18 CBAM, this run is ResNet-50 none: pass the same --depth and --att-type"),
+         "is ResNet-18 CBAM, this run asks for --depth 50: pass the checkpoint's --arch, --depth"),
         (tool.main, [str(tmp_path / "missing.pth.tar"), shards], "validate.py: error: checkpoint not found"),
         (tool.main, [str(ckpt), generated_shards], "has other classes than checkpoint"),
         (tool.main, [str(ckpt), str(tmp_path / "alien")], "n99999999 are not among the checkpoint's 24"),
@@ -426,5 +426,5 @@ def test_pretrained_weights_load_by_name_and_the_line_says_what_is_new_replaced_
                tmp_path / "authors.pth.tar")
     _, line = load_pretrained(build_model(18, "none", num_classes=3), str(tmp_path / "authors.pth.tar"))
     assert "ResNet-18 CBAM, 3 classes" in line and "dropped: 8 modules (layer1.0.attn" in line, line
-    with pytest.raises(config.UsageError, match="is ResNet-18 none, this run ResNet-34: pass --depth 18"):
+    with pytest.raises(config.UsageError, match="is ResNet-18 none, this run ResNet-34: pass --arch resnet --depth 18"):
         load_pretrained(build_model(34, "CBAM", num_classes=3), str(tmp_path / "plain.pth"))

@@ -49,11 +49,17 @@ def test_shards_benchmark_reports_every_measurement_and_ratio(tmp_path):
 
 @pytest.mark.slow
 def test_model_benchmark_reports_the_cbam_over_none_ratio():
-    stdout, data = run_benchmark("model_speed.py", "--depth", 18, "--batch-size", 2, "--image-size", 32,
-                                 "--variants", "CBAM,CBAM-ref,none", "--modes", "eager", "--repeats", 1,
-                                 "--steps", 1, "--warmup", 1)
-    rows = {row["variant"]: row for row in data["results"]}
-    assert [row["variant"] for row in data["results"]] == ["none", "CBAM", "CBAM-ref"]  # none first: the baseline
+    stdout, data = run_benchmark("model_speed.py", "--networks", "resnet18,mobilenet_0.7", "--batch-size", 2,
+                                 "--image-size", 32, "--variants", "CBAM,CBAM-ref,none", "--modes", "eager",
+                                 "--repeats", 1, "--steps", 1, "--warmup", 1)
+    # A row per network and variant, each network's none first: its baseline.
+    assert [(row["network"], row["variant"]) for row in data["results"]] == [
+        (network, variant) for network in ("resnet18", "mobilenet_0.7") for variant in ("none", "CBAM", "CBAM-ref")]
+    assert [row["parameters"] for row in data["results"] if row["variant"] == "CBAM"] == [11_779_392, 2_712_554]
+    mobilenet = {row["variant"]: row for row in data["results"] if row["network"] == "mobilenet_0.7"}
+    assert mobilenet["none"]["time_ratio_vs_none"] == 1.0 and mobilenet["CBAM"]["time_ratio_vs_none"] > 0
+    assert "| MobileNet (alpha 0.7) CBAM (auto: torch) | 2,712,554 | eager | " in stdout
+    rows = {row["variant"]: row for row in data["results"] if row["network"] == "resnet18"}
     assert data["channels_last"] is True
     assert rows["none"]["time_ratio_vs_none"] == 1.0
     assert rows["CBAM"]["time_ratio_vs_none"] > 0 and rows["CBAM"]["images_per_sec"] > 0
@@ -63,8 +69,8 @@ def test_model_benchmark_reports_the_cbam_over_none_ratio():
     # Each row printed the moment it was measured, after its warm-up time, and before the final table.
     lines = stdout.splitlines()
     warmup = lines.index(next(line for line in lines if line.startswith("warm-up ResNet-18 CBAM-ref (eager): ")))
-    assert lines[warmup + 1].startswith("| ResNet-18 CBAM-ref | eager | ")
-    assert sum(line.startswith("| ResNet-18 CBAM-ref | eager | ") for line in lines) == 2
+    assert lines[warmup + 1].startswith("| ResNet-18 CBAM-ref | 11,779,392 | eager | ")
+    assert sum(line.startswith("| ResNet-18 CBAM-ref | 11,779,392 | eager | ") for line in lines) == 2
 
 
 @pytest.mark.slow

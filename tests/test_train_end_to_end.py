@@ -634,7 +634,7 @@ def test_unusable_resume_files_are_named_in_one_line(reference_run, shards, tmp_
              (damaged, [], "is damaged: its content does not match the sha256 it was saved with"),
              (noise, [], "not a checkpoint of plain tensors and numbers, or damaged"),
              (other, ["--depth", "34", "--att-type", "none"],
-              "is ResNet-18 CBAM, this run is ResNet-34 none: pass the same --depth and --att-type")]
+              "is ResNet-18 CBAM, this run asks for --depth 34, --att-type none: pass the checkpoint's --arch")]
     for path, flags, message in cases:
         result = run([PY, "train.py", *COMMON, *flags, "--evaluate", "--resume", str(path), str(shards)])
         lines = result.stderr.strip().splitlines()

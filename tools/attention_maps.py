@@ -6,7 +6,7 @@
 One row per image and checkpoint (checkpoints side by side as in the CBAM paper's Figure 4, ResNet-50 vs
 ResNet-50 + CBAM, each with its probability of the target class). Columns:
 - the input, as the network sees it (the val crop);
-- the spatial attention of each stage: the sigmoid output of the SpatialGate of the stage's last block (the
+- the spatial attention of each stage: the sigmoid output of the last SpatialGate of the stage (the
   value that multiplies every channel at each position), upsampled bilinearly and overlaid; the colour scale
   spans the map's own range, printed in the title;
 - the channel attention of each stage's last block: its sigmoid gate values sorted, one line per stage (a flat
@@ -50,12 +50,13 @@ class Explanation:
 
 
 def last_cbam_of_each_stage(model):
-    """{stage name: the CBAM module of its last block}; empty for a model without CBAM."""
+    """{stage name: the last CBAM module of the stage (its last block's; in MobileNet its last pointwise
+    layer's)}; empty for a model without CBAM."""
     found = {}
     for stage in STAGES:
-        attn = getattr(getattr(model, stage)[-1], "attn", None)
-        if isinstance(attn, CBAM):
-            found[stage] = attn
+        cbams = [module for module in getattr(model, stage).modules() if isinstance(module, CBAM)]
+        if cbams:
+            found[stage] = cbams[-1]
     return found
 
 

@@ -163,7 +163,7 @@ def averaged_checkpoint(state, newest, paths, weights):
 def val_top1(state, config, args):
     """(top-1 %, top-5 %, images) of `state` on DATA's val split, one process."""
     import pipeline
-    from model import build_model
+    from model import Network, build_network
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -171,8 +171,8 @@ def val_top1(state, config, args):
                                        device=device, image_size=int(config.get("val_image_size", 224)))
     except (pipeline.ShardError, pipeline.BackendUnavailable, ValueError) as exc:
         raise UsageError(f"--data {args.data}: {exc}") from None
-    model = build_model(config["depth"], config["att_type"], num_classes=len(loader.split.classes),
-                        cbam_impl="auto")
+    model = build_network(Network.from_config(config), config["att_type"], num_classes=len(loader.split.classes),
+                          cbam_impl="auto")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -107,8 +107,13 @@ def measure(train_step, loader, run):
         "amp": run.amp,
         "batch_size": global_batch,
         "image_size": loader.image_size,
+        "network": run.network.name,
+        "arch": run.arch,
         "depth": run.depth,
+        "widen": run.widen,
+        "width_mult": run.width_mult,
         "att_type": run.att_type,
+        "parameters": run.parameters,
         "cbam_impl": run.cbam_impl,
         "steps": steps,
         "warmup_steps": warmup,
@@ -126,7 +131,8 @@ def table(result):
     rows = [("end to end (loader + train step)", result["images_per_sec"]),
             ("loader alone", result["loader_images_per_sec"]),
             ("model alone (synthetic batch on device)", result["model_images_per_sec"])]
-    lines = [f"benchmark: ResNet-{result['depth']} {result['att_type']}, global batch {result['batch_size']}, "
+    lines = [f"benchmark: {result['network']} {result['att_type']} ({result['parameters']:,} parameters), global "
+             f"batch {result['batch_size']}, "
              f"{result['image_size']} px, {result['world_size']} x {result['device']}, backend {result['backend']}, "
              f"amp {result['amp']}, CBAM impl {result['cbam_impl']}, {result['steps']} timed steps after "
              f"{result['warmup_steps']} warm-up",

@@ -1,11 +1,12 @@
 """torch.compile for training: what gets compiled, and a compile cache that persists between runs.
 
---compile blocks (the default on CUDA) compiles each residual block on its own (torch.nn.Module.compile, in
-place, so state-dict names do not change). Within a stage every block but the first has the same structure and
-shapes, so dynamo reuses one compiled graph for all of them: ResNet-50 compiles 8 distinct blocks (4 stages x
-first/rest) instead of one graph of 16 blocks, and ResNet-101 still 8 instead of 33 ("regional compilation",
-PyTorch tutorial "Reducing torch.compile cold start compilation time with regional compilation"). The stem and the
-classifier stay eager: one convolution, one pooling, one linear layer. --compile model compiles the whole model as
+--compile blocks (the default on CUDA) compiles each residual block (MobileNet: each depthwise separable block;
+model/networks.py BLOCKS) on its own (torch.nn.Module.compile, in place, so state-dict names do not change).
+Within a stage every block but the first has the same structure and shapes, so dynamo reuses one compiled graph
+for all of them: ResNet-50 compiles 8 distinct blocks (4 stages x first/rest) instead of one graph of 16 blocks,
+and ResNet-101 still 8 instead of 33 ("regional compilation", PyTorch tutorial "Reducing torch.compile cold start
+compilation time with regional compilation"). The stem and the classifier stay eager: one convolution, one
+pooling, one linear layer. --compile model compiles the whole model as
 one graph (cross-block fusion, longest compile). Shapes are static: every block shape gets its own kernels, as
 train.py's fixed batch and image size allow.
 
@@ -18,7 +19,7 @@ import os
 import torch
 
 from model.cbam import resolve_impl
-from model.resnet import BasicBlock, Bottleneck
+from model.networks import BLOCKS
 from model.triton_env import triton_unavailable_reason
 from shards.files import user_cache_dir
 
@@ -101,7 +102,7 @@ def compile_model(model, how, backend="inductor", cuda_graphs=False):
         model.compile(**options)
     elif how == "blocks":
         for module in model.modules():
-            if isinstance(module, (BasicBlock, Bottleneck)):
+            if isinstance(module, BLOCKS):
                 module.compile(**options)
     else:
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {how!r}")

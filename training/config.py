@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from model.attention import canonical_attention
+from model.networks import Network
 from pipeline import BackendUnavailable, ShardError, resolve_backend
 from pipeline.augment import image_size_problem
 from pipeline.folder import folder_problem
@@ -110,20 +111,43 @@ def parse_command_line(argv=None):
         if not ok:
             raise UsageError(name_origin(message, args))
     args.att_type = canonical_attention(args.att_type)
+    _resolve_network(args, argv, name_origin)
     trained = None
     if args.evaluate:
-        trained = _take_architecture_from_checkpoint(args, _given(argv, ("depth", "att_type", "image_size",
+        trained = _take_architecture_from_checkpoint(args, _given(argv, (*NETWORK_FLAGS, "att_type", "image_size",
                                                                          "val_image_size")))
     if args.val_image_size is None:
         args.val_image_size = args.image_size.end
     if args.prefix is None:
-        args.prefix = f"RESNET{args.depth}_{args.att_type.upper()}"
+        args.prefix = f"{network_of(args).tag.upper()}_{args.att_type.upper()}"
     if not args.prefix or "/" in args.prefix or ".." in args.prefix or "\0" in args.prefix:
         raise UsageError(name_origin(f"--prefix must be a plain file-name part, without '/' or '..', got "
                                      f"{args.prefix!r}", args))
     if args.config:
         args.config = os.path.abspath(args.config)  # recorded in the resolved configuration
     return args, trained
+
+
+NETWORK_FLAGS = ("arch", "depth", "widen", "width_mult")  # what names the network (model/networks.py Network)
+
+
+def network_of(flags):
+    """The model.networks.Network of resolved flags (a Namespace or a RunConfig)."""
+    return Network(flags.arch, flags.depth, flags.widen, flags.width_mult)
+
+
+def _resolve_network(args, argv, name_origin):
+    """--arch with --depth, --widen and --width-mult checked (one line naming the flag and value) and filled in
+    with the family's defaults. A --depth from a recipe, which is written for a ResNet, does not apply to MobileNet
+    and is left out; one on the command line is refused."""
+    depth = args.depth
+    if args.arch == "mobilenet" and depth is not None and "depth" not in _given(argv, ("depth",)):
+        depth = None
+    try:
+        network = Network.of(args.arch, depth, args.widen, args.width_mult)
+    except ValueError as exc:
+        raise UsageError(name_origin(str(exc), args)) from None
+    args.depth, args.widen, args.width_mult = network.depth, network.widen, network.width_mult
 
 
 def check_world(args, world_size):
@@ -171,16 +195,21 @@ def _evaluated_checkpoint(args):
 
 
 def _take_architecture_from_checkpoint(args, given):
-    """--evaluate: depth, attention type and val image size are the checkpoint's; an explicit --depth or
-    --att-type that differs is refused (its weights would not fit), an explicit image size is honoured."""
+    """--evaluate: the network, attention type and val image size are the checkpoint's; an explicit --arch,
+    --depth, --widen, --width-mult or --att-type that differs from it is refused (its weights would not fit), an
+    explicit image size is honoured."""
     from .load import read
     args.resume = _evaluated_checkpoint(args)
     trained = read(args.resume)
-    flags = (args.depth, args.att_type)
-    args.depth, args.att_type = trained.depth, trained.att_type
-    if {"depth", "att_type"} & given and flags != (trained.depth, trained.att_type):
-        raise UsageError(f"checkpoint {args.resume} is {trained.arch}, this run is ResNet-{flags[0]} {flags[1]}: "
-                         "pass the same --depth and --att-type, or neither (--evaluate reads them from the checkpoint)")
+    recorded = {**vars(trained.network), "att_type": trained.att_type}
+    differ = [f"--{dest.replace('_', '-')} {getattr(args, dest)}" for dest in (*NETWORK_FLAGS, "att_type")
+              if dest in given and getattr(args, dest) != recorded[dest]]
+    if differ:
+        raise UsageError(f"checkpoint {args.resume} is {trained.arch}, this run asks for {', '.join(differ)}: pass "
+                         "the checkpoint's --arch, --depth, --widen, --width-mult and --att-type, or none of them "
+                         "(--evaluate reads them from the checkpoint)")
+    args.arch, args.depth, args.widen, args.width_mult = (recorded[dest] for dest in NETWORK_FLAGS)
+    args.att_type = trained.att_type
     if "val_image_size" not in given:
         args.val_image_size = args.image_size.end if "image_size" in given else trained.image_size
     return trained
@@ -221,6 +250,7 @@ class RunConfig:
     global_batch: int = 0     # one loader step over all ranks: --batch-size, or the resumed run's (training/elastic.py)
     accum: int = 1            # accumulation steps: --accum-steps, or the resumed run's
     notes: tuple = ()         # lines for the log about what was resolved
+    parameters: int = 0       # the model's parameter count, set once it is built (train.py), to hold against papers
 
     def __getattr__(self, name):
         try:
@@ -233,6 +263,11 @@ class RunConfig:
         return AMP_DTYPES[self.amp]
 
     @property
+    def network(self):
+        """The model.networks.Network the flags name."""
+        return network_of(self)
+
+    @property
     def memory_format(self):
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
@@ -243,7 +278,7 @@ class RunConfig:
                     "backend_resolved": self.backend.name, "world_size": self.world.size,
                     "batch_size_resolved": self.global_batch, "accum_steps_resolved": self.accum,
                     "workers_per_rank": self.loader_workers,
-                    "device": str(self.world.device), "launch_id": launch_id()}
+                    "device": str(self.world.device), "launch_id": launch_id(), "parameters": self.parameters}
         return json.loads(json.dumps({**self.flags, **resolved}, default=str))
 
 

@@ -6,7 +6,8 @@ the checks argparse cannot make (ranges, flags that need or exclude each other) 
 """
 import argparse
 
-from model import ATTENTION, CBAM_IMPLS
+from model import ARCHS, ATTENTION, CBAM_IMPLS, FAMILIES
+from model.networks import DEFAULT_WIDEN, DEFAULT_WIDTH_MULT
 from pipeline import BACKEND_CHOICES, BACKENDS, DEFAULT_CACHE_BYTES, VERIFY_MODES, default_record_dir
 from pipeline.augment import parse_auto_augment
 from pipeline.backends import AUTO_ORDER
@@ -97,8 +98,21 @@ def _add_data_flags(p):
 
 
 def _add_model_flags(p):
-    p.add_argument("-a", "--arch", default="resnet", choices=["resnet"], help="architecture family")
-    p.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet depth")
+    p.add_argument("-a", "--arch", default="resnet", choices=ARCHS,
+                   help="network (model/networks.py): resnet (ResNet), resnext (ResNeXt 32x4d), wrn (WideResNet: "
+                        "ResNet-18 widened), mobilenet (MobileNet v1)")
+    p.add_argument("--depth", type=int, default=None,
+                   choices=sorted({d for family in FAMILIES.values() for d in family.depths}),
+                   help="layers: " + "; ".join(f"--arch {f.arch} {'/'.join(map(str, f.depths))}"
+                                               for f in FAMILIES.values() if f.depths)
+                        + "; none for mobilenet; when not given: " + ", ".join(
+                            f"{f.default_depth} ({f.arch})" for f in FAMILIES.values() if f.depths))
+    p.add_argument("--widen", type=float, default=None, metavar="K",
+                   help=f"--arch wrn: every stage's channels x K (the CBAM paper's 1.5 and 2.0; default "
+                        f"{DEFAULT_WIDEN})")
+    p.add_argument("--width-mult", type=float, default=None, metavar="ALPHA",
+                   help=f"--arch mobilenet: every layer's channels x ALPHA, truncated (the CBAM paper's 0.7; default "
+                        f"{DEFAULT_WIDTH_MULT})")
     p.add_argument("--att-type", default="none", type=str.lower, choices=[name.lower() for name in ATTENTION],
                    help="attention module (any case)")
     p.add_argument("--cbam-impl", default="auto", choices=CBAM_IMPLS,
@@ -169,7 +183,9 @@ def _add_speed_flags(p):
 
 def _add_output_flags(p):
     p.add_argument("--output-dir", default="checkpoints", help="where checkpoints and metrics go")
-    p.add_argument("--prefix", default=None, help="checkpoint/metrics name prefix (default RESNET{depth}_{ATT})")
+    p.add_argument("--prefix", default=None,
+                   help="checkpoint/metrics name prefix (default: the network and attention type, e.g. "
+                        "RESNET50_CBAM, RESNEXT101_32X4D_SE, WRN18_1.5_NONE, MOBILENET_0.7_CBAM)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --output-dir that holds a run of this --prefix, replacing it (without "
                         "this or --resume such a folder is refused)")
@@ -193,7 +209,7 @@ def _add_output_flags(p):
 
 def _add_evaluate_flags(p):
     p.add_argument("--evaluate", action="store_true",
-                   help="only evaluate the --resume checkpoint on val (its depth, attention type and val image "
+                   help="only evaluate the --resume checkpoint on val (its network, attention type and val image "
                         "size come from the checkpoint); DATA may also be a folder of val/<class>/*.JPEG")
     p.add_argument("--eval-weights", default="raw", choices=["raw", "ema"],
                    help="--evaluate: the checkpoint's trained weights or their moving average (--ema-decay)")

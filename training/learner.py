@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from model import build_model
+from model import build_network
 from model.triton_env import triton_unavailable_reason
 
 from .compile import compile_model
@@ -89,7 +89,7 @@ def build_learner(run, num_classes, log=print, classes=None):
     fell_back = run.cbam_impl == "torch" and run.flags["cbam_impl"] == "auto" and run.compile == "off"
     if run.att_type == "CBAM" and device.type == "cuda" and fell_back:
         log(f"note: CBAM runs on plain PyTorch ops, slower: {triton_unavailable_reason(device)}")
-    model = build_model(run.depth, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
+    model = build_network(run.network, run.att_type, num_classes=num_classes, cbam_impl=run.cbam_impl)
     loaded = ()
     if run.pretrained:
         loaded, line = load_pretrained(model, run.pretrained, classes)

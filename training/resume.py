@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from model import load_original_checkpoint
+from model import Network, load_original_checkpoint
 
 from . import distributed
 from .checkpoint import DamagedCheckpoint, best_path, check_finite_weights, checkpoint_path, load, previous_path
@@ -132,12 +132,15 @@ def load_model_weights(model, ckpt, path, cfg=None):
     """Loads our checkpoint or, through the key mapping, one released with the authors' code. With the run's
     configuration `cfg`, a checkpoint of another architecture is named as such instead of listing its keys."""
     saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
-    if cfg is not None and saved is not None:
-        was = (saved.get("depth"), saved.get("att_type"))
-        now = (cfg.get("depth"), cfg.get("att_type"))
-        if None not in was and was != now:
-            raise UsageError(f"checkpoint {path} is ResNet-{was[0]} {was[1]}, this run is ResNet-{now[0]} "
-                             f"{now[1]}: pass the same --depth and --att-type")
+    if cfg is not None and saved is not None and saved.get("att_type") and ("depth" in saved or "arch" in saved):
+        try:
+            was = (Network.from_config(saved), saved["att_type"])
+        except ValueError:  # a network this code does not build: the weights will not fit, as the load says
+            was = None
+        now = (Network.from_config(cfg), cfg.get("att_type"))
+        if was is not None and was != now:
+            raise UsageError(f"checkpoint {path} is {was[0].name} {was[1]}, this run is {now[0].name} {now[1]}: "
+                             "pass the same --arch, --depth, --widen, --width-mult and --att-type")
     weights = ckpt.get("state_dict", ckpt) if is_original_format(ckpt) else ckpt["model"]
     if isinstance(weights, dict):
         check_finite_weights(weights, path, "state_dict" if is_original_format(ckpt) else "model")
@@ -187,7 +190,7 @@ def make_state(learner, position, run, classes=None):
              "scaler": learner.scaler.state_dict(), "epoch": position.epoch, "batch": position.batch,
              "step": position.step, "best_prec1": position.best_top1, "elapsed_s": position.elapsed_s,
              "val_owed": position.val_owed,
-             "arch": f"resnet{cfg['depth']}", "rng": rng_state(), "config": cfg, "classes": list(classes or [])}
+             "arch": run.network.tag, "rng": rng_state(), "config": cfg, "classes": list(classes or [])}
     if learner.ema is not None:
         state["ema"] = learner.ema.state_dict()
     return state
