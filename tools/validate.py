@@ -3,7 +3,7 @@
 
     python tools/validate.py CHECKPOINT DATA [--tta flip] [any train.py flag: --batch-size, --workers, ...]
 
-= `train.py --evaluate --resume CHECKPOINT DATA`: depth, attention type and val image size come from the
+= `train.py --evaluate --resume CHECKPOINT DATA`: the network, attention type and val image size come from the
 checkpoint (ours, or one released with the CBAM authors' code); DATA is a shard folder (or its URL) or an
 ImageNet-style folder (DATA/val/<wnid>/*.JPEG or DATA/<wnid>/*.JPEG; class order = the checkpoint's class
 list, else the sorted folder names). Runs under torchrun too. Errors are one line, exit 2 (1 for a damaged file).
