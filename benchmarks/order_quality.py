@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import markdown_table, record  # noqa: E402
-from pipeline.rank_plan import SHUFFLE_BUFFER, epoch_seed, rank_plan, worker_plans  # noqa: E402
+from pipeline.rank_plan import SHUFFLE_BUFFER, epoch_order, epoch_seed, rank_plan, worker_plans  # noqa: E402
 from pipeline.torch_backend import _PIECES_PER_BATCH, ORDER_STREAM  # noqa: E402
 
 
@@ -53,9 +53,20 @@ def buffered(ids, capacity, rng):
     return out
 
 
-def torch_rank_batches(samples, rank, world, batch, workers, epoch, seed):
-    """The rank's batches (a list of id arrays) under the torch backend's rules."""
+def shard_sizes(samples, shard_size):
+    """Samples per shard: make_shards cuts a split into shards whose counts differ by at most one."""
+    shards = max(1, -(-samples // shard_size))
+    return [samples * (k + 1) // shards - samples * k // shards for k in range(shards)]
+
+
+def ids_of(samples, order, start, stop):
+    return np.arange(start, stop) if order is None else order[start:stop]
+
+
+def torch_rank_batches(samples, rank, world, batch, workers, epoch, seed, block=0, sizes=None):
+    """The rank's batches (a list of id arrays) under the torch backend's rules (sizes: samples per shard)."""
     plan = rank_plan(samples, rank=rank, world_size=world, batch_size=batch, epoch=epoch, train=True)
+    order = epoch_order(sizes or [samples], seed=seed, epoch=epoch, block=block)
     pieces = _PIECES_PER_BATCH if workers > 1 and batch % _PIECES_PER_BATCH == 0 else 1
     piece = batch // pieces
     from dataclasses import replace
@@ -64,8 +75,8 @@ def torch_rank_batches(samples, rank, world, batch, workers, epoch, seed):
     for w, share in enumerate(worker_plans(worker_plan, max(1, workers))):
         rng = np.random.default_rng(epoch_seed(seed, epoch, rank, w, ORDER_STREAM))
         capacity = max(piece, SHUFFLE_BUFFER // max(1, workers))
-        order = buffered(np.arange(share.start, share.stop), capacity, rng)
-        items.append([order[k * piece:(k + 1) * piece] for k in range(share.batches)])
+        reads = buffered(ids_of(samples, order, share.start, share.stop), capacity, rng)
+        items.append([reads[k * piece:(k + 1) * piece] for k in range(share.batches)])
     sequence, k = [], 0  # the DataLoader's round-robin over the workers that still have items
     while any(k < len(worker_items) for worker_items in items):
         sequence += [worker_items[k] for worker_items in items if k < len(worker_items)]
@@ -73,12 +84,13 @@ def torch_rank_batches(samples, rank, world, batch, workers, epoch, seed):
     return [np.concatenate(sequence[i:i + pieces]) for i in range(0, len(sequence), pieces)]
 
 
-def dali_rank_batches(samples, rank, world, batch, epoch, seed):
+def dali_rank_batches(samples, rank, world, batch, epoch, seed, block=0, sizes=None):
     """The rank's batches under the DALI backends' rules: its range through one shuffle buffer of SHUFFLE_BUFFER."""
     plan = rank_plan(samples, rank=rank, world_size=world, batch_size=batch, epoch=epoch, train=True)
+    order = epoch_order(sizes or [samples], seed=seed, epoch=epoch, block=block)
     rng = np.random.default_rng(epoch_seed(seed, epoch, rank))
-    order = buffered(np.arange(plan.start, plan.stop), max(1, min(SHUFFLE_BUFFER, plan.samples)), rng)
-    return [order[k * batch:(k + 1) * batch] for k in range(plan.batches)]
+    reads = buffered(ids_of(samples, order, plan.start, plan.stop), max(1, min(SHUFFLE_BUFFER, plan.samples)), rng)
+    return [reads[k * batch:(k + 1) * batch] for k in range(plan.batches)]
 
 
 def global_order(rank_batches):
@@ -88,13 +100,14 @@ def global_order(rank_batches):
     return np.concatenate(batches), np.repeat(np.arange(steps), [len(b) for b in batches])
 
 
-def torch_order(samples, world, batch, workers, epoch, seed):
-    return global_order([torch_rank_batches(samples, r, world, batch // world, workers, epoch, seed)
+def torch_order(samples, world, batch, workers, epoch, seed, block=0, sizes=None):
+    return global_order([torch_rank_batches(samples, r, world, batch // world, workers, epoch, seed, block, sizes)
                          for r in range(world)])
 
 
-def dali_order(samples, world, batch, epoch, seed):
-    return global_order([dali_rank_batches(samples, r, world, batch // world, epoch, seed) for r in range(world)])
+def dali_order(samples, world, batch, epoch, seed, block=0, sizes=None):
+    return global_order([dali_rank_batches(samples, r, world, batch // world, epoch, seed, block, sizes)
+                         for r in range(world)])
 
 
 def sampler_order(samples, world, batch, epoch, seed):
@@ -147,17 +160,23 @@ def re_meetings(epoch_a, epoch_b, samples):
     return pairs, expected
 
 
-ORDERS = {
-    "torch (this trainer)": lambda a, e: torch_order(a.samples, a.world, a.batch, a.workers, e, a.seed),
-    "dali, dali-cpu (this trainer)": lambda a, e: dali_order(a.samples, a.world, a.batch, e, a.seed),
-    "DistributedSampler(shuffle=True)": lambda a, e: sampler_order(a.samples, a.world, a.batch, e, a.seed),
-    "fresh permutation": lambda a, e: permutation_order(a.samples, a.world, a.batch, e, a.seed),
-}
+def orders(args):
+    """{row name: order(args, epoch)}: each backend at each --blocks value, then the two yardsticks."""
+    named = {}
+    for block in args.blocks:
+        what = "storage order" if block == 0 else f"block {block}"
+        named[f"torch, {what}"] = lambda a, e, b=block: torch_order(a.samples, a.world, a.batch, a.workers, e,
+                                                                     a.seed, b, shard_sizes(a.samples, a.shard_size))
+        named[f"dali, dali-cpu, {what}"] = lambda a, e, b=block: dali_order(a.samples, a.world, a.batch, e, a.seed,
+                                                                             b, shard_sizes(a.samples, a.shard_size))
+    named["DistributedSampler(shuffle=True)"] = lambda a, e: sampler_order(a.samples, a.world, a.batch, e, a.seed)
+    named["fresh permutation"] = lambda a, e: permutation_order(a.samples, a.world, a.batch, e, a.seed)
+    return named
 
 
 def measure(args):
     rows = []
-    for name, order in ORDERS.items():
+    for name, order in orders(args).items():
         epochs = [order(args, e) for e in (0, 1)]
         pairs, expected = re_meetings(*epochs, args.samples)
         row = {"order": name, "spearman": round(spearman(epochs[0][0], epochs[1][0]), 5),
@@ -174,6 +193,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256, help="global batch B (divides by W)")
     p.add_argument("--workers", type=int, default=8, help="torch backend loader workers per rank")
     p.add_argument("--seed", type=int, default=1234, help="train.py's --seed")
+    p.add_argument("--shard-size", type=int, default=1251,
+                   help="samples per shard (make_shards' --max-count; ImageNet's train split in 1,024 shards: 1,251)")
+    p.add_argument("--blocks", type=lambda text: [int(b) for b in text.split(",")], default=[0, 1, 64, 1251],
+                   help="comma-separated --shuffle-block values to measure (0: storage order)")
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
     if args.batch % args.world or args.samples < args.batch:

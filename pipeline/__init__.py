@@ -43,7 +43,8 @@ def default_workers():
 
 def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, world_size=1, workers=None,
                  device=None, image_size=224, seed=0, dtype=None, verify="background", verify_dir=None,
-                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES, auto_augment=None, reprob=0.0, manifest=None):
+                 cache_dir=None, cache_bytes=DEFAULT_CACHE_BYTES, auto_augment=None, reprob=0.0, manifest=None,
+                 shuffle_block=None):
     """A loader over `split` of the shards in `shard_dir` (written by tools/make_shards.py).
 
     per_rank_batch: samples per batch on this rank (a global batch of B over N ranks is B // N here). workers:
@@ -61,7 +62,9 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
     'rand-m9-mstd0.5') applied to train samples; reprob: the chance of a random-erasing box per train sample
     (pipeline/augment.py; both off by default). backend: a name of BACKEND_CHOICES, or the Backend that
     resolve_backend returned for this location. manifest: shard_dir's parsed manifest.json when the caller has
-    read it (shards.manifest.read_manifest), so that a run reads it once.
+    read it (shards.manifest.read_manifest), so that a run reads it once. shuffle_block: the samples a train
+    epoch's fresh order keeps together (pipeline/rank_plan.py epoch_order: 1 is a fresh permutation, 0 the storage
+    order of every epoch; None: the backend's default for the location, Backend.shuffle_block).
     Raises ShardError for a missing/damaged manifest or shard, BackendUnavailable for a backend that cannot run
     here or cannot read shard_dir, ValueError for bad arguments. A train split too small for one batch per rank
     logs a warning and yields no batches (len 0), so that evaluation-only runs still work."""
@@ -75,6 +78,8 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
         raise ValueError(f"reprob must be in [0, 1], got {reprob!r}")
     if isinstance(auto_augment, str):
         auto_augment = augment.parse_auto_augment(auto_augment)
+    if shuffle_block is not None and not (isinstance(shuffle_block, int) and shuffle_block >= 0):
+        raise ValueError(f"shuffle_block must be an int >= 0, got {shuffle_block!r}")
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     verify_dir = default_record_dir() if verify_dir is None else verify_dir
@@ -89,9 +94,11 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
     if data.is_train and data.num_samples < world_size * per_rank_batch:
         log.warning("split %r of %s has %d samples, fewer than world_size * per_rank_batch = %d: the train loader "
                     "yields no batches", split, data.shard_dir, data.num_samples, world_size * per_rank_batch)
+    tars_remote = any(storage.is_remote(shard.path) for shard in data.shards)  # adopted remote tars: local side files
     return backend.make(data, cache_dir, cache_bytes, per_rank_batch=per_rank_batch, rank=rank,
                         world_size=world_size, workers=workers, device=device, image_size=image_size, seed=seed,
-                        dtype=dtype, verify=verify, verify_dir=verify_dir, auto_augment=auto_augment, reprob=reprob)
+                        dtype=dtype, verify=verify, verify_dir=verify_dir, auto_augment=auto_augment, reprob=reprob,
+                        shuffle_block=backend.shuffle_block(tars_remote) if shuffle_block is None else shuffle_block)
 
 
 def _resolve_device(device):

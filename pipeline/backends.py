@@ -9,6 +9,8 @@ A backend is one `Backend` entry in BACKENDS. Its contract:
 - `needs_local_index`: it reads the DALI index file of each shard from a local path.
 - `reads_label_files`: it reads splits whose labels are `.labels` side files (adopted tars with labels in .json
   members, shards/format.py); DALI's reader takes labels from tar members only.
+- `shuffle_block(remote)`: the samples a train epoch's fresh order keeps together by default, for local shards
+  or shards in object storage (pipeline/rank_plan.py epoch_order).
 - `make(split, cache_dir, cache_bytes, **common)`: the pipeline.loader.Loader over `split` (a
   shards.manifest.Split), where `common` is what build_loader passes every backend (per-rank batch, rank,
   device, ...) and cache_dir/cache_bytes say where and how much it may keep of remote shards (cache_dir None:
@@ -25,6 +27,8 @@ from typing import Callable
 
 from shards import storage
 
+from .rank_plan import DALI_BLOCK, REQUEST_BLOCK, SAMPLE_BLOCK
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +43,7 @@ class Backend:
     schemes: tuple                  # shards.storage.scheme_of values it reads
     problem: Callable               # problem(device) -> None, or why it cannot run on `device` here
     make: Callable                  # make(split, cache_dir, cache_bytes, **common) -> pipeline.loader.Loader
+    shuffle_block: Callable = lambda remote: REQUEST_BLOCK if remote else SAMPLE_BLOCK
     needs_local_index: bool = False
     reads_label_files: bool = False
 
@@ -88,9 +93,9 @@ _LOCAL_AND_S3 = ("", "s3")  # DALI's readers take local paths and s3:// (NVIDIA/
 
 BACKENDS = {backend.name: backend for backend in (
     Backend("dali", "DALI: JPEG decode and augmentation on the GPU", _LOCAL_AND_S3, _dali_gpu_problem,
-            _make_dali(gpu=True), needs_local_index=True),
+            _make_dali(gpu=True), shuffle_block=lambda remote: DALI_BLOCK, needs_local_index=True),
     Backend("dali-cpu", "the same DALI graph on CPU operators", _LOCAL_AND_S3, lambda device: _dali_import_problem(),
-            _make_dali(gpu=False), needs_local_index=True),
+            _make_dali(gpu=False), shuffle_block=lambda remote: DALI_BLOCK, needs_local_index=True),
     Backend("torch", "ROI JPEG decode and Pillow-SIMD in DataLoader workers; needs neither DALI nor a GPU",
             ("", *storage.REMOTE_SCHEMES), lambda device: None, _make_torch, reads_label_files=True),
 )}

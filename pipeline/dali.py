@@ -1,10 +1,14 @@
 """The `dali` (GPU) and `dali-cpu` backends: one DALI graph, built per epoch, mixed/GPU or CPU operators.
 
-Per epoch the pipeline is rebuilt with shard_id = the rank's part of the split, num_shards = world_size and a
-seed derived from (seed, epoch, rank), so `set_epoch(e)` reproduces epoch e exactly, also after a resume. The
-reader is told to stick to its part; train shuffles through a buffer and we stop after the rank's batch quota
-(DALI's reader keeps epochs apart in its buffer, so no sample repeats within the quota); val reads its part in
-order with pad_last_batch and we cut the padding off the last batch using the known per-rank count.
+Per epoch the pipeline is rebuilt over exactly the samples this rank reads in that epoch, in the epoch's order
+(pipeline/rank_plan.py): one reader entry per run of consecutive samples of a shard, the shard's .tar beside an
+index file written for the epoch that lists the run's lines of the shard's .idx (DALI's reader seeks to the
+offsets an index gives, in its order). So a rank opens only the shards it trains on and reads their indexes once
+per epoch, where DALI given the whole split parsed every index of it three times per epoch and opened every tar
+twice. The seed is derived from (seed, epoch, rank), so `set_epoch(e)` reproduces epoch e exactly, also after a
+resume. Train shuffles through a buffer and we stop after the rank's batch quota (DALI's reader keeps epochs
+apart in its buffer, so no sample repeats within the quota); val reads its part in order with pad_last_batch and
+we cut the padding off the last batch using the known per-rank count.
 
 Labels: `.cls` members arrive as ASCII bytes of varying length, which is not a dense tensor. The graph pads them
 to a fixed width and folds the digits with arithmetic operators (Horner's rule, skipping the padding), and also
@@ -33,12 +37,13 @@ import torch
 from shards import storage
 from shards.errors import ShardError
 from shards.files import write_atomic
+from shards.format import INDEX_VERSION
 from shards.manifest import check_index_file, find_corrupt_shard
 from shards.read import local_side_file_ok, read_side_file
 
 from . import augment
 from .loader import Loader, host_work_threads
-from .rank_plan import SHUFFLE_BUFFER, epoch_seed, shard_segments
+from .rank_plan import SHUFFLE_BUFFER, epoch_seed
 
 # Host/device buffer sizes for the GPU decoder, from NVIDIA's ResNet-50 example: large enough for nearly every
 # ImageNet image, so nvJPEG does not reallocate mid-epoch.
@@ -88,7 +93,7 @@ def _labels_from_ascii(fn, types, cls, digits, num_classes):
     return label, ok
 
 
-def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu, shuffle_fill, digits, num_classes,
+def _graph(fn, types, *, paths, index_paths, train, image_size, gpu, shuffle_fill, digits, num_classes,
            resize_on_host, normalize_dtype):
     """The DALI graph: (images uint8 HWC, labels, label_ok), plus flips when resize_on_host.
 
@@ -100,7 +105,7 @@ def _graph(fn, types, *, paths, index_paths, part, parts, train, image_size, gpu
     and the cast to the requested dtype in one fused GPU pass, HWC (a channels_last view for torch)."""
     jpegs, cls = fn.readers.webdataset(
         paths=paths, index_paths=index_paths, ext=["jpg", "cls"], missing_component_behavior="error",
-        shard_id=part, num_shards=parts, stick_to_shard=True, random_shuffle=train,
+        random_shuffle=train,
         initial_fill=shuffle_fill, pad_last_batch=not train, name="reader")
     labels, ok = _labels_from_ascii(fn, types, cls, digits, num_classes)
     decoder = dict(device="mixed" if gpu else "cpu", output_type=types.RGB,
@@ -170,17 +175,11 @@ class DaliLoader(Loader):
         self._fn, self._types, self._pipeline_def = import_dali()
         self._staging = None  # uint8 batch the train windows are resized into (CPU); see _resize_windows
 
-    def _build(self, plan):
-        part, parts = plan.part, plan.parts
-        if parts > self.split.num_samples:
-            # DALI refuses more parts than samples. With that many ranks (val only: train needs a full batch per
-            # rank) every non-empty range is the single sample i = plan.start, which is DALI's part i of N.
-            part, parts = plan.start, self.split.num_samples
-        shards = self.split.shards
+    def _build(self, plan, folder):
+        paths, index_paths = self._reader_entries(plan, folder)
         pipe = self._pipeline_def(_graph)(
-            fn=self._fn, types=self._types,
-            paths=[s.path for s in shards], index_paths=[s.index_path for s in shards],
-            part=part, parts=parts, train=plan.train, image_size=self.image_size, gpu=self.gpu,
+            fn=self._fn, types=self._types, paths=paths, index_paths=index_paths, train=plan.train,
+            image_size=self.image_size, gpu=self.gpu,
             shuffle_fill=max(1, min(SHUFFLE_BUFFER, plan.samples)),
             digits=label_digits(len(self.split.classes)), num_classes=len(self.split.classes),
             resize_on_host=self._resize_on_host(plan), normalize_dtype=self._graph_dtype(),
@@ -192,6 +191,24 @@ class DaliLoader(Loader):
         pipe.build()
         return pipe
 
+    def _reader_entries(self, plan, folder):
+        """(tar paths, index paths): the reader's entries for this rank's epoch, one per run of consecutive
+        samples of a shard, in reading order; each run's index, written into `folder`, holds the run's lines of
+        the shard's .idx (read once, checked against the manifest)."""
+        runs = self.segments(plan.start, plan.stop)
+        by_shard = {}
+        for entry, (shard, first, stop) in enumerate(runs):
+            by_shard.setdefault(id(shard), (shard, []))[1].append((entry, first, stop))
+        index_paths = [None] * len(runs)
+        for shard, entries in by_shard.values():  # one shard's lines in memory at a time
+            lines = read_side_file(shard, "index").split(b"\n")
+            for entry, first, stop in entries:
+                index_paths[entry] = os.path.join(folder, f"{entry}.idx")
+                with open(index_paths[entry], "wb") as handle:
+                    handle.write(b"%s %d\n%s\n" % (INDEX_VERSION.encode(), stop - first,
+                                                     b"\n".join(lines[1 + first:1 + stop])))
+        return [shard.path for shard, _, _ in runs], index_paths
+
     def _resize_on_host(self, plan):
         return plan.train and self.resize_on_host
 
@@ -202,7 +219,12 @@ class DaliLoader(Loader):
         return self._types.FLOAT16 if self.dtype == torch.float16 else self._types.FLOAT
 
     def _epoch_batches(self, plan):
-        pipe = self._build(plan)
+        folder = tempfile.mkdtemp(prefix="cbam-dali-epoch-")
+        try:
+            pipe = self._build(plan, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         try:
             for step in range(plan.batches):
                 count = plan.last_batch_size() if step == plan.batches - 1 else self.per_rank_batch
@@ -221,6 +243,7 @@ class DaliLoader(Loader):
             # raised without DALI objects in their tracebacks for the same reason: a pipeline kept alive by a
             # traceback could be finalised later inside a forked DataLoader worker, where its shutdown deadlocks.
             del pipe
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _next_batch(self, pipe, plan, count, schedule):
         """((images, labels), None) for the next batch, or (None, message naming the damaged shard)."""
@@ -287,7 +310,7 @@ class DaliLoader(Loader):
     def _run_failure(self, plan, exc):
         """DALI's decoder errors do not say which sample failed: find the shard that differs from the manifest."""
         reason = _dali_reason(exc)
-        candidates = [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)]
+        candidates = list({id(shard): shard for shard, _, _ in self.segments(plan.start, plan.stop)}.values())
         # Hashing shards in object storage would download the rank's whole range: their sizes only, there.
         bad = find_corrupt_shard(candidates, hash_remote=False)
         if bad is not None:

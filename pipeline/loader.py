@@ -7,7 +7,7 @@ from shards.errors import ShardError
 
 from .augment import AutoAugmenter, erase_batch
 from .normalize import Normalizer
-from .rank_plan import rank_plan, shard_segments
+from .rank_plan import epoch_order, order_segments, rank_plan
 from .transfer import DeviceCopier
 from .verify import shared_verifier
 
@@ -47,8 +47,12 @@ class Loader:
     augments_in_workers = False  # True: the backend's workers apply --auto-augment, keyed by (worker, position)
 
     def __init__(self, split, *, per_rank_batch, rank, world_size, workers, device, image_size, seed, dtype,
-                 verify="background", verify_dir="", auto_augment=None, reprob=0.0):
+                 verify="background", verify_dir="", auto_augment=None, reprob=0.0, shuffle_block=0):
         self.split = split
+        # Train: samples the epoch's order keeps together (pipeline/rank_plan.py epoch_order; 0: storage order).
+        self.shuffle_block = shuffle_block if self.train else 0
+        self._order = (None, None)  # (epoch, its epoch_order), computed once per epoch
+        self._shards_of = (None, None)  # ((epoch, start, stop), the shards those positions read)
         self.per_rank_batch = per_rank_batch
         self.rank = rank
         self.world_size = world_size
@@ -101,10 +105,24 @@ class Loader:
     def __len__(self):
         return self.plan().batches
 
+    def epoch_order(self):
+        """The current epoch's sample ids in reading order (rank_plan.epoch_order), or None for storage order."""
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, epoch_order([shard.samples for shard in self.split.shards], seed=self.seed,
+                                                   epoch=self.epoch, block=self.shuffle_block))
+        return self._order[1]
+
+    def segments(self, start, stop):
+        """(shard, first, stop) runs that positions [start, stop) of the current epoch read, in reading order."""
+        return order_segments(self.split.shards, self.epoch_order(), start, stop)
+
     def _plan_shards(self, plan):
-        """The shards of the plan that the background check hashes."""
-        return [shard for shard, _, _ in shard_segments(self.split.shards, plan.start, plan.stop)
-                if not self._checked_while_reading(shard)]
+        """The shards of the plan that the background check hashes (asked between steps: computed once)."""
+        key = (self.epoch, plan.start, plan.stop)
+        if self._shards_of[0] != key:
+            shards = {id(shard): shard for shard, _, _ in self.segments(plan.start, plan.stop)}
+            self._shards_of = (key, [shard for shard in shards.values() if not self._checked_while_reading(shard)])
+        return self._shards_of[1]
 
     def _checked_while_reading(self, shard):
         """True where the backend itself checks every byte it reads of `shard`, so hashing it would only read

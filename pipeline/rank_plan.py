@@ -1,10 +1,19 @@
 """Splitting a split's samples (shards/manifest.py) over ranks, epochs and loader workers.
 
 Every backend uses the same sample-level split. The split's shards, concatenated in manifest order, form one index
-space [0, N). In epoch e, rank r of W reads the contiguous range [N*j//W, N*(j+1)//W) with j = (r + e) % W for
-training (the rotation gives each rank a different part of the data every epoch) and j = r for validation. This is
-exactly how DALI's readers split data for shard_id=j, num_shards=W (start_index() in DALI's loader.cc), and it
-works whatever the shard sizes and with more ranks than shard files.
+space [0, N) of sample ids. Each train epoch reads them in an order of its own (epoch_order): the shards are cut
+into blocks of `shuffle_block` consecutive samples (none crosses a shard's end) and the blocks are permuted by a
+generator seeded with (seed, epoch) alone, the same on every rank. Block 1 is a fresh permutation of the samples,
+as random as torch's DistributedSampler, read at the offsets the shards' indexes give; larger blocks read longer
+runs per request (object storage) at some cost in randomness (benchmarks/order_quality.py measures both);
+block 0 keeps the storage order of every epoch (the rule before the permutation existed, for old checkpoints).
+Validation reads the storage order.
+
+Positions [0, N) in the epoch's order are then cut over ranks: in epoch e, rank r of W reads the positions
+[N*j//W, N*(j+1)//W) with j = (r + e) % W for training and j = r for validation (with a fresh order per epoch the
+rotation changes nothing in distribution; with block 0 it gives each rank other data every epoch). In storage
+order this is exactly how DALI's readers split data for shard_id=j, num_shards=W (start_index() in DALI's
+loader.cc), and it works whatever the shard sizes and with more ranks than shard files.
 
 Train: every rank yields exactly floor(N / (W * B)) full batches, drawn through a shuffle buffer from its range;
 the samples still in the buffer when the quota is met are this epoch's dropped remainder.
@@ -95,6 +104,54 @@ def shard_segments(shards, start, stop):
         if lo < hi:
             segments.append((shard, lo - shard.offset, hi - shard.offset))
     return segments
+
+
+# Default blocks (samples a fresh order keeps together), chosen by benchmarks/order_quality.py's figures
+# (BENCHMARKS.md, "Order quality"): a worker's reads at index offsets from local files cost the same one sample
+# at a time, so the torch backend takes block 1 there, DistributedSampler's randomness; from object storage one
+# ranged request per block, so 64 samples (about 7 MB of ImageNet) per request. DALI's reader opens one entry per
+# run of a shard (see pipeline/dali.py), and more than about 30,000 entries exhaust its mappings and then the open
+# files: 128 keeps ImageNet on one GPU at 10,000 entries, and DALI's single 2,048-sample buffer mixes blocks far
+# better than a torch worker's share of it (5x a fresh permutation at 1.28 M samples against 54x).
+SAMPLE_BLOCK = 1
+REQUEST_BLOCK = 64
+DALI_BLOCK = 128
+ORDER_STREAM = 2  # epoch_seed's stream of the block permutation (1: the torch backend's shuffle buffer)
+
+
+def epoch_order(shard_samples, *, seed, epoch, block):
+    """Sample ids in the order train epoch `epoch` reads them (see the module docstring), or None for block 0
+    (storage order). shard_samples: samples per shard, in manifest order. A function of its arguments alone:
+    every rank and every resumed run computes the same order."""
+    if block <= 0:
+        return None
+    sizes = np.asarray(shard_samples, dtype=np.int64)
+    total = int(sizes.sum())
+    shard_start = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ids = np.arange(total, dtype=np.int64)
+    starts = np.flatnonzero((ids - shard_start) % block == 0)  # a block starts every `block` samples of a shard
+    lengths = np.diff(np.append(starts, total))
+    order = np.random.default_rng(epoch_seed(seed, epoch, ORDER_STREAM)).permutation(len(starts))
+    starts, lengths = starts[order], lengths[order]
+    # Each block's ids laid out one after the other: position p of block k holds starts[k] + (p - its first).
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + ids
+
+
+def order_segments(shards, order, start, stop):
+    """(shard, first, stop) runs of consecutive samples of one shard that positions [start, stop) of `order`
+    (epoch_order's ids; None: storage order) read, in reading order."""
+    if order is None:
+        return shard_segments(shards, start, stop)
+    ids = order[start:stop]
+    if not len(ids):
+        return []
+    offsets = np.array([shard.offset for shard in shards], dtype=np.int64)
+    owner = np.searchsorted(offsets, ids, side="right") - 1
+    breaks = np.flatnonzero((np.diff(ids) != 1) | (np.diff(owner) != 0)) + 1
+    firsts, ends = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(ids)]])
+    return [(shards[owner[a]], int(ids[a] - offsets[owner[a]]), int(ids[b - 1] - offsets[owner[a]] + 1))
+            for a, b in zip(firsts.tolist(), ends.tolist())]
 
 
 def epoch_seed(seed, epoch, *streams):

@@ -13,6 +13,7 @@ folder it cannot write) becomes a LoaderFailed naming the worker, the exception 
 however an epoch's iteration ends, its workers are ended with it (see _end_workers).
 """
 import dataclasses
+import logging
 import multiprocessing
 import os
 import signal
@@ -30,7 +31,8 @@ from shards.storage import is_remote
 from .batch_slots import BatchSlots, EpochClosed
 from .jpeg_decode import DECODE_ERRORS, decode_train, decode_val, window_decoder
 from .loader import Loader, host_work_threads
-from .rank_plan import SHUFFLE_BUFFER, epoch_seed, shard_segments, worker_plans
+from .rank_plan import SHUFFLE_BUFFER, epoch_seed, order_segments, worker_plans
+from .sample_index import SampleIndex
 from .shard_read import read_samples
 
 # Train batches travel from the workers in this many equal pieces, joined by the main process while it normalises
@@ -39,6 +41,7 @@ from .shard_read import read_samples
 # batch). It also halves the wait for the first batch.
 _PIECES_PER_BATCH = 2
 _PREFETCH = 2  # items each worker may have ready ahead (DataLoader's prefetch_factor, its default)
+log = logging.getLogger(__name__)
 ORDER_STREAM = 1  # epoch_seed's stream of the shuffle buffer's draws (the crops draw from the worker's own stream)
 
 
@@ -74,8 +77,10 @@ class ShardStream(IterableDataset):
     """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure."""
 
     def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None, cache=None,
-                 augmenter=None):
+                 augmenter=None, order=None, index=None):
         self.split, self.plan, self.cache = split, plan, cache
+        # The epoch's sample ids in reading order (None: storage order), and the SampleIndex that reads them.
+        self.order, self.index = order, index
         self.augmenter = augmenter  # augment.AutoAugmenter for train pixels, run here in the worker, or None
         self.image_size, self.seed, self.epoch, self.rank = image_size, seed, epoch, rank
         self.num_workers = max(1, num_workers)
@@ -122,9 +127,8 @@ class ShardStream(IterableDataset):
     def _samples(self, share, rng):
         """Raw samples of the share: in order for val, through a seeded shuffle buffer for train."""
         stream = ((shard, key, jpeg, cls)
-                  for shard, first, stop in shard_segments(self.split.shards, share.start, share.stop)
-                  for key, jpeg, cls in read_samples(shard, first, stop, per_request=self.plan.batch_size,
-                                                     cache=self.cache))
+                  for shard, first, stop in order_segments(self.split.shards, self.order, share.start, share.stop)
+                  for key, jpeg, cls in self._read(shard, first, stop))
         if not self.plan.train:
             yield from stream
             return
@@ -136,6 +140,12 @@ class ShardStream(IterableDataset):
                 yield _pop_random(buffer, rng)
         while buffer:
             yield _pop_random(buffer, rng)
+
+    def _read(self, shard, first, stop):
+        if self.index is None:  # storage order: long runs, read with the shard's own index
+            return read_samples(shard, first, stop, per_request=self.plan.batch_size, cache=self.cache)
+        copy = self.cache.local_shard(shard) if self.cache is not None and is_remote(shard.path) else None
+        return self.index.read_run(shard, first, stop, copy)
 
     def _decode_batch(self, samples, count, rng, windows, worker, decoded):
         """(images, labels): images is a uint8 NHWC tensor, or (worker, slot, count) naming the BatchSlots slot
@@ -197,6 +207,10 @@ def _end_workers(batches):
             worker.join()
 
 
+def _indexed(shard):
+    return bool(shard.index_path) and (is_remote(shard.index_path) or os.path.exists(shard.index_path))
+
+
 def _pop_random(buffer, rng):
     i = int(rng.integers(len(buffer)))
     buffer[i], buffer[-1] = buffer[-1], buffer[i]
@@ -211,7 +225,15 @@ class TorchLoader(Loader):
     def __init__(self, *args, cache=None, **kwargs):
         self.cache = cache
         super().__init__(*args, **kwargs)
+        if self.shuffle_block and not all(_indexed(shard) for shard in self.split.shards):
+            # Reads at offsets need every shard's .idx; shards written without them stream in storage order.
+            log.warning("split %r of %s: not every shard has its DALI index (.idx), so train epochs read the "
+                        "storage order, the same every epoch; tools/make_shards.py writes the indexes",
+                        self.split.name, self.split.shard_dir)
+            self.shuffle_block = 0
+            self._order = self._shards_of = (None, None)  # computed for the block asked
         self._slots = None  # BatchSlots, made for the first epoch run with worker processes
+        self._index = None  # SampleIndex of the split, made for the first epoch in a fresh order
 
     def _checked_while_reading(self, shard):
         # Remote shards: every member is compared with its checksum as read, or the cached copy with the sha256.
@@ -222,9 +244,13 @@ class TorchLoader(Loader):
         pieces = _PIECES_PER_BATCH if split else 1
         worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // pieces, batches=plan.batches * pieces)
         slots = self._batch_slots(worker_plan.batch_size)
+        order = self.epoch_order()
+        if order is not None and self._index is None:  # before the workers fork: they share its pages
+            remote = is_remote(self.split.shards[0].path)
+            self._index = SampleIndex(self.split.shards, checked=remote and self.cache is None)
         dataset = ShardStream(self.split, worker_plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
                               rank=self.rank, num_workers=self.workers, slots=slots, cache=self.cache,
-                              augmenter=self._augmenter)
+                              augmenter=self._augmenter, order=order, index=self._index if order is not None else None)
         # Fresh workers every epoch: they fork with this epoch's plan and seed (persistent workers would not).
         # No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.workers,

@@ -12,13 +12,16 @@ from pipeline import augment, load_split
 pytestmark = needs_dali
 
 
+from pipeline.rank_plan import DALI_BLOCK  # noqa: E402  (build_loader's default for DALI)
+
+
 def dali_cpu_epoch(shard_dir, split, batch_size, image_size, dtype=torch.float32, **placement):
     """(loader, batches) of one epoch of the dali-cpu backend with the given step placement."""
     from pipeline.dali import DaliLoader
 
     loader = DaliLoader(load_split(shard_dir, split, need_index=True), gpu=False, per_rank_batch=batch_size, rank=0,
                         world_size=1, workers=2, device=torch.device("cpu"), image_size=image_size, seed=0,
-                        dtype=dtype, verify="off", **placement)
+                        dtype=dtype, verify="off", shuffle_block=DALI_BLOCK, **placement)
     return loader, list(loader)
 
 

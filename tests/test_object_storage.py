@@ -18,6 +18,7 @@ from conftest import ROOT, dali_importable, epoch_batches, labels_of
 from object_stores import HttpServer, S3Server, StaticHttpServer
 
 from pipeline import BackendUnavailable, ShardError, build_loader
+from pipeline.rank_plan import REQUEST_BLOCK
 from shards import storage
 
 PY = sys.executable
@@ -120,7 +121,8 @@ def test_a_server_that_ignores_range_gives_the_local_folders_batches_with_or_wit
     with StaticHttpServer(real_shards, tmp_path) as server:
         for cache in (None, str(tmp_path / "cache")):
             for split, epoch in (("train", 3), ("val", 0)):
-                _, local = epoch_batches(real_shards, split, 4, "torch", epoch=epoch)
+                # The same order for both (the default block differs: reads at offsets locally, runs remotely).
+                _, local = epoch_batches(real_shards, split, 4, "torch", epoch=epoch, shuffle_block=REQUEST_BLOCK)
                 _, remote = epoch_batches(server.url, split, 4, "torch", epoch=epoch, cache_dir=cache)
                 assert labels_of(remote) == labels_of(local) and len(local) > 0
                 assert all(torch.equal(a, b) for (a, _), (b, _) in zip(remote, local))
@@ -234,7 +236,7 @@ def test_dali_cpu_over_s3_finds_changed_bytes_by_their_sha256(real_shards, s3, s
 
 def test_the_cache_is_read_again_without_downloading_and_stays_within_its_size(real_shards, tmp_path):
     cache = tmp_path / "cache"
-    _, local = epoch_batches(real_shards, "train", 4, "torch", epoch=1)
+    _, local = epoch_batches(real_shards, "train", 4, "torch", epoch=1, shuffle_block=REQUEST_BLOCK)
     with HttpServer(real_shards, tmp_path) as server:
         loader, first = epoch_batches(server.url, "train", 4, "torch", epoch=1, cache_dir=str(cache))
         assert labels_of(first) == labels_of(local)

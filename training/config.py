@@ -80,6 +80,8 @@ def parse_command_line(argv=None):
         (args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}"),
         (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
         (args.workers >= 0, f"--workers must be >= 0, got {args.workers}"),
+        (args.shuffle_block is None or args.shuffle_block >= 0,
+         f"--shuffle-block must be >= 0 samples (0 = storage order), got {args.shuffle_block}"),
         (args.ngpu >= 1, f"--ngpu must be >= 1, got {args.ngpu}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
         (0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"),
@@ -250,6 +252,7 @@ class RunConfig:
     global_batch: int = 0     # one loader step over all ranks: --batch-size, or the resumed run's (training/elastic.py)
     accum: int = 1            # accumulation steps: --accum-steps, or the resumed run's
     notes: tuple = ()         # lines for the log about what was resolved
+    shuffle_block: int = 0    # --shuffle-block, or the backend's default for where DATA is (pipeline/backends.py)
     parameters: int = 0       # the model's parameter count, set once it is built (train.py), to hold against papers
 
     def __getattr__(self, name):
@@ -277,7 +280,7 @@ class RunConfig:
                     "cudnn_benchmark_resolved": self.cudnn_benchmark,
                     "backend_resolved": self.backend.name, "world_size": self.world.size,
                     "batch_size_resolved": self.global_batch, "accum_steps_resolved": self.accum,
-                    "workers_per_rank": self.loader_workers,
+                    "workers_per_rank": self.loader_workers, "shuffle_block_resolved": self.shuffle_block,
                     "device": str(self.world.device), "launch_id": launch_id(), "parameters": self.parameters}
         return json.loads(json.dumps({**self.flags, **resolved}, default=str))
 
@@ -319,4 +322,6 @@ def resolve(args, world, resumed_config=None):
         cudnn_benchmark=args.cudnn_benchmark and device.type == "cuda", backend=backend,
         per_rank_batch=global_batch // world.size, global_batch=global_batch, accum=accum,
         loader_workers=max(1, args.workers // world.local_size) if args.workers else 0,
+        shuffle_block=backend.shuffle_block(is_remote(normalize(args.data))) if args.shuffle_block is None
+        else args.shuffle_block,
         notes=(batch_note,) if batch_note else ())

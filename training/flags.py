@@ -95,6 +95,12 @@ def _add_data_flags(p):
                         "linear ramp to END px at epoch E1, in steps of 32 (e.g. 160:192@28:34)")
     p.add_argument("--val-image-size", type=int, default=None, help="val crop side in pixels (default: --image-size)")
     p.add_argument("--seed", type=int, default=1234, help="random seed (model init, data order, augmentation)")
+    p.add_argument("--shuffle-block", type=int, default=None, metavar="SAMPLES",
+                   help="each train epoch reads the samples in a fresh order, a function of (--seed, epoch): "
+                        "blocks of this many consecutive samples of a shard, permuted. 1 = a fresh permutation "
+                        "(DistributedSampler's randomness); larger blocks read longer runs per request; 0 = the "
+                        "storage order of every epoch. Default: 1 for the torch backend on local shards, 64 in "
+                        "object storage, 128 for DALI (BENCHMARKS.md, Order quality)")
 
 
 def _add_model_flags(p):

@@ -155,13 +155,16 @@ def load_model_weights(model, ckpt, path, cfg=None):
 
 # Settings that decide which samples each batch of an epoch holds: a mid-epoch resume is exact only if they match.
 DATA_ORDER_SETTINGS = ("world_size", "batch_size", "batch_size_resolved", "backend_resolved", "workers",
-                       "workers_per_rank", "seed", "image_size")
+                       "workers_per_rank", "seed", "image_size", "shuffle_block_resolved")
+# What a setting was in checkpoints written before it was recorded: every epoch then read the storage order.
+_BEFORE_RECORDED = {"shuffle_block_resolved": 0}
 
 
 def check_mid_epoch_resume(saved_cfg, cfg, path):
     """UsageError when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
     (the skipped batches would then not be the ones already trained on)."""
     # Compared as text: older checkpoints hold image_size as a number, newer ones as its schedule ("224").
+    saved_cfg = {**_BEFORE_RECORDED, **saved_cfg}
     changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS
                if k in saved_cfg and str(saved_cfg.get(k)) != str(cfg.get(k))}
     if changed:

@@ -33,7 +33,8 @@ def build_loaders(run, trained=None, log=print):
         splits = manifest.get("splits") or {}
         train = None if run.evaluate else build_loader(run.data, "train", run.per_rank_batch,
                                                        image_size=run.image_size.at(run.start_epoch),
-                                                       auto_augment=run.auto_augment, reprob=run.reprob, **common)
+                                                       auto_augment=run.auto_augment, reprob=run.reprob,
+                                                       shuffle_block=run.shuffle_block, **common)
         val = build_loader(run.data, "val", run.per_rank_batch, image_size=run.val_image_size,
                            **common) if "val" in splits else None
     except (ShardError, BackendUnavailable, ValueError) as exc:
