@@ -7,35 +7,43 @@ import os
 import re
 import sys
 import time
+from array import array
+
+import numpy as np
 
 from .errors import ConvertError
 from .files import fsync_dir, write_atomic
 from .format import CLASSES_FILE, MANIFEST, SHARD_ENTRY, TIMM_INFO, timm_info
-from .imagecheck import Check, check_file
+from .imagecheck import CHECK_STATUSES, Check, CheckTable, check_file
 from .outdir import OUR_FILE, CheckJournal, lock_out, prepare_out, run_identity
 from .plan import plan_shards
 from .sources import escaped, find_classes, find_sources, name_problem
 from .workers import Progress, Workers
-from .writer import make_durable, write_shard
+from .writer import ShardSync, write_shard
 
 
 def check_sources(split, sources, journal, workers):
-    """Phase 1: one Check per source, in source order."""
-    checks = [None] * len(sources)
-    todo = []
-    for i, source in enumerate(sources):
-        if source.problem:
-            checks[i] = Check("skipped", source.problem, 0, 0)
-        else:
-            checks[i] = journal.lookup(source)
-            if checks[i] is None:
+    """Phase 1: the Check of every source (a SourceTable), in a CheckTable."""
+    checks = CheckTable(len(sources))
+    problems = sources.problems()
+    for i, problem in problems.items():
+        checks[i] = Check("skipped", problem, 0, 0)
+    todo = array("q")  # indices of the sources to check
+    for i in range(len(sources)):
+        if i not in problems:
+            check = journal.lookup(sources[i]) if journal.known else None  # a first run has no Source to make
+            if check is None:
                 todo.append(i)
+            else:
+                checks[i] = check
     progress = Progress(f"check {split}", len(todo))
     try:
-        for i, check in zip(todo, workers.imap(check_file, [sources[i].path for i in todo])):
+        paths = (sources.path(i) for i in todo)  # made as the workers take them
+        for i, check in zip(todo, workers.imap(check_file, paths, count=len(todo))):
             checks[i] = check
-            journal.record(sources[i], check)
-            progress.update(1, sources[i].size)
+            source = sources[i]
+            journal.record(source, check)
+            progress.update(1, source.size)
     finally:
         progress.close()  # ends the bar's line, so that an error message starts on its own
     return checks
@@ -53,34 +61,36 @@ def remove_stale_shards(out, state, split, num_shards):
                 os.remove(os.path.join(folder, name))
 
 
-def write_shards(split, tasks, workers):
-    """Phase 2: writes (or reuses) every shard; returns their completion records in shard order and how many
-    were reused."""
-    progress = Progress(f"write {split}", sum(len(t.samples) for t in tasks))
-    source_bytes = {f"{t.name}.tar": sum(s.size for s in t.samples) for t in tasks}
-    records, reused = {}, 0
+def write_shards(split, plan, out, workers):
+    """Phase 2: writes (or reuses) every shard of a ShardPlan and makes them durable (ShardSync); returns their
+    completion records in shard order and how many were reused."""
+    progress = Progress(f"write {split}", plan.num_samples)
+    shard_of = {f"{plan.name(shard)}.tar": shard for shard in range(len(plan))}
+    records, reused = [None] * len(plan), 0
     try:
-        for record in workers.imap(write_shard, tasks, ordered=False):
-            records[record["tar"]] = record
-            reused += record["reused"]
-            progress.update(record["samples"], source_bytes[record["tar"]])
+        with ShardSync(out) as sync:
+            for record in workers.imap(write_shard, plan.tasks(), ordered=False):
+                shard = shard_of[record["tar"]]
+                records[shard] = record
+                sync.add(record)
+                reused += record["reused"]
+                progress.update(record["samples"], plan.source_bytes(shard))
+            sync.wait()
     finally:
         progress.close()  # ends the bar's line, so that an error message starts on its own
-    return [records[f"{t.name}.tar"] for t in tasks], reused
+    return records, reused
 
 
 # ---------------------------------------------------------------------------------------------------- run
 
 def split_summary(sources, checks, records, num_classes):
-    class_counts = [0] * num_classes
+    stored = checks.status != CHECK_STATUSES.index("skipped")
+    class_counts = np.bincount(sources.labels[stored], minlength=num_classes).tolist()
     fixed, skipped = [], []
-    for source, check in zip(sources, checks):
-        if check.status == "skipped":
-            skipped.append({"path": source.relpath, "reason": check.reason})
-            continue
-        class_counts[source.label] += 1
-        if check.status == "fixed":
-            fixed.append({"path": source.relpath, "reason": check.reason})
+    for i in np.flatnonzero(checks.status != CHECK_STATUSES.index("ok")):  # in source order
+        check = checks[i]
+        entry = {"path": sources[i].relpath, "reason": check.reason}
+        (skipped if check.status == "skipped" else fixed).append(entry)
     shards = [{key: r[key] for key in SHARD_ENTRY} for r in records]
     summary = {"found": len(sources), "samples": sum(r["samples"] for r in records), "class_counts": class_counts,
                "shards": shards, "fixed": fixed, "skipped": skipped}
@@ -99,15 +109,14 @@ def convert_split(split, sources, classes, args, out, state, workers):
     finally:
         journal.close()
     checked = time.monotonic()
-    tasks = plan_shards(split, sources, checks, args, out, state)
-    remove_stale_shards(out, state, split, len(tasks))
+    plan = plan_shards(split, sources, checks, args, out, state)
+    remove_stale_shards(out, state, split, len(plan))
     planned = time.monotonic()
-    records, reused = write_shards(split, tasks, workers)
-    make_durable(out, records)
+    records, reused = write_shards(split, plan, out, workers)
     summary = split_summary(sources, checks, records, len(classes))
     end = time.monotonic()
     elapsed = max(end - start, 1e-6)
-    source_mb = sum(s.size for s in sources) / 1e6
+    source_mb = int(sources.sizes.sum()) / 1e6
     # The phase times let benchmarks/make_shards.py see how each phase scales with --workers.
     print(f"{split}: {summary['found']} found, {summary['samples']} stored ({len(summary['fixed'])} fixed), "
           f"{len(summary['skipped'])} skipped; {len(records)} shards ({reused} reused), "

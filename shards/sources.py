@@ -4,7 +4,10 @@ import io
 import os
 import re
 import sys
+from array import array
 from collections import namedtuple
+
+import numpy as np
 
 from .errors import ConvertError
 
@@ -13,6 +16,79 @@ SPLITS = ("train", "val")
 # One input file. label is None and problem is set when the file is found but cannot be a sample (for example
 # outside any class folder, or listed but missing); such files are reported as skipped without being opened.
 Source = namedtuple("Source", "relpath path label size mtime_ns problem")
+
+
+class SourceTable:
+    """The Sources of a split in a few flat arrays, one Source made on demand by `table[i]`: as a list of Source
+    tuples every file cost about 360 bytes of the main process (and of each worker it forks) for the whole run,
+    here about 70 (its relpath in UTF-8, an offset, label, size and mtime). Paths are not stored: a file's path
+    is SRC joined with its relpath, as stat_source makes it. The few files that cannot be samples (a problem set)
+    are kept as they are, with their path, which for an unstorable name is not SRC + the escaped relpath.
+    `labels`, `sizes` and `mtimes` are numpy views of the arrays: read them once the table is complete."""
+
+    def __init__(self, src):
+        self.src = src
+        self.prefix = os.path.join(src, "")  # + a relpath (never absolute): os.path.join(src, relpath), quicker
+        self._names = bytearray()  # every relpath, UTF-8, one after another
+        self._ends = array("q")  # where each relpath ends in _names
+        self._labels = array("i")  # -1: none (outside any class folder)
+        self._sizes = array("q")
+        self._mtimes = array("q")
+        self._with_problem = {}  # index -> Source, for the files that cannot be samples
+
+    def append(self, source):
+        if source.problem:
+            self._with_problem[len(self._ends)] = source
+        self._names += source.relpath.encode("utf-8")
+        self._ends.append(len(self._names))
+        self._labels.append(-1 if source.label is None else source.label)
+        self._sizes.append(source.size)
+        self._mtimes.append(source.mtime_ns)
+
+    def extend(self, sources):
+        for source in sources:
+            self.append(source)
+
+    def __len__(self):
+        return len(self._ends)
+
+    def relpath(self, i):
+        return self._names[self._ends[i - 1] if i else 0:self._ends[i]].decode("utf-8")
+
+    def path(self, i):
+        source = self._with_problem.get(i)
+        return source.path if source else self.prefix + self.relpath(i)
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self._ends):
+            raise IndexError(f"source {i} of {len(self._ends)}")
+        source = self._with_problem.get(i)
+        if source:
+            return source
+        relpath = self.relpath(i)
+        return Source(relpath, self.prefix + relpath, self._labels[i], self._sizes[i], self._mtimes[i], None)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def problems(self):
+        """{index: problem} of the files that cannot be samples."""
+        return {i: source.problem for i, source in self._with_problem.items()}
+
+    @property
+    def labels(self):
+        """Every label as a numpy int32 array (a view: no copy); -1 for none."""
+        return np.frombuffer(self._labels, dtype=np.int32) if len(self) else np.zeros(0, np.int32)
+
+    @property
+    def mtimes(self):
+        """Every mtime in ns as a numpy int64 array (a view: no copy)."""
+        return np.frombuffer(self._mtimes, dtype=np.int64) if len(self) else np.zeros(0, np.int64)
+
+    @property
+    def sizes(self):
+        """Every size in bytes as a numpy int64 array (a view: no copy)."""
+        return np.frombuffer(self._sizes, dtype=np.int64) if len(self) else np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------- names
@@ -148,7 +224,7 @@ def stat_source(src, relpath, label, problem=None):
 
 
 def sources_from_list(src, list_path, num_classes):
-    sources = []
+    sources = SourceTable(src)
     for relpath, label, number in read_list_file(list_path):
         if label >= num_classes:
             raise ConvertError(f"{list_path}:{number}: label {label} out of range (train has {num_classes} classes)")
@@ -156,33 +232,50 @@ def sources_from_list(src, list_path, num_classes):
     return sources
 
 
+def class_folder_sources(src, entry, label):
+    """The Sources under one class folder (os.DirEntry), recursively, sorted by relpath."""
+    # A folder that cannot be listed (no read permission, an I/O error) is an input that is skipped with its
+    # reason, like an undecodable file: os.walk alone would pass over it in silence.
+    sources, unlistable = [], []
+    for dirpath, dirnames, filenames in os.walk(entry.path, onerror=unlistable.append, followlinks=True):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
+        for name in sorted(filenames):
+            sources.append(stat_source(src, f"{rel_dir}/{name}", label))
+    for error in unlistable:
+        rel_dir = os.path.relpath(error.filename, src).replace(os.sep, "/")
+        sources.append(stat_source(src, f"{rel_dir}/", label,
+                                   f"folder cannot be listed: {error.strerror or error}; its files are not read"))
+    return sorted(sources, key=lambda s: s.relpath)
+
+
 def sources_from_folder(src, split, class_index):
     """Every file under SRC/<split>/<wnid>/ (recursively) is an input; files outside class folders are inputs
-    too, reported as skipped, so that nothing in the split is ignored silently."""
+    too, reported as skipped, so that nothing in the split is ignored silently. In relpath order."""
     split_dir = os.path.join(src, split)
-    sources = []
-    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        relpath = f"{split}/{entry.name}"
-        if not entry.is_dir():
-            sources.append(stat_source(src, relpath, None, "not inside a class folder"))
-            continue
-        check_class_folder(entry.path, entry.name)
-        if entry.name not in class_index:
-            raise ConvertError(f"{split_dir}/{entry.name}: class {entry.name} is not among the train classes")
-        label = class_index[entry.name]
-        # A folder that cannot be listed (no read permission, an I/O error) is an input that is skipped with its
-        # reason, like an undecodable file: os.walk alone would pass over it in silence.
-        unlistable = []
-        for dirpath, dirnames, filenames in os.walk(entry.path, onerror=unlistable.append, followlinks=True):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
-            for name in sorted(filenames):
-                sources.append(stat_source(src, f"{rel_dir}/{name}", label))
-        for error in unlistable:
-            rel_dir = os.path.relpath(error.filename, src).replace(os.sep, "/")
-            sources.append(stat_source(src, f"{rel_dir}/", label,
-                                       f"folder cannot be listed: {error.strerror or error}; its files are not read"))
-    return sorted(sources, key=lambda s: s.relpath)
+    entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
+    for entry in entries:  # every class folder is checked before any is listed
+        if entry.is_dir():
+            check_class_folder(entry.path, entry.name)
+            if entry.name not in class_index:
+                raise ConvertError(f"{split_dir}/{entry.name}: class {entry.name} is not among the train classes")
+    loose = {entry.name: stat_source(src, f"{split}/{entry.name}", None, "not inside a class folder")
+             for entry in entries if not entry.is_dir()}
+
+    # The relpaths of a class folder all start with "<split>/<name>/" and no other entry's do (names hold no
+    # slash), so each folder is one run of the split's relpath order: runs ordered by that prefix (a loose file
+    # by its own relpath) and each sorted within give the order of one sort over all files, while only one
+    # folder's Sources exist as Python objects at a time.
+    def run_key(entry):
+        return loose[entry.name].relpath if entry.name in loose else f"{split}/{entry.name}/"
+
+    sources = SourceTable(src)
+    for entry in sorted(entries, key=run_key):
+        if entry.name in loose:
+            sources.append(loose[entry.name])
+        else:
+            sources.extend(class_folder_sources(src, entry, class_index[entry.name]))
+    return sources
 
 
 def find_sources(src, split, classes):

@@ -51,14 +51,17 @@ class Workers:
         if count > 1:
             self.pool = multiprocessing.Pool(count, initializer=die_with_parent, initargs=(os.getpid(),))
 
-    def imap(self, function, items, ordered=True):
+    def imap(self, function, items, ordered=True, count=None):
+        """function(item) for each of `items`, a sequence or (with `count`, its length) any iterable, which is
+        read as the workers take items, never as a whole list."""
         if self.pool is None:
             return map(function, items)
         if ordered:
             # Each chunk costs the parent about a millisecond of hand-offs, which on a machine with as many workers
             # as cores is taken from the workers; chunks of up to 64 images (a few per worker on small inputs, for
             # balance) keep that under 2% and cost at most a chunk of imbalance at the end.
-            return self.pool.imap(function, items, max(1, min(64, len(items) // (self.count * 4))))
+            count = len(items) if count is None else count
+            return self.pool.imap(function, items, max(1, min(64, count // (self.count * 4))))
         return self.pool.imap_unordered(function, items)
 
     def __enter__(self):

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 
 from .files import fsync_dir, fsync_path, named, temporary_name, write_atomic
 from .format import BLOCK, RECORD, checksums_text, index_text, member_checksum, member_header, sha256_file
@@ -174,7 +175,7 @@ def write_shard(task):
     # what marks the shard complete. Nothing is fsynced here: an fsync waits for the disk and commits the file
     # system journal, so the workers' fsyncs would serialise them on each other. A power loss can then lose a
     # shard's data or its renames, which only costs a rewrite: a rerun re-hashes the tar and the side files
-    # against the record. make_durable() flushes everything once, before the manifest is written.
+    # against the record. ShardSync flushes the files in the main process, before the manifest is written.
     try:
         write_atomic(index_path, index, durable=False)
         write_atomic(checksums_path, checksums, durable=False)
@@ -192,9 +193,45 @@ def write_shard(task):
     return dict(record, reused=False)
 
 
-def make_durable(out, records):
-    """Flushes what write_shard left to the kernel: the shards, their side files and the renames in OUT."""
-    for record in records:
-        for kind in ("tar", "index", "checksums"):
-            fsync_path(os.path.join(out, record[kind]))
-    fsync_dir(out)
+SYNC_THREADS = 4  # fsyncs in flight at once: they wait on the disk, not the CPU, and the file system commits
+# concurrent ones together
+
+
+def fsync_shard(out, record):
+    for kind in ("tar", "index", "checksums"):
+        fsync_path(os.path.join(out, record[kind]))
+
+
+class ShardSync:
+    """Makes the shards write_shard completed durable while the workers write the next ones: `add(record)` hands
+    a shard's three files to a few threads of this process that fsync them (the GIL is released while an fsync
+    waits), `wait()` waits for all of them, raises the first error (naming its file) and fsyncs OUT once, which
+    makes every rename in it durable. Before, the main process fsynced every shard's files after the last shard,
+    one file after another.
+
+    Why this is as safe as that: the manifest, the one mark of a complete conversion, is written only after
+    wait() has returned. A shard's completion record (OUT/.make_shards/) is written by its worker before the
+    files are durable, as before, and vouches for nothing by itself: a rerun reuses a shard only once its files
+    re-hash to what the record says (verified_record), so a record whose data a crash or power loss took costs a
+    rewrite of that shard, never a wrong one. Waiting for the disk in the worker before the record instead would
+    make the workers' fsyncs wait on each other's file system commits (see write_shard)."""
+
+    def __init__(self, out, threads=SYNC_THREADS):
+        self.out = out
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="make_shards-fsync")
+        self._pending = []
+
+    def add(self, record):
+        self._pending.append(self._threads.submit(fsync_shard, self.out, record))
+
+    def wait(self):
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+        fsync_dir(self.out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._threads.shutdown(wait=True, cancel_futures=True)
