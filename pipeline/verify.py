@@ -61,6 +61,7 @@ class ShardVerifier:
                 self._queue.extend(fresh)
             self._queued.update(s.path for s in fresh)
             if self._queue and (self._thread is None or not self._thread.is_alive()):
+                _import_what_the_thread_uses()
                 self._thread = threading.Thread(target=self._run, name="shard-verifier", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
@@ -154,6 +155,19 @@ def _changed_member(shard):
             if not member_header_ok(header, size):
                 return f"sample {name.split('.', 1)[0]}: the tar header of member {name} changed"
     return "every member's data and header is intact: the damage is in the tar's padding"
+
+
+def _import_what_the_thread_uses():
+    """Imports, in the calling thread, every module the hashing thread would otherwise import for the first time
+    (PIL and its format plugins, the shard reader). While a thread imports a module it holds Python's lock of that
+    module; a loader worker forked in that moment inherits the lock held by a thread it does not have, and hangs at
+    its own first import of the module (PIL's plugins, at its first decode), which a damaged shard found during
+    an epoch's start used to do."""
+    from PIL import Image
+
+    from . import shard_read  # noqa: F401
+
+    Image.init()  # every format plugin, as Image.open would import them
 
 
 def _undecodable_member(shard):

@@ -1,5 +1,6 @@
 """Launched by torchrun from the object-storage tests: each rank reads one train and one val epoch of DATA with
-BACKEND; rank 0 writes every rank's batch count and labels per split (gathered over gloo) to OUT as JSON.
+BACKEND; rank 0 writes every rank's batch count and labels per split (gathered over gloo) to OUT as JSON. Every
+location is read in the same order (one shuffle block), so that their epochs can be compared.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 tests/epoch_labels.py DATA BACKEND OUT [CACHE]
 """
@@ -9,6 +10,8 @@ import sys
 import torch.distributed as dist
 
 from pipeline import build_loader
+
+SHUFFLE_BLOCK = 5  # runs of several samples, fewer than a shard holds: blocks of different shards interleave
 
 
 def main():
@@ -20,7 +23,7 @@ def main():
     for split in ("train", "val"):
         loader = build_loader(data, split, 4, backend=backend, rank=rank, world_size=world, workers=2,
                               device="cpu", image_size=32, seed=5, verify="background", verify_dir="",
-                              cache_dir=cache)
+                              cache_dir=cache, shuffle_block=SHUFFLE_BLOCK)
         loader.set_epoch(1)
         labels = [[int(label) for label in batch_labels] for _, batch_labels in loader]
         mine[split] = {"batches": len(labels), "labels": labels}

@@ -411,12 +411,19 @@ def test_sweep_removes_only_temporaries_of_dead_writers_and_the_checkpoint_still
 
 def test_check_mid_epoch_resume_names_every_changed_setting():
     saved = {"world_size": 2, "batch_size": 256, "backend_resolved": "torch", "workers": 4, "seed": 1,
-             "image_size": 224}
+             "image_size": 224, "shuffle_block_resolved": 1}
     resume.check_mid_epoch_resume(saved, {**saved, "lr": 9.0}, "c.pth")  # other settings may change
     with pytest.raises(config.UsageError) as error:
         resume.check_mid_epoch_resume(saved, {**saved, "world_size": 4, "seed": 2}, "c.pth")
     assert "world_size (saved 2, now 4)" in str(error.value) and "seed (saved 1, now 2)" in str(error.value)
     assert "batch_size" not in str(error.value)
+    with pytest.raises(config.UsageError, match=r"--shuffle-block \(saved 1, now 64\)"):
+        resume.check_mid_epoch_resume(saved, {**saved, "shuffle_block_resolved": 64}, "c.pth")
+    # A checkpoint from before the order was recorded read the storage order of every epoch (block 0).
+    older = {k: v for k, v in saved.items() if k != "shuffle_block_resolved"}
+    resume.check_mid_epoch_resume(older, {**saved, "shuffle_block_resolved": 0}, "c.pth")
+    with pytest.raises(config.UsageError, match=r"--shuffle-block \(saved 0, now 1\)"):
+        resume.check_mid_epoch_resume(older, saved, "c.pth")
 
 
 # --- training/flags.py, recipe.py and config.py: flags, recipes and RunConfig --------------------------------------

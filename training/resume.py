@@ -164,12 +164,16 @@ def check_mid_epoch_resume(saved_cfg, cfg, path):
     """UsageError when a checkpoint saved mid-epoch is resumed with settings that change the epoch's data order
     (the skipped batches would then not be the ones already trained on)."""
     # Compared as text: older checkpoints hold image_size as a number, newer ones as its schedule ("224").
-    saved_cfg = {**_BEFORE_RECORDED, **saved_cfg}
+    saved_cfg = {**{k: v for k, v in _BEFORE_RECORDED.items() if k in cfg}, **saved_cfg}
     changed = {k: (saved_cfg.get(k), cfg.get(k)) for k in DATA_ORDER_SETTINGS
                if k in saved_cfg and str(saved_cfg.get(k)) != str(cfg.get(k))}
     if changed:
         raise UsageError(f"checkpoint {path} stopped mid-epoch; resume it with the same "
-                         + ", ".join(f"{k} (saved {old}, now {new})" for k, (old, new) in changed.items()))
+                         + ", ".join(f"{_FLAG_OF.get(k, k)} (saved {old}, now {new})"
+                                     for k, (old, new) in changed.items()))
+
+
+_FLAG_OF = {"shuffle_block_resolved": "--shuffle-block"}  # the flag to pass, where a setting is not one
 
 
 @dataclass(frozen=True)
