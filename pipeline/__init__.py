@@ -85,7 +85,7 @@ def build_loader(shard_dir, split, per_rank_batch, *, backend="auto", rank=0, wo
     verify_dir = default_record_dir() if verify_dir is None else verify_dir
     backend = resolve_backend(backend, device, data=shard_dir)
     remote = storage.is_remote(shard_dir)
-    data = load_split(shard_dir, split, need_index=backend.needs_local_index and not remote, manifest=manifest)
+    data = load_split(shard_dir, split, manifest=manifest)  # the DALI backends check each index they read
     check_split(backend, device, data)
     if remote:  # before the workers fork, so that they know too; the note comes from rank 0 alone. A small file
         # whose size the manifest records, not the manifest itself: that is read once.

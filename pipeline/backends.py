@@ -6,7 +6,6 @@ A backend is one `Backend` entry in BACKENDS. Its contract:
   included).
 - `problem(device)`: None when it can deliver batches on `device` on this machine, else the reason in words.
   It imports nothing heavy unless it must (a CPU machine never imports DALI to learn that 'dali' cannot run).
-- `needs_local_index`: it reads the DALI index file of each shard from a local path.
 - `reads_label_files`: it reads splits whose labels are `.labels` side files (adopted tars with labels in .json
   members, shards/format.py); DALI's reader takes labels from tar members only.
 - `shuffle_block(remote)`: the samples a train epoch's fresh order keeps together by default, for local shards
@@ -44,7 +43,6 @@ class Backend:
     problem: Callable               # problem(device) -> None, or why it cannot run on `device` here
     make: Callable                  # make(split, cache_dir, cache_bytes, **common) -> pipeline.loader.Loader
     shuffle_block: Callable = lambda remote: REQUEST_BLOCK if remote else SAMPLE_BLOCK
-    needs_local_index: bool = False
     reads_label_files: bool = False
 
     def reads(self, data):
@@ -82,10 +80,8 @@ def _make_torch(split, cache_dir, cache_bytes, **common):
 
 def _make_dali(gpu):
     def make(split, cache_dir, cache_bytes, **common):
-        from .dali import DaliLoader, with_local_indexes
-        if storage.is_remote(split.shards[0].index_path):  # adopted remote tars have local indexes
-            split = with_local_indexes(split, cache_dir)
-        return DaliLoader(split, gpu=gpu, **common)
+        from .dali import DaliLoader, index_folder
+        return DaliLoader(split, gpu=gpu, index_dir=index_folder(split, cache_dir), **common)
     return make
 
 
@@ -93,9 +89,9 @@ _LOCAL_AND_S3 = ("", "s3")  # DALI's readers take local paths and s3:// (NVIDIA/
 
 BACKENDS = {backend.name: backend for backend in (
     Backend("dali", "DALI: JPEG decode and augmentation on the GPU", _LOCAL_AND_S3, _dali_gpu_problem,
-            _make_dali(gpu=True), shuffle_block=lambda remote: DALI_BLOCK, needs_local_index=True),
+            _make_dali(gpu=True), shuffle_block=lambda remote: DALI_BLOCK),
     Backend("dali-cpu", "the same DALI graph on CPU operators", _LOCAL_AND_S3, lambda device: _dali_import_problem(),
-            _make_dali(gpu=False), shuffle_block=lambda remote: DALI_BLOCK, needs_local_index=True),
+            _make_dali(gpu=False), shuffle_block=lambda remote: DALI_BLOCK),
     Backend("torch", "ROI JPEG decode and Pillow-SIMD in DataLoader workers; needs neither DALI nor a GPU",
             ("", *storage.REMOTE_SCHEMES), lambda device: None, _make_torch, reads_label_files=True),
 )}

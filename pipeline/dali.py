@@ -157,11 +157,13 @@ def _val_window(fn, types, jpegs, image_size):
 class DaliLoader(Loader):
     """Backend 'dali' (gpu=True: mixed decoder, GPU operators) or 'dali-cpu' (CPU operators)."""
 
-    def __init__(self, split, *, gpu, normalize_in_graph=None, resize_on_host=None, **kwargs):
+    def __init__(self, split, *, gpu, normalize_in_graph=None, resize_on_host=None, index_dir=None, **kwargs):
         """normalize_in_graph and resize_on_host choose where those steps run (None: the faster place for the
-        device); build_loader leaves both to the default, tests compare the places."""
+        device); build_loader leaves both to the default, tests compare the places. index_dir: where copies of
+        remote index files go (index_folder)."""
         super().__init__(split, **kwargs)
         self.gpu = gpu
+        self.index_dir = index_dir
         # GPU: DALI's fused crop_mirror_normalize. CPU: uint8 out, the shared host Normalizer (faster there).
         # With --auto-augment/--reprob, uint8 out on both: the shared policy runs on the pixels (augment.py).
         if normalize_in_graph and self.augments:
@@ -194,14 +196,14 @@ class DaliLoader(Loader):
     def _reader_entries(self, plan, folder):
         """(tar paths, index paths): the reader's entries for this rank's epoch, one per run of consecutive
         samples of a shard, in reading order; each run's index, written into `folder`, holds the run's lines of
-        the shard's .idx (read once, checked against the manifest)."""
+        the shard's .idx (read once, checked against the manifest and its tar: manifest.check_index_file)."""
         runs = self.segments(plan.start, plan.stop)
         by_shard = {}
         for entry, (shard, first, stop) in enumerate(runs):
             by_shard.setdefault(id(shard), (shard, []))[1].append((entry, first, stop))
         index_paths = [None] * len(runs)
         for shard, entries in by_shard.values():  # one shard's lines in memory at a time
-            lines = read_side_file(shard, "index").split(b"\n")
+            lines = check_index_file(local_index(shard, self.index_dir)).split(b"\n")
             for entry, first, stop in entries:
                 index_paths[entry] = os.path.join(folder, f"{entry}.idx")
                 with open(index_paths[entry], "wb") as handle:
@@ -321,22 +323,25 @@ class DaliLoader(Loader):
                 f"(all match their manifest checksums): {reason}")
 
 
-def with_local_indexes(split, cache_dir):
-    """`split` (remote shards) with every shard's DALI index copied to a local folder: DALI reads s3:// shards
-    itself (its readers accept s3:// paths since NVIDIA/DALI#5415) but its index files from local paths. The
-    folder is in cache_dir, else a temporary one removed at exit. A copy is kept only when it matches the
-    manifest, and one that no longer does (the folder was made again) is fetched again."""
-    folder = _index_folder(cache_dir, split.shard_dir)
+def index_folder(split, cache_dir):
+    """Where the DALI backends keep local copies of the split's remote index files (None: the indexes are local):
+    DALI reads s3:// shards itself (its readers accept s3:// paths since NVIDIA/DALI#5415) but index files from
+    local paths. In cache_dir, else a temporary folder removed at exit."""
+    if not any(storage.is_remote(shard.index_path) for shard in split.shards):
+        return None
+    return _index_folder(cache_dir, split.shard_dir)
+
+
+def local_index(shard, folder):
+    """`shard` with its index at a local path: its remote index copied into `folder` unless a copy there matches
+    the manifest (one that no longer does, the folder having been made again, is fetched again)."""
+    if folder is None or not storage.is_remote(shard.index_path):
+        return shard
     os.makedirs(folder, exist_ok=True)
-    shards = []
-    for shard in split.shards:
-        local = os.path.join(folder, storage.basename(shard.index_path))
-        if not local_side_file_ok(shard, "index", local):
-            data = read_side_file(shard, "index")
-            write_atomic(local, data, durable=False)
-        shards.append(dataclasses.replace(shard, index_path=local))
-        check_index_file(shards[-1])
-    return dataclasses.replace(split, shards=tuple(shards))
+    local = os.path.join(folder, storage.basename(shard.index_path))
+    if not local_side_file_ok(shard, "index", local):
+        write_atomic(local, read_side_file(shard, "index"), durable=False)
+    return dataclasses.replace(shard, index_path=local)
 
 
 def _index_folder(cache_dir, location):

@@ -201,20 +201,21 @@ def check_shard_file(shard, size=-1):
 
 
 def check_index_file(shard):
-    """ShardError naming the .idx when it is missing, is not the file the manifest records (size, sha256: an index
-    of another shard would make DALI decode the wrong bytes), disagrees with the manifest's count, or points past
-    the tar."""
+    """The bytes of the shard's .idx; ShardError naming it when it is missing, is not the file the manifest
+    records (size, sha256: an index of another shard would make DALI decode the wrong bytes), disagrees with the
+    manifest's count, or points past the tar."""
     if not shard.index_path:
         raise ShardError(f"the manifest names no DALI index for shard {shard.path}; the DALI backends need one")
     try:
         text = read_side_file(shard, "index")
     except (OSError, StorageError) as exc:
         raise ShardError(f"DALI index {shard.index_path} is missing or unreadable: {exc}") from exc
-    header, count = index_header(text.split(b"\n", 1)[0])
+    _, count = index_header(text.split(b"\n", 1)[0])
     last_line = text.rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
     if count != shard.samples:
-        raise ShardError(f"DALI index {shard.index_path} describes {header[1:] or 'no'} samples but the manifest "
-                         f"says {shard.samples} for {os.path.basename(shard.path)}")
+        described = "no" if count is None else count
+        raise ShardError(f"DALI index {shard.index_path} describes {described} samples but the manifest says "
+                         f"{shard.samples} for {os.path.basename(shard.path)}")
     # Index records are `ext offset size name` groups; the last one of the file ends furthest into the tar.
     try:
         end = int(last_line[-3]) + int(last_line[-2])
@@ -222,6 +223,7 @@ def check_index_file(shard):
         raise ShardError(f"DALI index {shard.index_path} has a malformed last line") from exc
     if end > shard.bytes:
         raise ShardError(f"DALI index {shard.index_path} points past the end of {shard.path}")
+    return text
 
 
 def find_corrupt_shard(shards, hash_remote=True):
