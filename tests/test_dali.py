@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import epoch_batches, needs_dali
 
+import pipeline
 from pipeline import augment, load_split
 
 pytestmark = needs_dali
@@ -60,3 +61,37 @@ def test_gpu_graph_fused_normalisation_matches_the_host_normaliser(real_shards, 
 def test_resizing_on_the_host_with_normalisation_in_the_graph_is_refused(real_shards):
     with pytest.raises(ValueError, match="resize_on_host"):
         dali_cpu_epoch(real_shards, "train", 4, 32, resize_on_host=True, normalize_in_graph=True)
+
+
+@pytest.mark.parametrize("split, block", [("train", 5), ("train", 0), ("val", 0)])
+def test_a_rank_reads_only_the_indexes_and_tars_of_its_own_samples_once_per_epoch(unique_shards, monkeypatch,
+                                                                                   split, block):
+    """Rank 1 of 3: DALI's reader gets one entry per run of the rank's samples, each shard's index read once in
+    the epoch (not the whole split's), and the entries' indexes hold exactly the lines of those samples."""
+    from pipeline import dali
+
+    read = []
+    real_check = dali.check_index_file
+    monkeypatch.setattr(dali, "check_index_file", lambda shard: read.append(shard.index_path) or real_check(shard))
+    loader = pipeline.build_loader(unique_shards, split, 4, backend="dali-cpu", rank=1, world_size=3, workers=1,
+                                   device="cpu", image_size=16, seed=3, shuffle_block=block, verify="off")
+    loader.set_epoch(2)
+    assert not read  # building a loader reads no index
+    batches = list(loader)
+    plan = loader.plan()
+    runs = loader.segments(plan.start, plan.stop)
+    own = {shard.index_path for shard, _, _ in runs}
+    assert sorted(read) == sorted(own) and len(own) < len(loader.split.shards)
+    labels = sorted(int(label) for _, batch_labels in batches for label in batch_labels)
+    expected = []
+    for shard, first, stop in runs:  # the labels of the run's samples, read at their .cls offsets
+        with open(shard.index_path) as handle, open(shard.path, "rb") as tar:
+            for line in handle.read().splitlines()[1 + first:1 + stop]:
+                fields = line.split()
+                cls = fields.index("cls")
+                tar.seek(int(fields[cls + 1]))
+                expected.append(int(tar.read(int(fields[cls + 2]))))
+    if split == "val":
+        assert labels == sorted(expected)
+    else:  # the batch quota ends the epoch before the rank's last samples
+        assert set(labels) <= set(expected) and len(labels) == len(batches) * 4
