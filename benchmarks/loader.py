@@ -56,6 +56,7 @@ from shards.manifest import read_manifest
 
 SAMPLE_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "imagenet-sample"))
 TOOL = os.path.join(ROOT, "tools", "make_shards.py")
+TARGET_VS_DECODE = 1.3  # the torch backend's CPU per image against its decoder's alone (decode-only row)
 TARGET_VS_STOCK = 2.0  # torch and dali-cpu >= 2x the stock torchvision pipeline (CPU, 2 workers, 224 px)
 STOCK_PILLOW = "(a) stock torchvision + {pil}"       # row names; the targets are judged against the first
 STOCK_ACTIVE_PIL = "(b) stock torchvision + {pil}"   # baseline row present
@@ -195,6 +196,38 @@ def our_loader(shard_dir, backend, args, device, **options):
         loader.set_epoch(number)
         return iter(loader)
     return epoch, len(loader)
+
+
+DECODE_ONLY = "decode only: the torch backend's decoder, same shards"  # its CPU ms/image is the floor
+
+
+def decode_only(shard_dir, args):
+    """(time_epochs, batches): the torch backend's train decode (pipeline/jpeg_decode.py decode_train, the same
+    window decoder) of every JPEG of the epoch, read into memory beforehand, in this process, one thread: the CPU
+    time per image that no loader around this decoder can go below."""
+    import numpy as np
+
+    from pipeline.jpeg_decode import decode_train, window_decoder
+    from pipeline.shard_read import read_samples
+    from shards.manifest import load_split
+
+    split = load_split(shard_dir, "train")
+    batches = split.num_samples // args.batch_size
+    jpegs = [jpeg for shard in split.shards for _, jpeg, _ in read_samples(shard, 0, shard.samples)]
+    jpegs = jpegs[:batches * args.batch_size]
+    windows = window_decoder()
+
+    def time_epochs(first, count):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        cpu_start, start = _cpu_seconds(), time.perf_counter()
+        for number in range(first, first + count):
+            rng = np.random.default_rng(number)
+            for jpeg in jpegs:
+                decode_train(jpeg, args.image_size, rng, windows)
+        torch.set_num_threads(threads)
+        return time.perf_counter() - start, _cpu_seconds() - cpu_start
+    return time_epochs, batches
 
 
 def timed_epochs(epoch, first, count, device):
@@ -381,6 +414,8 @@ def measure_local(args, device, backends):
         runners[active] = in_process(stock_loader(src, args, device), device)
         for backend in backends:
             runners[backend] = in_process(our_loader(shard_dir, backend, args, device), device)
+        if "torch" in backends:
+            runners[DECODE_ONLY] = decode_only(shard_dir, args)
         try:
             seconds = interleaved_repeats(runners, args)
         finally:
@@ -413,6 +448,9 @@ def report(args, device, backends, runners, seconds, active, skipped):
             f"{args.repeats} repeats, {os.cpu_count()} CPUs (other work may share the machine); "
             f"target >= {TARGET_VS_STOCK}x {judged.split()[0]} for torch and dali-cpu: {verdicts}"
             + ("" if skipped is None else f"; row (a) not run: {skipped}"))
+    if DECODE_ONLY in cpu_ms:
+        note += (f"; torch backend's CPU per image {cpu_ms['torch'] / cpu_ms[DECODE_ONLY]:.2f}x its decoder's alone "
+                 f"(target <= {TARGET_VS_DECODE}x)")
     print(table)
     print(note)
     print(json.dumps({"benchmark": "loader", "device": str(device), "workers": args.workers, "copies": args.copies,
