@@ -2,6 +2,7 @@
 benchmarks measure speed, tests only check that the instruments work)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,11 +136,13 @@ def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path)
     rates = data["images_per_s"]
     stock = [name for name in rates if name.startswith("(b) stock torchvision")]
     assert len(stock) == 1 and not any(name.startswith("(a)") for name in rates)  # no download asked for
-    assert set(rates) == set(stock) | set(backends.split(","))
+    decode_only = [name for name in rates if name.startswith("decode only")]  # the torch backend's floor
+    assert len(decode_only) == 1 and set(rates) == set(stock) | set(backends.split(",")) | set(decode_only)
     assert all(rate > 0 for rate in rates.values())
     assert set(data["cpu_ms_per_image"]) == set(rates) and all(v > 0 for v in data["cpu_ms_per_image"].values())
     assert set(data["ratios"][stock[0]]) == set(backends.split(","))
     assert "row (a) not run: --no-stock-pillow" in stdout
+    assert re.search(r"torch backend's CPU per image \d+\.\d\dx its decoder's alone \(target <= 1\.3x\)", stdout)
 
 
 @pytest.mark.slow
