@@ -14,6 +14,7 @@ Only cli() decides it.
 import json
 import os
 import sys
+import time
 from dataclasses import replace
 
 if __name__ == "__main__":  # before torch imports: a signal in those seconds is a clean stop too
@@ -250,20 +251,41 @@ def cli(argv=None, prog="train.py"):
     module docstring). An error every rank has alike is printed by each node's first rank."""
     status = 1  # what an uncaught exception leaves
     try:
-        status = main(argv)
+        try:
+            status = main(argv)
+        except (config.UsageError, checkpoint.CheckpointError, ShardError, LoaderFailed, stopping.Diverged,
+                distributed.CollectiveFailed) as exc:
+            status = 2 if isinstance(exc, config.UsageError) else 1
+            alike = isinstance(exc, (config.UsageError, stopping.AgreedError))
+            if not alike or os.environ.get("LOCAL_RANK", "0") == "0":
+                sys.stderr.write(f"{prog}: error: {exc}\n")
+        except RuntimeError:
+            # A signal during set-up stops each rank where it is; a rank inside a collective (DDP's check of the
+            # parameters) sees its peer gone (gloo: "Connection closed by peer") before the signal reaches it or
+            # its handler runs, and would report a crash instead of the stop. It waits for that signal a moment:
+            # the handler's Interrupted ends the wait and is taken below; no signal, the error is what it was.
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                time.sleep(_SIGNAL_WAIT_S)
+            raise
     except stopping.Interrupted as exc:  # every rank has it: the launcher signals them all
-        status = 128 + exc.signum
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            sys.stderr.write(f"{prog}: {exc}\n")
-    except (config.UsageError, checkpoint.CheckpointError, ShardError, LoaderFailed, stopping.Diverged,
-            distributed.CollectiveFailed) as exc:
-        status = 2 if isinstance(exc, config.UsageError) else 1
-        alike = isinstance(exc, (config.UsageError, stopping.AgreedError))
-        if not alike or os.environ.get("LOCAL_RANK", "0") == "0":
-            sys.stderr.write(f"{prog}: error: {exc}\n")
+        status = _interrupted(exc, prog)
     finally:
-        distributed.record_exit_status(status)
+        try:
+            distributed.record_exit_status(status)
+        except stopping.Interrupted as exc:  # the signal's handler ran only now
+            status = _interrupted(exc, prog)
+            distributed.record_exit_status(status)
     return status
+
+
+_SIGNAL_WAIT_S = 2.0  # how long a rank whose set-up collective broke waits for the signal that stopped its peers
+
+
+def _interrupted(exc, prog):
+    """The exit status of a run stopped by a signal during set-up; each node's first rank prints its line."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        sys.stderr.write(f"{prog}: {exc}\n")
+    return 128 + exc.signum
 
 
 if __name__ == "__main__":
