@@ -183,7 +183,26 @@ def _worker_items(batches):
             if "DataLoader worker" not in str(exc):
                 raise
             raise LoaderFailed(f"torch loader: {' '.join(str(exc).split())[:300]}") from exc
+        except (ConnectionError, EOFError) as exc:
+            # A worker killed while the main process received what it sent (a tensor passed by file descriptor
+            # from the worker's resource sharer): the DataLoader has not noticed the death yet.
+            dead = _dead_workers(batches)
+            if not dead:
+                raise
+            raise LoaderFailed(f"torch loader: DataLoader worker (pid {dead[0]}) exited unexpectedly while handing "
+                               f"over a batch ({type(exc).__name__}: {exc})") from exc
         yield item
+
+
+def _dead_workers(batches, wait_s=1.0):
+    """The pids of the DataLoader's workers that have exited, looked for during up to `wait_s` (a process whose
+    socket the main process saw close is about to be, if not yet, reaped)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [worker.pid for worker in getattr(batches, "_workers", ()) if not worker.is_alive()]
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
 
 
 _END_GRACE_S = 10.0  # how long an ended epoch's workers may take to exit before they are killed
@@ -198,7 +217,10 @@ def _end_workers(batches):
     workers = list(getattr(batches, "_workers", ()))
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
-        shutdown()  # asks them to stop and joins them (up to 5 s each)
+        try:
+            shutdown()  # asks them to stop and joins them (up to 5 s each)
+        except RuntimeError:  # a worker's death, noticed only now: the epoch is over and its error told already
+            pass
     deadline = time.monotonic() + _END_GRACE_S
     for worker in workers:
         worker.join(timeout=max(0.0, deadline - time.monotonic()))
