@@ -17,10 +17,10 @@ import numpy as np
 
 from shards.errors import ShardError, StorageError
 from shards.format import member_checksum
-from shards.read import read_checksums, read_index, read_labels, read_member
+from shards.read import read_index, read_labels, read_member
 from shards.storage import RangeReader, is_remote
 
-from .shard_read import _key
+from .shard_read import member_checksums_of, sample_key
 
 _FETCH_THREADS = 16  # side files fetched at once from object storage (each a small request)
 _NONE = -1  # no such member (a shard whose labels come from its .labels file)
@@ -46,13 +46,7 @@ class SampleIndex:
     def _read_side_files(self, shard):
         records = read_index(shard)
         labels = read_labels(shard) if shard.labels_path else None
-        crcs = {}
-        if self.crcs is not None and shard.checksums_path:
-            try:
-                crcs = dict(read_checksums(shard))
-            except ValueError as exc:
-                raise ShardError(f"member checksums {shard.checksums_path} are unusable: {exc}") from exc
-        return records, labels, crcs
+        return records, labels, member_checksums_of(shard) if self.crcs is not None else {}
 
     def _fill(self, number, records, labels, crcs):
         shard = self.shards[number]
@@ -106,7 +100,7 @@ class SampleIndex:
     @staticmethod
     def _key(reader, offset):
         """The sample's key from its image member's tar header (read_member has just read it: no request)."""
-        return _key(_member_name(reader, offset))
+        return sample_key(_member_name(reader, offset))
 
 
 def _member_name(reader, offset):

@@ -56,7 +56,7 @@ def read_indexed_samples(shard, first, stop, *, per_request=1, checked=False):
     records = read_index(shard)
     labels = read_labels(shard) if shard.labels_path else None
     wanted = ("jpg",) if labels is not None else WANTED
-    expected = _member_checksums(shard) if checked else {}
+    expected = member_checksums_of(shard) if checked else {}
     try:
         with RangeReader(shard.path) as reader:
             for number in range(first, stop):
@@ -73,14 +73,14 @@ def read_indexed_samples(shard, first, stop, *, per_request=1, checked=False):
                         raise ShardError(f"shard {shard.path}: member {member} differs from its checksum in "
                                          f"{os.path.basename(shard.checksums_path)}: the object changed after "
                                          "tools/make_shards.py wrote it; upload the shard folder again")
-                yield _key(records[number]["jpg"][2]), parts["jpg"], parts["cls"]
+                yield sample_key(records[number]["jpg"][2]), parts["jpg"], parts["cls"]
     except StorageError:
         raise
     except OSError as exc:
         raise ShardError(f"shard {shard.path} is unreadable: {exc}") from exc
 
 
-def _key(member):
+def sample_key(member):
     """A sample's key from its member's name, as webdataset splits it: up to the first dot of the last path part."""
     folder, _, name = member.rpartition("/")
     return f"{folder}/{name.split('.', 1)[0]}" if folder else name.split(".", 1)[0]
@@ -92,7 +92,8 @@ def _span(records):
     return min(offset for offset, _ in members) - BLOCK, max(offset + size for offset, size in members)
 
 
-def _member_checksums(shard):
+def member_checksums_of(shard):
+    """{member name: CRC-32} from the shard's .crc32 ({} when the manifest names none); ShardError when unusable."""
     if not shard.checksums_path:
         return {}
     try:
