@@ -35,6 +35,7 @@ the median time of one 4 KiB ranged read remotely against one pread of the local
 """
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -232,8 +233,9 @@ def decode_only(shard_dir, args):
 
 def timed_epochs(epoch, first, count, device):
     """(seconds, CPU seconds) to deliver `count` whole epochs starting at epoch number `first`. CPU time counts
-    this process (its DALI threads included) and its worker processes, which have all exited by the end of an
-    epoch (DataLoader workers are joined when the epoch's iterator ends)."""
+    this process (its DALI threads included) and its worker processes, those that have exited (the stock
+    DataLoader's, joined when the epoch's iterator ends) and those still running (the torch backend's, which
+    serve every epoch)."""
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
     for number in range(first, first + count):
@@ -246,8 +248,25 @@ def timed_epochs(epoch, first, count, device):
 
 
 def _cpu_seconds():
+    running = _running_children_cpu()  # first: it reaps the children that have exited, which getrusage then counts
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + running
+
+
+def _running_children_cpu():
+    """CPU seconds of this process's children that are still running (getrusage counts a child only once it
+    has exited and been waited for), from /proc/PID/stat: utime and stime, fields 14 and 15, in clock ticks. A
+    child that exits between two readings moves from this sum to getrusage's: the total stays continuous."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:  # exited meanwhile: counted by getrusage once reaped
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def pil_label(flavour):

@@ -71,14 +71,15 @@ class SampleIndex:
         shard_number = int(np.searchsorted(self.offsets, shard.offset, side="right")) - 1
         base = shard.offset - self.shards[0].offset
         source = copy or shard
-        rows = self.members[base + first:base + stop]
-        present = rows[:, 0::2][rows[:, 0::2] >= 0]
-        ends = (rows[:, 0:2].sum(axis=1), rows[:, 2:4].sum(axis=1))
+        rows = self.members[base + first:base + stop].tolist()
         labels = self.labels.get(shard_number)
         try:
             with RangeReader(source.path) as reader:
-                reader.prefetch(int(present.min()) - 512, int(max(ends[0].max(), ends[1].max())))
-                for i, (jpg_offset, jpg_size, cls_offset, cls_size) in enumerate(rows.tolist()):
+                if is_remote(source.path):  # the run's members (headers included) in one request
+                    reader.prefetch(min(offset for row in rows for offset in row[0::2] if offset >= 0) - 512,
+                                    max(row[0] + row[1] for row in rows) if labels is not None
+                                    else max(max(row[0] + row[1], row[2] + row[3]) for row in rows))
+                for i, (jpg_offset, jpg_size, cls_offset, cls_size) in enumerate(rows):
                     jpg = self._member(source, reader, jpg_offset, jpg_size, base + first + i, 0)
                     cls = labels[first + i] if labels is not None else \
                         self._member(source, reader, cls_offset, cls_size, base + first + i, 1)

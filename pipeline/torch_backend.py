@@ -1,5 +1,9 @@
 """The `torch` backend: DataLoader worker processes read shards, decode crop windows and fill batch slots.
 
+The worker processes are started once and serve every epoch of the loader (a _WorkerPool; started again only
+when the batch geometry changes, e.g. progressive resizing): each epoch's plan and order are functions of the
+epoch number (_EpochPlans), which reaches the running workers through shared memory.
+
 Each worker reads only its contiguous share of the rank's sample range (shards.worker_plans) through
 pipeline/shard_read.py, shuffles raw JPEG bytes through a seeded buffer (train), decodes and resizes only the
 crop window (pipeline/jpeg_decode.py) and writes uint8 HWC batches into shared-memory slots
@@ -10,15 +14,20 @@ process moves the pieces to the device and converts, normalises, joins and lays 
 A damaged shard makes the worker yield a _Failure naming the file, which the main process raises as a
 ShardError: one clear line instead of a worker traceback. Any other exception in a worker (out of memory, a cache
 folder it cannot write) becomes a LoaderFailed naming the worker, the exception and where it was raised; and
-however an epoch's iteration ends, its workers are ended with it (see _end_workers).
+an epoch that ends in an error ends its workers with it (see _end_workers). An epoch left early (a break, a stop
+between steps) closes its batch slots, so the workers stop filling them and wait for the next epoch. The
+workers end with the loader: close(), its garbage collection, or the interpreter's exit.
 """
+import atexit
 import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
+import weakref
 
 import numpy as np
 import torch
@@ -31,7 +40,7 @@ from shards.storage import is_remote
 from .batch_slots import BatchSlots, EpochClosed
 from .jpeg_decode import DECODE_ERRORS, decode_train, decode_val, window_decoder
 from .loader import Loader, host_work_threads
-from .rank_plan import SHUFFLE_BUFFER, epoch_seed, order_segments, worker_plans
+from .rank_plan import SHUFFLE_BUFFER, epoch_order, epoch_seed, order_segments, rank_plan, worker_plans
 from .sample_index import SampleIndex
 from .shard_read import read_samples
 
@@ -73,28 +82,61 @@ def _failure_of(exc, worker):
                     f"{': ' + text if text else ''}{where}", damaged=False)
 
 
-class ShardStream(IterableDataset):
-    """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure."""
+@dataclasses.dataclass(frozen=True)
+class _EpochPlans:
+    """What a worker needs to work out any epoch's plan and sample order by itself: both are functions of the
+    epoch number (pipeline/rank_plan.py), so a worker started once serves every epoch."""
+    num_samples: int
+    rank: int
+    world_size: int
+    batch_size: int          # per rank
+    train: bool
+    pieces: int              # a batch travels from the workers in this many pieces
+    shard_samples: tuple     # samples per shard, in manifest order
+    seed: int
+    block: int               # shuffle_block (0: storage order)
 
-    def __init__(self, split, plan, *, image_size, seed, epoch, rank, num_workers, slots=None, cache=None,
-                 augmenter=None, order=None, index=None):
-        self.split, self.plan, self.cache = split, plan, cache
-        # The epoch's sample ids in reading order (None: storage order), and the SampleIndex that reads them.
-        self.order, self.index = order, index
+    def plan(self, epoch):
+        """The rank's plan of `epoch` counted in pieces: each piece is a batch for the workers."""
+        plan = rank_plan(self.num_samples, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+                         epoch=epoch, train=self.train)
+        return dataclasses.replace(plan, batch_size=plan.batch_size // self.pieces,
+                                   batches=plan.batches * self.pieces)
+
+    def order(self, epoch):
+        return epoch_order(list(self.shard_samples), seed=self.seed, epoch=epoch, block=self.block)
+
+
+class ShardStream(IterableDataset):
+    """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure, for the epoch that
+    `epoch_state[0]` names when its iteration starts."""
+
+    def __init__(self, split, plans, epoch_state, *, image_size, rank, num_workers, slots=None, cache=None,
+                 augmenter=None, index=None):
+        self.split, self.plans, self.cache = split, plans, cache
+        self.epoch_state = epoch_state  # shared int64 tensor: the epoch the next iteration reads
+        self.index = index  # the SampleIndex that reads samples in the epoch's order (None: storage order)
         self.augmenter = augmenter  # augment.AutoAugmenter for train pixels, run here in the worker, or None
-        self.image_size, self.seed, self.epoch, self.rank = image_size, seed, epoch, rank
+        self.image_size, self.seed, self.rank = image_size, plans.seed, rank
         self.num_workers = max(1, num_workers)
         self.slots = slots  # BatchSlots shared with the main process, or None: a new tensor per batch
+        self.epoch, self.plan, self.order = None, None, None  # of the iteration under way
 
     def __iter__(self):
         info = get_worker_info()
         if info is not None:
             # Pre-emption: launchers and schedulers (torchrun, SLURM) signal the whole process group. The rank, not
             # its loader workers, acts on it: it finishes its step, saves and then closes the epoch, which ends
-            # these workers (EpochClosed below). A worker killed by the signal would crash the rank instead.
+            # these workers' epoch (EpochClosed below). A worker killed by the signal would crash the rank instead.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         worker = info.id if info is not None else 0
+        self.epoch = int(self.epoch_state[0])
+        self.plan = self.plans.plan(self.epoch)
+        # The epoch's sample ids in reading order (None: storage order), read through self.index.
+        self.order = self.plans.order(self.epoch) if self.index is not None else None
+        if self.slots is not None and info is not None:
+            self.slots.begin_epoch(worker)
         share = worker_plans(self.plan, self.num_workers)[worker]
         if share.stop <= share.start:
             return
@@ -254,7 +296,7 @@ class TorchLoader(Loader):
                         self.split.name, self.split.shard_dir)
             self.shuffle_block = 0
             self._order = self._shards_of = (None, None)  # computed for the block asked
-        self._slots = None  # BatchSlots, made for the first epoch run with worker processes
+        self._pool = None  # _WorkerPool: the worker processes, started by the first epoch run with workers
         self._index = None  # SampleIndex of the split, made for the first epoch in a fresh order
 
     def _checked_while_reading(self, shard):
@@ -262,22 +304,23 @@ class TorchLoader(Loader):
         return is_remote(shard.path) and (self.cache is not None or bool(shard.checksums_path))
 
     def _epoch_batches(self, plan):
-        split = plan.train and self.workers > 1 and plan.batch_size % _PIECES_PER_BATCH == 0
-        pieces = _PIECES_PER_BATCH if split else 1
-        worker_plan = dataclasses.replace(plan, batch_size=plan.batch_size // pieces, batches=plan.batches * pieces)
-        slots = self._batch_slots(worker_plan.batch_size)
-        order = self.epoch_order()
-        if order is not None and self._index is None:  # before the workers fork: they share its pages
-            remote = is_remote(self.split.shards[0].path)
-            self._index = SampleIndex(self.split.shards, checked=remote and self.cache is None)
-        dataset = ShardStream(self.split, worker_plan, image_size=self.image_size, seed=self.seed, epoch=self.epoch,
-                              rank=self.rank, num_workers=self.workers, slots=slots, cache=self.cache,
-                              augmenter=self._augmenter, order=order, index=self._index if order is not None else None)
-        # Fresh workers every epoch: they fork with this epoch's plan and seed (persistent workers would not).
-        # No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself.
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.workers,
-                            prefetch_factor=_PREFETCH if self.workers else None, persistent_workers=False)
-        batches = iter(loader)
+        pieces = _PIECES_PER_BATCH if plan.train and self.workers > 1 and plan.batch_size % _PIECES_PER_BATCH == 0 \
+            else 1
+        shards = self.split.shards
+        plans = _EpochPlans(self.split.num_samples, self.rank, self.world_size, self.per_rank_batch, plan.train,
+                            pieces, tuple(shard.samples for shard in shards), self.seed, self.shuffle_block)
+        if self.shuffle_block and self._index is None:  # before the workers fork: they share its pages
+            remote = is_remote(shards[0].path)
+            self._index = SampleIndex(shards, checked=remote and self.cache is None)
+        dataset_options = dict(image_size=self.image_size, rank=self.rank, num_workers=self.workers,
+                               cache=self.cache, augmenter=self._augmenter, index=self._index)
+        if self.workers == 0:
+            pool = None
+            batches = iter(ShardStream(self.split, plans, torch.tensor([self.epoch]), **dataset_options))
+        else:
+            pool = self._worker_pool(plans, dataset_options)
+            batches = pool.start_epoch(self.epoch)
+        slots = pool.slots if pool is not None else None
         pending = []
         try:
             for item in _worker_items(batches):
@@ -297,20 +340,89 @@ class TorchLoader(Loader):
                         slots.release(handle)
                 pending = []
                 yield images, labels
-        finally:
-            if slots is not None:
-                slots.close_epoch()
-            _end_workers(batches)
-            del batches
+        except GeneratorExit:  # left early (a break, a stop between steps): the workers wait for the next epoch
+            if pool is not None:
+                pool.slots.close_epoch()
+            raise
+        except BaseException:  # a failure (here or in a worker): the epoch's workers end with it
+            self.close()
+            raise
 
-    def _batch_slots(self, piece_size):
-        """This loader's BatchSlots (None without worker processes), renewed for the epoch."""
-        if self.workers == 0:
-            return None
-        if self._slots is None or self._slots.images.shape[2:4] != (piece_size, self.image_size):
+    def _worker_pool(self, plans, dataset_options):
+        """The running _WorkerPool for this epoch's batch geometry: the last one, or a new one in its place."""
+        key = (plans, self.image_size)
+        if self._pool is not None and self._pool.key != key:
+            self.close()  # another crop size (progressive resizing) or batch: new slots, new workers
+        if self._pool is None:
+            piece_size = plans.batch_size // plans.pieces
+            # The DataLoader starts its workers with the default start method; the semaphores must match it.
             # Progress needs more slots per worker than the pieces the main process holds while it assembles a
             # batch (_PIECES_PER_BATCH - 1); the prefetched items on top keep the workers from waiting.
-            self._slots = BatchSlots(self.workers, _PREFETCH + _PIECES_PER_BATCH, piece_size, self.image_size)
-        # The DataLoader starts its workers with the default start method; the semaphores must match it.
-        self._slots.new_epoch(multiprocessing.get_context())
-        return self._slots
+            slots = BatchSlots(self.workers, _PREFETCH + _PIECES_PER_BATCH, piece_size, self.image_size,
+                               multiprocessing.get_context())
+            epoch_state = torch.zeros(1, dtype=torch.int64).share_memory_()
+            dataset = ShardStream(self.split, plans, epoch_state, slots=slots, **dataset_options)
+            self._pool = _WorkerPool(key, dataset, self.workers, slots, epoch_state)
+        return self._pool
+
+    def close(self):
+        """Ends the loader's worker processes now (they also end when the loader is collected, or at exit);
+        the next epoch starts new ones."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.end()
+
+
+class _WorkerPool:
+    """One DataLoader's worker processes, kept from epoch to epoch (persistent_workers): each iteration resumes
+    the same processes, which read the new epoch's number from `epoch_state` (shared memory) when they start it.
+    No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself."""
+
+    def __init__(self, key, dataset, workers, slots, epoch_state):
+        self.key, self.slots, self.epoch_state = key, slots, epoch_state
+        # collate_fn: items travel as they are made. The DataLoader's default turns the labels' numpy array into
+        # a tensor, which then crosses as a shared-memory file passed over a socket of its own: 2 ms of the main
+        # process per item, against microseconds for the pickled array.
+        self.loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=workers,
+                                 prefetch_factor=_PREFETCH, persistent_workers=True)
+        self.batches = None  # the DataLoader's iterator, made by the first epoch (which forks the workers)
+        _live_pools.add(self)
+        _end_pools_at_exit()
+        # Ends the workers when the pool is collected without end(): its loader dropped, never closed.
+        self._finalizer = weakref.finalize(self, _end_iterator, slots, self.loader)
+
+    def start_epoch(self, epoch):
+        """The DataLoader's iterator, resumed for `epoch` (its first call starts the workers)."""
+        self.epoch_state[0] = epoch
+        self.batches = iter(self.loader)  # the same iterator, reset: its workers start `epoch` at their next item
+        return self.batches
+
+    def end(self):
+        _live_pools.discard(self)
+        self._finalizer()
+
+
+def _as_made(item):
+    return item
+
+
+def _end_iterator(slots, loader):
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        slots.close_epoch()  # a worker waiting for a slot stops waiting
+        _end_workers(iterator)
+        loader._iterator = None
+
+
+_live_pools = weakref.WeakSet()
+_at_exit = threading.Lock()
+_registered = []
+
+
+def _end_pools_at_exit():
+    """Registers, once, the exit hook that ends every pool's workers before multiprocessing's own hook runs (hooks
+    run last-registered first): that one would terminate them, which these workers ignore, and join them forever."""
+    with _at_exit:
+        if not _registered:
+            atexit.register(lambda: [pool.end() for pool in list(_live_pools)])
+            _registered.append(True)

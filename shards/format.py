@@ -107,12 +107,24 @@ def member_header(name, size):
 
 
 def member_header_ok(header, size):
-    """True when `header` is an intact tar header (its checksum holds) of a member of `size` bytes."""
-    try:
-        info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
-    except (tarfile.HeaderError, UnicodeDecodeError):
+    """True when `header` is an intact tar header (its checksum holds) of a member of `size` bytes.
+
+    Read before every member a loader reads, so only the two fields that decide it are parsed (tarfile's own
+    TarInfo.frombuf parses every field: 60 microseconds, a tenth of the torch backend's CPU per sample besides
+    decoding). The checksum is the one tarfile accepts: the sum of the header's bytes with its checksum field
+    counted as spaces, as unsigned bytes (POSIX) or, for old tar writers, as signed ones."""
+    if len(header) != BLOCK:
         return False
-    return info.size == size
+    try:
+        stored, recorded = tarfile.nti(header[148:156]), tarfile.nti(header[124:136])
+    except tarfile.InvalidHeaderError:
+        return False
+    if recorded != size:
+        return False
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 0x20
+    if stored == unsigned:
+        return True
+    return stored == unsigned - 256 * sum(1 for byte in header[:148] + header[156:] if byte >= 0x80)
 
 
 # ---------------------------------------------------------------------------------------------------- side files

@@ -157,6 +157,9 @@ def test_breaking_out_of_an_epoch_then_running_more_epochs(unique_shards, backen
         counts.append(_settled_thread_count(at_most=counts[0], wait=5.0) if counts else
                       _settled_thread_count(at_most=0, wait=0.5))
     assert counts[-1] <= counts[0]  # DALI pipelines and DataLoader threads do not pile up over epochs
+    assert len(multiprocessing.active_children()) == (2 if backend == "torch" else 0)  # one set, every epoch
+    if backend == "torch":
+        loader.close()
     assert multiprocessing.active_children() == []
 
 

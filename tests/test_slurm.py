@@ -73,8 +73,12 @@ def wait_for(condition, what, timeout, job=None, cluster=None, log=None):
         time.sleep(0.1)
     state = cluster.job(job) if cluster else {}
     tail = open(log).read()[-4000:] if log and os.path.exists(log) else ""
+    # Which processes were there and where they waited: a rank that never printed is told from a launcher that
+    # never started it.
+    processes = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,wchan:24,args", "--sort", "pid"],
+                               capture_output=True, text=True).stdout
     raise AssertionError(f"no {what} after {timeout} s; job: {state.get('JobState')} {state.get('Reason')} "
-                         f"restarts {state.get('Restarts')}; log:\n{tail}")
+                         f"restarts {state.get('Restarts')}; log:\n{tail}\nprocesses:\n{processes[-6000:]}")
 
 
 def free_port():

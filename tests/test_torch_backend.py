@@ -17,7 +17,57 @@ def test_torch_backend_in_process_and_with_more_workers(unique_shards, workers):
         assert len(batches) == len(loader) == (UNIQUE_CLASSES // 5 if split == "train" else -(-UNIQUE_CLASSES // 5))
         seen = labels_of(batches)
         assert len(seen) == len(set(seen))
-    assert multiprocessing.active_children() == []  # the DataLoader workers are gone after the epoch
+        loader.close()
+    assert multiprocessing.active_children() == []  # close() ends the workers
+
+
+def _worker_pids():
+    return sorted(process.pid for process in multiprocessing.active_children())
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_the_workers_serve_every_epoch_and_end_with_the_loader(unique_shards, split):
+    """Worker processes start once, not every epoch: an epoch read whole, one left early and one resumed at
+    another epoch number all run on the same processes, with the batches fresh workers would give; a new crop
+    size starts new ones; collecting the loader ends them."""
+    import gc
+
+    def epoch(loader, number, stop_after=None):
+        loader.set_epoch(number)
+        batches = []
+        for i, (images, labels) in enumerate(loader):
+            batches.append((images.clone(), labels.clone()))
+            if i == stop_after:
+                break
+        return batches
+
+    def same(a, b):
+        return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+    def fresh(number):
+        loader = pipeline.build_loader(unique_shards, split, 8, backend="torch", workers=2, device="cpu",
+                                       image_size=16)
+        try:
+            return epoch(loader, number)
+        finally:
+            loader.close()
+
+    assert multiprocessing.active_children() == []
+    loader = pipeline.build_loader(unique_shards, split, 8, backend="torch", workers=2, device="cpu", image_size=16)
+    first = epoch(loader, 3)
+    pids = _worker_pids()
+    assert len(pids) == 2
+    epoch(loader, 5, stop_after=0)  # left after one batch: its workers are still waiting to fill slots
+    again = epoch(loader, 3)
+    assert _worker_pids() == pids  # the same processes served all three
+    assert same(first, again) and same(epoch(loader, 4), fresh(4))
+    assert _worker_pids() == pids
+    loader.set_image_size(24)
+    bigger = epoch(loader, 3)
+    assert bigger[0][0].shape[-1] == 24 and len(_worker_pids()) == 2 and set(_worker_pids()).isdisjoint(pids)
+    del loader
+    gc.collect()
+    assert multiprocessing.active_children() == []
 
 
 @pytest.mark.slow
@@ -66,8 +116,8 @@ def test_a_worker_waiting_for_a_batch_slot_stops_when_the_epoch_is_closed():
 
     from pipeline.batch_slots import BatchSlots, EpochClosed
 
-    slots = BatchSlots(workers=1, slots=1, batch_size=2, image_size=4)
-    slots.new_epoch(multiprocessing.get_context())
+    slots = BatchSlots(workers=1, slots=1, batch_size=2, image_size=4, context=multiprocessing.get_context())
+    slots.begin_epoch(0)
     assert slots.take(0) == 0
     outcome = []
 
@@ -85,7 +135,9 @@ def test_a_worker_waiting_for_a_batch_slot_stops_when_the_epoch_is_closed():
     slots.close_epoch()
     waiter.join(timeout=5)
     assert outcome == ["closed"] and time.monotonic() - started < 1.0
-    slots.new_epoch(multiprocessing.get_context())  # the next epoch starts with every slot free again
+    with pytest.raises(EpochClosed):  # the closed epoch takes no more slots
+        slots.take(0)
+    slots.begin_epoch(0)  # the worker's next epoch starts with every slot free again, the held one too
     assert slots.take(0) == 0
     slots.release((0, 0, 2))
     assert slots.take(0) == 0  # round the single slot again
