@@ -241,6 +241,9 @@ def main(argv=None):
         log(json.dumps(result))
     else:
         status = fit(run, learner, train_loader, val_loader, position, stop, log)
+    for each in (train_loader, val_loader):  # their worker processes, which serve every epoch, end here
+        if each is not None:
+            each.close()
     distributed.cleanup(world)
     return status
 

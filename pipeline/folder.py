@@ -131,6 +131,9 @@ class FolderLoader:
                 raise ShardError(errors[0])
             yield self.normalize(pixels), labels.to(self.device, non_blocking=True)
 
+    def close(self):
+        """Nothing outlives an iteration here (its DataLoader's workers end with each pass): the loaders' close()."""
+
     def __repr__(self):
         return f"FolderLoader({class_folder_root(self.data)!r}, {self.num_samples} images, {len(self.classes)} classes)"
 

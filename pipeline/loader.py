@@ -163,6 +163,16 @@ class Loader:
     def _epoch_batches(self, plan):
         raise NotImplementedError
 
+    def close(self):
+        """Ends what the loader keeps running from epoch to epoch (the torch backend's worker processes); an
+        epoch after it starts them again. Also done by a `with` block, the loader's collection and at exit."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     @property
     def augments(self):
         """True when batches must pass through _normalize (DALI's GPU graph then emits uint8 pixels)."""

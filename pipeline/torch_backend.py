@@ -247,15 +247,15 @@ def _dead_workers(batches, wait_s=1.0):
         time.sleep(0.05)
 
 
-_END_GRACE_S = 10.0  # how long an ended epoch's workers may take to exit before they are killed
+_END_GRACE_S = 10.0  # how long ended workers may take to exit before they are killed
 
 
 def _end_workers(batches):
-    """Ends the epoch's worker processes now, whatever they are doing and however the epoch ended. Dropping the
-    iterator is not enough: an exception raised inside the DataLoader keeps it alive in its traceback until the
-    interpreter exits, and the workers ignore SIGTERM (see ShardStream.__iter__), so the DataLoader's own shutdown
-    at exit (terminate, then join) would wait for them forever. Workers that do not exit within _END_GRACE_S of
-    the DataLoader's shutdown request are killed."""
+    """Ends the DataLoader iterator's worker processes now, whatever they are doing. Dropping the iterator is not
+    enough: an exception raised inside the DataLoader keeps it alive in its traceback until the interpreter exits,
+    and the workers ignore SIGTERM (see ShardStream.__iter__), so multiprocessing's own shutdown at exit (terminate,
+    then join) would wait for them forever. Workers that do not exit within _END_GRACE_S of the DataLoader's
+    shutdown request are killed."""
     workers = list(getattr(batches, "_workers", ()))
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:

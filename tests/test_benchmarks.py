@@ -145,6 +145,41 @@ def test_loader_benchmark_compares_our_backends_with_stock_torchvision(tmp_path)
     assert re.search(r"torch backend's CPU per image \d+\.\d\dx its decoder's alone \(target <= 1\.3x\)", stdout)
 
 
+def _spin(seconds, done):
+    import time
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    done.set()
+    time.sleep(30)  # alive, idle, until the parent has read its CPU time and kills it
+
+
+def test_the_loader_benchmark_counts_the_cpu_of_workers_that_are_still_running():
+    """The torch backend's workers outlive each timed epoch, so getrusage (exited children only) would count
+    none of their CPU: benchmarks/loader.py adds that of running children from /proc, and the sum stays right
+    when a child exits between two readings."""
+    import multiprocessing
+
+    sys.path.insert(0, ROOT)
+    from benchmarks.loader import _cpu_seconds, _running_children_cpu
+
+    before = _cpu_seconds()
+    done = multiprocessing.get_context("fork").Event()
+    child = multiprocessing.get_context("fork").Process(target=_spin, args=(0.5, done), daemon=True)
+    child.start()
+    try:
+        assert done.wait(timeout=30)
+        assert 0.45 <= _running_children_cpu() <= 1.5
+        while_running = _cpu_seconds() - before
+        assert 0.45 <= while_running <= 2.0
+    finally:
+        child.kill()
+        child.join()
+    assert multiprocessing.active_children() == [] and _running_children_cpu() == 0
+    after_exit = _cpu_seconds() - before
+    assert while_running - 0.05 <= after_exit <= while_running + 0.5  # moved to getrusage's count, not lost
+
+
 @pytest.mark.slow
 def test_gpu_suite_stages_run_on_photographs_and_keep_their_data(tmp_path):
     """benchmarks/gpu_suite.sh's structure, run on this CPU with tiny sizes: a stage builds the photograph tree and

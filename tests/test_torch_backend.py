@@ -68,6 +68,10 @@ def test_the_workers_serve_every_epoch_and_end_with_the_loader(unique_shards, sp
     del loader
     gc.collect()
     assert multiprocessing.active_children() == []
+    with pipeline.build_loader(unique_shards, split, 8, backend="torch", workers=2, device="cpu",
+                               image_size=16) as loader:
+        assert same(epoch(loader, 4), fresh(4))
+    assert multiprocessing.active_children() == []  # the block's end closed it
 
 
 @pytest.mark.slow
