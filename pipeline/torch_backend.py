@@ -32,6 +32,7 @@ import weakref
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils import signal_handling
 
 from shards.errors import LoaderFailed, ShardError
 from shards.format import parse_label
@@ -222,9 +223,7 @@ def _worker_items(batches):
         except StopIteration:
             return
         except RuntimeError as exc:
-            if "DataLoader worker" not in str(exc):
-                raise
-            raise LoaderFailed(f"torch loader: {' '.join(str(exc).split())[:300]}") from exc
+            raise _worker_death(exc) from exc
         except (ConnectionError, EOFError) as exc:
             # A worker killed while the main process received what it sent (a tensor passed by file descriptor
             # from the worker's resource sharer): the DataLoader has not noticed the death yet.
@@ -234,6 +233,13 @@ def _worker_items(batches):
             raise LoaderFailed(f"torch loader: DataLoader worker (pid {dead[0]}) exited unexpectedly while handing "
                                f"over a batch ({type(exc).__name__}: {exc})") from exc
         yield item
+
+
+def _worker_death(exc):
+    """The LoaderFailed for the DataLoader's RuntimeError about a dead worker; any other RuntimeError as it is."""
+    if "DataLoader worker" not in str(exc):
+        return exc
+    return LoaderFailed(f"torch loader: {' '.join(str(exc).split())[:300]}")
 
 
 def _dead_workers(batches, wait_s=1.0):
@@ -314,15 +320,14 @@ class TorchLoader(Loader):
             self._index = SampleIndex(shards, checked=remote and self.cache is None)
         dataset_options = dict(image_size=self.image_size, rank=self.rank, num_workers=self.workers,
                                cache=self.cache, augmenter=self._augmenter, index=self._index)
-        if self.workers == 0:
-            pool = None
-            batches = iter(ShardStream(self.split, plans, torch.tensor([self.epoch]), **dataset_options))
-        else:
-            pool = self._worker_pool(plans, dataset_options)
-            batches = pool.start_epoch(self.epoch)
+        pool = None if self.workers == 0 else self._worker_pool(plans, dataset_options)
         slots = pool.slots if pool is not None else None
         pending = []
         try:
+            if pool is None:
+                batches = iter(ShardStream(self.split, plans, torch.tensor([self.epoch]), **dataset_options))
+            else:
+                batches = pool.start_epoch(self.epoch)
             for item in _worker_items(batches):
                 if isinstance(item, _Failure):
                     raise item.error()
@@ -343,10 +348,13 @@ class TorchLoader(Loader):
         except GeneratorExit:  # left early (a break, a stop between steps): the workers wait for the next epoch
             if pool is not None:
                 pool.slots.close_epoch()
+                pool.end_epoch()
             raise
         except BaseException:  # a failure (here or in a worker): the epoch's workers end with it
             self.close()
             raise
+        if pool is not None:
+            pool.end_epoch()
 
     def _worker_pool(self, plans, dataset_options):
         """The running _WorkerPool for this epoch's batch geometry: the last one, or a new one in its place."""
@@ -392,14 +400,44 @@ class _WorkerPool:
         self._finalizer = weakref.finalize(self, _end_iterator, slots, self.loader)
 
     def start_epoch(self, epoch):
-        """The DataLoader's iterator, resumed for `epoch` (its first call starts the workers)."""
+        """The DataLoader's iterator, resumed for `epoch` (its first call starts the workers); LoaderFailed when a
+        worker died while they waited for it."""
+        if self.batches is not None:
+            dead = [worker.pid for worker in self.batches._workers if not worker.is_alive()]
+            if dead:
+                raise LoaderFailed(f"torch loader: DataLoader worker (pid {dead[0]}) exited unexpectedly while the "
+                                   "workers waited for the next epoch (killed by the system?)")
+            _watch_deaths(self.batches, True)
         self.epoch_state[0] = epoch
-        self.batches = iter(self.loader)  # the same iterator, reset: its workers start `epoch` at their next item
+        try:
+            self.batches = iter(self.loader)  # the same iterator, reset: its workers start `epoch` at their next item
+        except RuntimeError as exc:
+            raise _worker_death(exc) from exc
         return self.batches
+
+    def end_epoch(self):
+        """Between epochs a worker's death is found when the next one starts (start_epoch), not at once."""
+        _watch_deaths(self.batches, False)
 
     def end(self):
         _live_pools.discard(self)
         self._finalizer()
+
+
+def _watch_deaths(iterator, watch):
+    """Registers the iterator's workers with torch's SIGCHLD handler (`watch`), or takes them off it. The handler
+    raises a worker's death in the main thread wherever that thread is: during an epoch that is the loader's
+    own wait for a batch (a LoaderFailed, see _worker_items); between epochs it would be anywhere in the training
+    step or validation, as a RuntimeError traceback. torch registers them when it starts them and takes them off
+    at shutdown (its _worker_pids_set flag says which); the same two calls are used here."""
+    registered = getattr(iterator, "_worker_pids_set", None)
+    if registered is None or registered == watch:  # another torch, or already so
+        return
+    if watch:
+        signal_handling._set_worker_pids(id(iterator), tuple(worker.pid for worker in iterator._workers))
+    else:
+        signal_handling._remove_worker_pids(id(iterator))
+    iterator._worker_pids_set = watch
 
 
 def _as_made(item):

@@ -49,3 +49,25 @@ def test_a_worker_killed_by_the_system_is_one_error_and_no_worker_outlives_the_e
         for _ in batches:
             pass
     assert multiprocessing.active_children() == []
+
+
+def test_a_worker_killed_between_epochs_is_one_error_when_the_next_epoch_starts(generated_shards):
+    """The workers serve every epoch, so one can die while they wait for the next (the system kills it for
+    memory): nothing is raised into whatever the rank does meanwhile (torch's SIGCHLD handler would raise it
+    anywhere in a training step), the next epoch starts with one LoaderFailed naming it, and no worker is left."""
+    loader = build_loader(generated_shards, "train", 4, backend="torch", workers=2, device="cpu", image_size=16)
+    loader.set_epoch(0)
+    assert sum(1 for _ in loader) == len(loader)
+    victim, survivor = multiprocessing.active_children()[:2]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(timeout=10)
+    time.sleep(0.5)  # meanwhile the rank trains or validates: no error may surface here
+    loader.set_epoch(1)
+    with pytest.raises(LoaderFailed, match=rf"torch loader: DataLoader worker \(pid {victim.pid}\) exited "
+                                           "unexpectedly while the workers waited for the next epoch"):
+        next(iter(loader))
+    assert multiprocessing.active_children() == [] and not survivor.is_alive()
+    loader.set_epoch(2)  # the loader still works: a new epoch starts new workers
+    assert sum(1 for _ in loader) == len(loader)
+    loader.close()
+    assert multiprocessing.active_children() == []
