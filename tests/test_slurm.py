@@ -77,8 +77,10 @@ def wait_for(condition, what, timeout, job=None, cluster=None, log=None):
     # never started it.
     processes = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,wchan:24,args", "--sort", "pid"],
                                capture_output=True, text=True).stdout
+    daemons = "".join(f"\n{name}.log:\n{cluster.log(name)[-1500:]}" for name in ("slurmctld", "slurmd")) \
+        if cluster else ""
     raise AssertionError(f"no {what} after {timeout} s; job: {state.get('JobState')} {state.get('Reason')} "
-                         f"restarts {state.get('Restarts')}; log:\n{tail}\nprocesses:\n{processes[-6000:]}")
+                         f"restarts {state.get('Restarts')}; log:\n{tail}\nprocesses:\n{processes[-6000:]}{daemons}")
 
 
 def free_port():
