@@ -1,8 +1,9 @@
 """The `torch` backend: DataLoader worker processes read shards, decode crop windows and fill batch slots.
 
-The worker processes are started once and serve every epoch of the loader (a _WorkerPool; started again only
+A train loader's worker processes are started once and serve every epoch (a _WorkerPool; started again only
 when the batch geometry changes, e.g. progressive resizing): each epoch's plan and order are functions of the
-epoch number (_EpochPlans), which reaches the running workers through shared memory.
+epoch number (_EpochPlans), which reaches the running workers through shared memory. A val loader's workers end
+with each pass (see TorchLoader._end_epoch).
 
 Each worker reads only its contiguous share of the rank's sample range (shards.worker_plans) through
 pipeline/shard_read.py, shuffles raw JPEG bytes through a seeded buffer (train), decodes and resizes only the
@@ -348,13 +349,22 @@ class TorchLoader(Loader):
         except GeneratorExit:  # left early (a break, a stop between steps): the workers wait for the next epoch
             if pool is not None:
                 pool.slots.close_epoch()
-                pool.end_epoch()
+                self._end_epoch(pool)
             raise
         except BaseException:  # a failure (here or in a worker): the epoch's workers end with it
             self.close()
             raise
         if pool is not None:
+            self._end_epoch(pool)
+
+    def _end_epoch(self, pool):
+        """Train workers wait for the next epoch. Val workers end: a val pass comes once per train epoch, so
+        starting them again costs a second or two per ImageNet epoch, while keeping them would hold a second set
+        of idle processes (and their memory) through every train epoch."""
+        if self.train:
             pool.end_epoch()
+        else:
+            self.close()
 
     def _worker_pool(self, plans, dataset_options):
         """The running _WorkerPool for this epoch's batch geometry: the last one, or a new one in its place."""

@@ -17,20 +17,20 @@ def test_torch_backend_in_process_and_with_more_workers(unique_shards, workers):
         assert len(batches) == len(loader) == (UNIQUE_CLASSES // 5 if split == "train" else -(-UNIQUE_CLASSES // 5))
         seen = labels_of(batches)
         assert len(seen) == len(set(seen))
-        loader.close()
-    assert multiprocessing.active_children() == []  # close() ends the workers
+    assert multiprocessing.active_children() == []  # val workers end with their epoch; the train loader is gone
 
 
 def _worker_pids():
     return sorted(process.pid for process in multiprocessing.active_children())
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_the_workers_serve_every_epoch_and_end_with_the_loader(unique_shards, split):
-    """Worker processes start once, not every epoch: an epoch read whole, one left early and one resumed at
+def test_the_train_workers_serve_every_epoch_and_end_with_the_loader(unique_shards):
+    """Train worker processes start once, not every epoch: an epoch read whole, one left early and one resumed at
     another epoch number all run on the same processes, with the batches fresh workers would give; a new crop
     size starts new ones; collecting the loader ends them."""
     import gc
+
+    split = "train"
 
     def epoch(loader, number, stop_after=None):
         loader.set_epoch(number)
@@ -145,3 +145,17 @@ def test_a_worker_waiting_for_a_batch_slot_stops_when_the_epoch_is_closed():
     assert slots.take(0) == 0
     slots.release((0, 0, 2))
     assert slots.take(0) == 0  # round the single slot again
+
+
+def test_val_workers_end_with_each_pass(unique_shards):
+    """A val pass comes once per train epoch: its workers end with it, whole or left early, rather than wait
+    through the train epoch beside the train workers."""
+    loader = pipeline.build_loader(unique_shards, "val", 8, backend="torch", workers=2, device="cpu", image_size=16)
+    first = [labels for _, labels in loader]
+    assert multiprocessing.active_children() == []
+    for _ in loader:
+        assert len(multiprocessing.active_children()) == 2
+        break
+    assert multiprocessing.active_children() == []
+    again = [labels for _, labels in loader]
+    assert len(again) == len(first) and all(torch.equal(a, b) for a, b in zip(first, again))
