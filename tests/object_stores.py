@@ -9,16 +9,12 @@ import subprocess
 import sys
 import time
 
+from ports import unclaimed_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKET = "shards-bucket"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_port(port, proc, timeout=60):
@@ -36,7 +32,7 @@ class S3Server:
     """moto's S3 server (`python -m moto.server`); env() is what a client needs to reach it."""
 
     def __init__(self):
-        self.port = _free_port()
+        self.port = unclaimed_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self.proc)
@@ -127,7 +123,7 @@ class StaticHttpServer(_ServerProcess):
         self.folder = os.path.join(self.root, "shards")
         if not os.path.exists(self.root):
             shutil.copytree(folder, self.folder)
-        self.port = _free_port()
+        self.port = unclaimed_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
                                       self.root, str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

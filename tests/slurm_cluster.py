@@ -12,9 +12,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
+
+from ports import unclaimed_ports
 
 BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo", "srun")
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
@@ -22,20 +23,6 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 
 class Unavailable(Exception):
     """Slurm cannot run here; the message (one line) says why."""
-
-
-def _free_ports(count):
-    """`count` distinct TCP ports free on this machine now."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("", 0))
-            socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def _missing():
@@ -118,7 +105,7 @@ class SlurmCluster:
         os.chmod(self.folder, 0o755)  # munged refuses folders others may write to; jobs read the conf
         self._start_munge()
         cpus, memory = _node_resources()
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, slurmd_port = unclaimed_ports(2)
         path = self.folder
         conf = f"""\
 ClusterName=cbamtest

@@ -4,13 +4,13 @@ terminal. Each run is compared with an uninterrupted one, step by step."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from ports import unclaimed_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -58,12 +58,6 @@ def finish(proc, timeout=240):
         stdout, stderr = proc.communicate()
         pytest.fail(f"still running after {timeout} s:\n{stdout[-2000:]}\n{stderr[-3000:]}")
     return proc.returncode, stdout, stderr
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rows(out, kind="train"):
@@ -157,7 +151,7 @@ def test_two_nodes_train_validate_and_resume_exactly(reference, generated_shards
     """Two torchrun agents (one rank each) rendezvous on loopback; SIGTERM to one node (its agent and rank, as a
     cluster pre-empts a node) stops both ranks at the same step with a checkpoint; both agents again with
     --resume auto finish the epoch with the losses of the one-node run. Rank 0 alone prints and writes."""
-    port = free_port()
+    port = unclaimed_port()
     out = tmp_path / "out"
     first = start(agent(port), out, "--save-every", "0", "--workers", "1", data=generated_shards)
     second = start(agent(port), out, "--save-every", "0", "--workers", "1", data=generated_shards)
@@ -185,7 +179,7 @@ def test_nodes_that_do_not_share_the_output_dir_are_refused_before_training(refe
     """Each rank resumes from the checkpoint in --output-dir; a relative one that names another folder on each
     node (its own working directory) would start the ranks at different points: one line per node, exit 2."""
     import shutil
-    port = free_port()
+    port = unclaimed_port()
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     shutil.copytree(reference[3], nodes[0] / "out")
     nodes[1].mkdir()
@@ -272,7 +266,7 @@ def test_a_node_added_then_lost_under_elastic_membership(generated_shards, tmp_p
     killed outright with its rank (a node lost) after a mid-epoch save: the first restarts alone from it, keeps the
     global batch (2 per rank x 2 accumulated, no rank's batch larger than before), says that the epoch's order
     changed and how many of its steps it redoes, and finishes."""
-    port = free_port()
+    port = unclaimed_port()
     out = tmp_path / "out"
     # The first agent hosts the rendezvous (the node that cannot be lost); a restart waits 1 s for other nodes.
     elastic = "last_call_timeout=1,join_timeout=60,is_host="

@@ -5,7 +5,6 @@ COMPLETED having trained every step exactly once, with the losses of an uninterr
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import time
 import pytest
 import torch
 from conftest import run_make_shards
+from ports import unclaimed_port
 from slurm_cluster import SlurmCluster, Unavailable
 
 pytestmark = pytest.mark.slow
@@ -83,17 +83,11 @@ def wait_for(condition, what, timeout, job=None, cluster=None, log=None):
                          f"restarts {state.get('Restarts')}; log:\n{tail}\nprocesses:\n{processes[-6000:]}{daemons}")
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 def test_time_limit_warning_and_preemption_requeue_and_resume_exactly(slurm, shards, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     out, ref_out, log = tmp_path / "out", tmp_path / "ref", str(tmp_path / "job.out")
     job_env = dict(slurm.env, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GPUS_PER_NODE="2",
-                   RDZV_PORT=str(free_port()))
+                   RDZV_PORT=str(unclaimed_port()))
     job = slurm.command("sbatch", "--parsable", f"--output={log}", "launch/slurm.sbatch", *TRAIN,
                         "--output-dir", str(out), str(shards), cwd=ROOT, env=job_env).stdout.strip().split(";")[0]
     # The uninterrupted reference runs meanwhile (its losses do not depend on the load).
