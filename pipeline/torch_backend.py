@@ -2,7 +2,8 @@
 
 A train loader's worker processes are started once and serve every epoch (a _WorkerPool; started again only
 when the batch geometry changes, e.g. progressive resizing): each epoch's plan and order are functions of the
-epoch number (_EpochPlans), which reaches the running workers through shared memory. A val loader's workers end
+epoch number (_EpochPlans), which reaches the running workers through shared memory with the epoch's sample
+order (computed once, by the main process). A val loader's workers end
 with each pass (see TorchLoader._end_epoch).
 
 Each worker reads only its contiguous share of the rank's sample range (shards.worker_plans) through
@@ -23,9 +24,9 @@ import atexit
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.util  # noqa: F401 - its exit hook is registered before _end_live_pools
 import os
 import signal
-import threading
 import time
 import traceback
 import weakref
@@ -42,7 +43,7 @@ from shards.storage import is_remote
 from .batch_slots import BatchSlots, EpochClosed
 from .jpeg_decode import DECODE_ERRORS, decode_train, decode_val, window_decoder
 from .loader import Loader, host_work_threads
-from .rank_plan import SHUFFLE_BUFFER, epoch_order, epoch_seed, order_segments, rank_plan, worker_plans
+from .rank_plan import SHUFFLE_BUFFER, epoch_seed, order_segments, rank_plan, worker_plans
 from .sample_index import SampleIndex
 from .shard_read import read_samples
 
@@ -86,17 +87,15 @@ def _failure_of(exc, worker):
 
 @dataclasses.dataclass(frozen=True)
 class _EpochPlans:
-    """What a worker needs to work out any epoch's plan and sample order by itself: both are functions of the
-    epoch number (pipeline/rank_plan.py), so a worker started once serves every epoch."""
+    """What a worker needs to work out any epoch's plan by itself: it is a function of the epoch number
+    (pipeline/rank_plan.py), so a worker started once serves every epoch."""
     num_samples: int
     rank: int
     world_size: int
     batch_size: int          # per rank
     train: bool
     pieces: int              # a batch travels from the workers in this many pieces
-    shard_samples: tuple     # samples per shard, in manifest order
     seed: int
-    block: int               # shuffle_block (0: storage order)
 
     def plan(self, epoch):
         """The rank's plan of `epoch` counted in pieces: each piece is a batch for the workers."""
@@ -105,19 +104,17 @@ class _EpochPlans:
         return dataclasses.replace(plan, batch_size=plan.batch_size // self.pieces,
                                    batches=plan.batches * self.pieces)
 
-    def order(self, epoch):
-        return epoch_order(list(self.shard_samples), seed=self.seed, epoch=epoch, block=self.block)
-
 
 class ShardStream(IterableDataset):
     """The per-worker reader: yields (uint8 images NHWC, int64 labels) batches, or a _Failure, for the epoch that
-    `epoch_state[0]` names when its iteration starts."""
+    `epoch_state[0]` names when its iteration starts, in the sample order `order_state` holds then."""
 
-    def __init__(self, split, plans, epoch_state, *, image_size, rank, num_workers, slots=None, cache=None,
-                 augmenter=None, index=None):
+    def __init__(self, split, plans, epoch_state, order_state=None, *, image_size, rank, num_workers, slots=None,
+                 cache=None, augmenter=None, index=None):
         self.split, self.plans, self.cache = split, plans, cache
         self.epoch_state = epoch_state  # shared int64 tensor: the epoch the next iteration reads
-        self.index = index  # the SampleIndex that reads samples in the epoch's order (None: storage order)
+        self.order_state = order_state  # shared int64 tensor: that epoch's sample ids in reading order, or None
+        self.index = index  # the SampleIndex that reads samples in that order (None: storage order)
         self.augmenter = augmenter  # augment.AutoAugmenter for train pixels, run here in the worker, or None
         self.image_size, self.seed, self.rank = image_size, plans.seed, rank
         self.num_workers = max(1, num_workers)
@@ -136,7 +133,7 @@ class ShardStream(IterableDataset):
         self.epoch = int(self.epoch_state[0])
         self.plan = self.plans.plan(self.epoch)
         # The epoch's sample ids in reading order (None: storage order), read through self.index.
-        self.order = self.plans.order(self.epoch) if self.index is not None else None
+        self.order = self.order_state.numpy() if self.order_state is not None else None
         if self.slots is not None and info is not None:
             self.slots.begin_epoch(worker)
         share = worker_plans(self.plan, self.num_workers)[worker]
@@ -315,7 +312,8 @@ class TorchLoader(Loader):
             else 1
         shards = self.split.shards
         plans = _EpochPlans(self.split.num_samples, self.rank, self.world_size, self.per_rank_batch, plan.train,
-                            pieces, tuple(shard.samples for shard in shards), self.seed, self.shuffle_block)
+                            pieces, self.seed)
+        order = self.epoch_order()
         if self.shuffle_block and self._index is None:  # before the workers fork: they share its pages
             remote = is_remote(shards[0].path)
             self._index = SampleIndex(shards, checked=remote and self.cache is None)
@@ -326,9 +324,10 @@ class TorchLoader(Loader):
         pending = []
         try:
             if pool is None:
-                batches = iter(ShardStream(self.split, plans, torch.tensor([self.epoch]), **dataset_options))
+                batches = iter(ShardStream(self.split, plans, torch.tensor([self.epoch]),
+                                           None if order is None else torch.from_numpy(order), **dataset_options))
             else:
-                batches = pool.start_epoch(self.epoch)
+                batches = pool.start_epoch(self.epoch, order)
             for item in _worker_items(batches):
                 if isinstance(item, _Failure):
                     raise item.error()
@@ -379,8 +378,10 @@ class TorchLoader(Loader):
             slots = BatchSlots(self.workers, _PREFETCH + _PIECES_PER_BATCH, piece_size, self.image_size,
                                multiprocessing.get_context())
             epoch_state = torch.zeros(1, dtype=torch.int64).share_memory_()
-            dataset = ShardStream(self.split, plans, epoch_state, slots=slots, **dataset_options)
-            self._pool = _WorkerPool(key, dataset, self.workers, slots, epoch_state)
+            order_state = torch.empty(self.split.num_samples, dtype=torch.int64).share_memory_() \
+                if self.shuffle_block else None
+            dataset = ShardStream(self.split, plans, epoch_state, order_state, slots=slots, **dataset_options)
+            self._pool = _WorkerPool(key, dataset, self.workers, slots, epoch_state, order_state)
         return self._pool
 
     def close(self):
@@ -393,11 +394,12 @@ class TorchLoader(Loader):
 
 class _WorkerPool:
     """One DataLoader's worker processes, kept from epoch to epoch (persistent_workers): each iteration resumes
-    the same processes, which read the new epoch's number from `epoch_state` (shared memory) when they start it.
+    the same processes, which read the new epoch's number from `epoch_state` and its sample order from
+    `order_state` (shared memory) when they start it.
     No pin_memory: images arrive in BatchSlots, which the Normalizer copies to the device itself."""
 
-    def __init__(self, key, dataset, workers, slots, epoch_state):
-        self.key, self.slots, self.epoch_state = key, slots, epoch_state
+    def __init__(self, key, dataset, workers, slots, epoch_state, order_state):
+        self.key, self.slots, self.epoch_state, self.order_state = key, slots, epoch_state, order_state
         # collate_fn: items travel as they are made. The DataLoader's default turns the labels' numpy array into
         # a tensor, which then crosses as a shared-memory file passed over a socket of its own: 2 ms of the main
         # process per item, against microseconds for the pickled array.
@@ -405,13 +407,12 @@ class _WorkerPool:
                                  prefetch_factor=_PREFETCH, persistent_workers=True)
         self.batches = None  # the DataLoader's iterator, made by the first epoch (which forks the workers)
         _live_pools.add(self)
-        _end_pools_at_exit()
         # Ends the workers when the pool is collected without end(): its loader dropped, never closed.
         self._finalizer = weakref.finalize(self, _end_iterator, slots, self.loader)
 
-    def start_epoch(self, epoch):
-        """The DataLoader's iterator, resumed for `epoch` (its first call starts the workers); LoaderFailed when a
-        worker died while they waited for it."""
+    def start_epoch(self, epoch, order):
+        """The DataLoader's iterator, resumed for `epoch`, read in `order` (its sample ids, or None for storage
+        order; its first call starts the workers); LoaderFailed when a worker died while they waited for it."""
         if self.batches is not None:
             dead = [worker.pid for worker in self.batches._workers if not worker.is_alive()]
             if dead:
@@ -419,6 +420,8 @@ class _WorkerPool:
                                    "workers waited for the next epoch (killed by the system?)")
             _watch_deaths(self.batches, True)
         self.epoch_state[0] = epoch
+        if order is not None:
+            self.order_state.copy_(torch.from_numpy(order))
         try:
             self.batches = iter(self.loader)  # the same iterator, reset: its workers start `epoch` at their next item
         except RuntimeError as exc:
@@ -463,14 +466,14 @@ def _end_iterator(slots, loader):
 
 
 _live_pools = weakref.WeakSet()
-_at_exit = threading.Lock()
-_registered = []
 
 
-def _end_pools_at_exit():
-    """Registers, once, the exit hook that ends every pool's workers before multiprocessing's own hook runs (hooks
-    run last-registered first): that one would terminate them, which these workers ignore, and join them forever."""
-    with _at_exit:
-        if not _registered:
-            atexit.register(lambda: [pool.end() for pool in list(_live_pools)])
-            _registered.append(True)
+def _end_live_pools():
+    """At exit, before multiprocessing's own exit hook (hooks run last-registered first, and multiprocessing.util,
+    imported above, registered its hook on import): that one would terminate the workers, which ignore SIGTERM,
+    and then join them forever."""
+    for pool in list(_live_pools):
+        pool.end()
+
+
+atexit.register(_end_live_pools)
